@@ -1,0 +1,44 @@
+# tenancy: the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all setup install test test-unit test-regress test-live demo demo-stop bench clean
+
+all: install
+
+## Install whatever is missing (Debian packages, cargo-pgrx 0.18.1, pgrx init). Idempotent.
+setup:
+	@scripts/setup.sh
+
+## Build (release) and install the extension into the system PostgreSQL 15.
+install: setup
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+## Every test suite: #[pg_test], pg_regress (pg_test/), live-server Rust tests (tests/).
+test: setup
+	@scripts/test.sh all
+
+test-unit: setup
+	@scripts/test.sh unit
+
+test-regress: setup
+	@scripts/test.sh regress
+
+test-live: setup
+	@scripts/test.sh live
+
+## A scratch cluster with a Dittofeed-shaped database, and the extension at work.
+demo: install
+	@scripts/demo.sh
+
+demo-stop:
+	@scripts/cluster.sh stop demo && echo "demo cluster stopped"
+
+## Benchmarks: ratios against baselines measured in the same run.
+bench: install
+	@bench/run.sh
+
+clean:
+	cargo clean
+	rm -rf $${TENANCY_RUN_DIR:-/tmp/tenancy-run}

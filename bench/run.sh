@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark reports ratios against a baseline measured in the same run,
+# as medians of repeated, interleaved runs (the machines are shared and noisy).
+#   bench/run.sh [name...]     names: context (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
+export TENANCY_RUN_DIR=$RUN_DIR
+export BENCH_PORT=${TENANCY_BENCH_PORT:-55451}
+export BENCH_PORT_PLAIN=${TENANCY_BENCH_PORT_PLAIN:-55452}
+OUT=${TENANCY_BENCH_OUT:-$RUN_DIR/bench}
+mkdir -p "$OUT"
+
+cleanup() {
+    scripts/cluster.sh stop bench >/dev/null 2>&1 || true
+    scripts/cluster.sh stop bench-plain >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+benches=("$@")
+[ ${#benches[@]} -eq 0 ] && benches=(context)
+scripts/cluster.sh start bench "$BENCH_PORT" --fresh --conf "max_parallel_workers_per_gather = 0" --conf "jit = off"
+for b in "${benches[@]}"; do
+    echo "=== bench: $b"
+    "bench/$b.sh" | tee "$OUT/$b.txt"
+done
+echo "results saved in $OUT"

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Run the test layers and print a summary per layer. Exit non-zero if any layer failed.
+#   scripts/test.sh all|unit|regress|live
+# Every server started here is stopped on exit, also on failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PGBIN=/usr/lib/postgresql/15/bin
+RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
+export TENANCY_RUN_DIR=$RUN_DIR
+REGRESS_PORT=${TENANCY_REGRESS_PORT:-55441}
+LIVE_PORT=${TENANCY_LIVE_PORT:-55442}
+what=${1:-all}
+
+declare -A RESULT
+order=()
+
+cleanup() {
+    scripts/cluster.sh stop regress >/dev/null 2>&1 || true
+    scripts/cluster.sh stop live >/dev/null 2>&1 || true
+    pkill -f "$RUN_DIR/pgbouncer" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+record() { order+=("$1"); RESULT[$1]=$2; }
+
+# "N passed, M failed" summed over every cargo "test result:" line of a log.
+cargo_counts() {
+    grep -E '^test result:' "$1" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed", p, f}'
+}
+
+psql_at() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres "${@:2}"; }
+
+# The fixture database every regress and live test clones: extension + Dittofeed schema + data.
+make_fixture_db() { # port dbname
+    psql_at "$1" -d postgres -c "DROP DATABASE IF EXISTS $2" -c "CREATE DATABASE $2" &&
+        psql_at "$1" -d "$2" -c "CREATE EXTENSION tenancy" -f fixture/dittofeed.sql -f fixture/generate.sql \
+            -c "SELECT count(*) AS workspaces FROM fixture.generate(2, 2, 3, 10)" >/dev/null
+}
+
+layer_unit() {
+    echo "=== layer 1: #[pg_test] (cargo pgrx test, shared_preload_libraries = 'tenancy')"
+    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+    local pgdata="$RUN_DIR/pgrx-test-data"
+    rm -rf "$pgdata"
+    local runas=()
+    if [ "$(id -u)" = 0 ]; then
+        # the server runs as postgres (via sudo): give it a data folder it owns
+        mkdir -p "$pgdata" && chown postgres:postgres "$pgdata" && chmod 700 "$pgdata"
+        runas=(--runas postgres --pgdata "$pgdata")
+    fi
+    cargo pgrx test pg15 "${runas[@]}" 2>&1 | tee "$RUN_DIR/unit.log"
+    local rc=${PIPESTATUS[0]}
+    record "unit (#[pg_test])" "$rc $(cargo_counts "$RUN_DIR/unit.log")"
+}
+
+install_release() {
+    [ -n "${INSTALLED:-}" ] && return 0
+    echo "=== installing the release build"
+    cargo pgrx install --release --pg-config "$PG_CONFIG" >"$RUN_DIR/install.log" 2>&1 \
+        || { tail -30 "$RUN_DIR/install.log"; return 1; }
+    INSTALLED=1
+}
+
+layer_regress() {
+    echo "=== layer 2: pg_regress (pg_test/) on a scratch cluster, port $REGRESS_PORT"
+    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+    install_release || { record "regress (pg_test/)" "1 install failed"; return; }
+    scripts/cluster.sh start regress "$REGRESS_PORT" --fresh || { record "regress (pg_test/)" "1 cluster failed"; return; }
+    make_fixture_db "$REGRESS_PORT" tenancy_regress || { record "regress (pg_test/)" "1 fixture failed"; return; }
+    local out="$RUN_DIR/regress-out"
+    rm -rf "$out" && mkdir -p "$out"
+    local tests
+    tests=$(sed -e 's/#.*//' pg_test/schedule | xargs)
+    "$(dirname "$($PG_CONFIG --pgxs)")/../test/regress/pg_regress" \
+        --use-existing --host=127.0.0.1 --port="$REGRESS_PORT" --user=postgres \
+        --dbname=tenancy_regress --inputdir=pg_test --outputdir="$out" \
+        $tests 2>&1 | tee "$RUN_DIR/regress.log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ] && [ -f "$out/regression.diffs" ]; then
+        echo "--- regression.diffs"; cat "$out/regression.diffs"
+    fi
+    local summary
+    summary=$(grep -E 'tests passed|tests failed|failed \(ignoring|of [0-9]+ tests' "$RUN_DIR/regress.log" | tail -1)
+    record "regress (pg_test/)" "$rc $summary"
+    scripts/cluster.sh stop regress
+}
+
+layer_live() {
+    echo "=== layer 3: live-server Rust tests (tests/) on a scratch cluster, port $LIVE_PORT"
+    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+    install_release || { record "live (tests/)" "1 install failed"; return; }
+    scripts/cluster.sh start live "$LIVE_PORT" --fresh || { record "live (tests/)" "1 cluster failed"; return; }
+    make_fixture_db "$LIVE_PORT" tenancy_fixture || { record "live (tests/)" "1 fixture failed"; return; }
+    TENANCY_TEST_PORT=$LIVE_PORT TENANCY_TEST_CLUSTER=live TENANCY_TEST_TEMPLATE=tenancy_fixture \
+        cargo test -p tenancy-it --release -- --test-threads=2 2>&1 | tee "$RUN_DIR/live.log"
+    local rc=${PIPESTATUS[0]}
+    record "live (tests/)" "$rc $(cargo_counts "$RUN_DIR/live.log")"
+    scripts/cluster.sh stop live
+}
+
+case "$what" in
+all) layer_unit; layer_regress; layer_live ;;
+unit) layer_unit ;;
+regress) layer_regress ;;
+live) layer_live ;;
+*) echo "usage: test.sh all|unit|regress|live" >&2; exit 2 ;;
+esac
+
+echo
+echo "=== summary"
+status=0
+for k in "${order[@]}"; do
+    rc=${RESULT[$k]%% *}
+    rest=${RESULT[$k]#* }
+    if [ "$rc" = 0 ]; then mark=PASS; else mark=FAIL; status=1; fi
+    printf '%-22s %s  %s\n' "$k" "$mark" "$rest"
+done
+exit $status

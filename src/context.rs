@@ -1,0 +1,529 @@
+//! Workspace context: the `tenancy.workspace_id` setting and the functions that read and set it.
+//!
+//! The setting is an ordinary user-settable GUC with a check hook and an assign hook:
+//! - the check hook accepts `''` (unset) or any spelling PostgreSQL's `uuid` type accepts,
+//!   rewrites the value to the canonical lowercase form (what `SHOW` prints), and hands the
+//!   parsed 16 bytes to the assign hook through the GUC `extra` pointer;
+//! - the assign hook copies those 16 bytes into [`CURRENT`]. PostgreSQL calls it for every
+//!   change of the effective value, including the implicit ones (`SET LOCAL` reverting at
+//!   transaction end, `RESET`, rollback of a subtransaction), so [`CURRENT`] always mirrors
+//!   the setting.
+//!
+//! `current_workspace_id()` therefore costs one function call and two relaxed atomic loads:
+//! no GUC hash lookup, no text parsing. It runs in every row-level-security check.
+//!
+//! Error codes raised here (the README's "Errors" table is the reference):
+//! - 22023 invalid_parameter_value: bad spelling in `SET tenancy.workspace_id` (from the hook);
+//! - 55000 object_not_in_prerequisite_state: `require_workspace_id()` with no context;
+//! - 22004 null_value_not_allowed: `set_workspace(NULL)`;
+//! - 42704 undefined_object: `set_workspace()` of an unknown or Tombstoned workspace;
+//! - 42P01 / 42703: the configured workspace registry table or column does not exist.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use pgrx::datum::DatumWithOid;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use pgrx::PgSqlErrorCode as Code;
+
+use crate::error::{TenancyError, TenancyResult};
+use crate::uuid_text;
+
+/// Name of the workspace setting.
+pub const WORKSPACE_ID_GUC: &CStr = c"tenancy.workspace_id";
+const REGISTRY_TABLE_GUC: &CStr = c"tenancy.registry_table";
+const REGISTRY_ID_COLUMN_GUC: &CStr = c"tenancy.registry_id_column";
+const REGISTRY_STATUS_COLUMN_GUC: &CStr = c"tenancy.registry_status_column";
+const REGISTRY_DELETED_STATUS_GUC: &CStr = c"tenancy.registry_deleted_status";
+
+// The settings' storage. PostgreSQL owns the strings; read them only through the accessors.
+static WORKSPACE_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static REGISTRY_TABLE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"public.\"Workspace\""));
+static REGISTRY_ID_COLUMN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"id"));
+static REGISTRY_STATUS_COLUMN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"status"));
+static REGISTRY_DELETED_STATUS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"Tombstoned"));
+
+/// The parsed current workspace, mirrored by the assign hook. A backend is single-threaded:
+/// relaxed atomics are plain loads and stores, used only to stay in safe Rust.
+struct Current {
+    set: AtomicBool,
+    hi: AtomicU64,
+    lo: AtomicU64,
+}
+
+static CURRENT: Current =
+    Current { set: AtomicBool::new(false), hi: AtomicU64::new(0), lo: AtomicU64::new(0) };
+
+/// What the check hook hands to the assign hook (allocated with the GUC allocator).
+#[repr(C)]
+struct WorkspaceExtra {
+    set: bool,
+    bytes: [u8; 16],
+}
+
+pub(crate) fn init() {
+    // SAFETY: called from _PG_init; the hooks are `extern "C-unwind"` functions with the
+    // signatures PostgreSQL expects, and the settings are 'static.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            WORKSPACE_ID_GUC,
+            c"The workspace (tenant) this session or transaction acts for.",
+            c"Empty means unset. Accepts any spelling of the uuid type and stores the canonical \
+              lowercase form. Set it with tenancy.set_workspace(id, true) or SET LOCAL behind \
+              a transaction-pooling connection pooler.",
+            &WORKSPACE_ID,
+            GucContext::Userset,
+            GucFlags::NOT_WHILE_SEC_REST,
+            Some(check_workspace_id),
+            Some(assign_workspace_id),
+            None,
+        );
+    }
+    GucRegistry::define_string_guc(
+        REGISTRY_TABLE_GUC,
+        c"Table that lists the workspaces, checked by tenancy.set_workspace().",
+        c"A table name, optionally schema-qualified, as regclass input accepts it.",
+        &REGISTRY_TABLE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        REGISTRY_ID_COLUMN_GUC,
+        c"uuid column of the workspace registry that holds the workspace id.",
+        c"",
+        &REGISTRY_ID_COLUMN,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        REGISTRY_STATUS_COLUMN_GUC,
+        c"Status column of the workspace registry; empty to skip the status check.",
+        c"",
+        &REGISTRY_STATUS_COLUMN,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        REGISTRY_DELETED_STATUS_GUC,
+        c"Status value that marks a soft-deleted workspace, refused by tenancy.set_workspace().",
+        c"",
+        &REGISTRY_DELETED_STATUS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: plain C call with a static, NUL-terminated string; valid in _PG_init.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"tenancy".as_ptr()) };
+}
+
+/// The current workspace, `None` when unset.
+#[inline]
+pub fn current() -> Option<[u8; 16]> {
+    if !CURRENT.set.load(Ordering::Relaxed) {
+        return None;
+    }
+    let hi = CURRENT.hi.load(Ordering::Relaxed).to_be_bytes();
+    let lo = CURRENT.lo.load(Ordering::Relaxed).to_be_bytes();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi);
+    bytes[8..].copy_from_slice(&lo);
+    Some(bytes)
+}
+
+fn store_current(value: Option<[u8; 16]>) {
+    match value {
+        None => CURRENT.set.store(false, Ordering::Relaxed),
+        Some(b) => {
+            let (hi, lo) = b.split_at(8);
+            CURRENT.hi.store(u64::from_be_bytes(hi.try_into().unwrap()), Ordering::Relaxed);
+            CURRENT.lo.store(u64::from_be_bytes(lo.try_into().unwrap()), Ordering::Relaxed);
+            CURRENT.set.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GUC hooks. A check hook must never raise an ERROR: it reports through GUC_check_* and
+// returns false; PostgreSQL then raises 22023 "invalid value for parameter" itself.
+// ---------------------------------------------------------------------------------------------
+
+/// Memory for GUC strings and `extra` must come from the allocator guc.c frees with:
+/// plain malloc/free up to PostgreSQL 15, `guc_malloc`/`guc_free` from 16 on.
+mod guc_mem {
+    use std::ffi::c_void;
+
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    extern "C" {
+        fn malloc(size: usize) -> *mut c_void;
+        fn free(ptr: *mut c_void);
+    }
+
+    /// Returns null when out of memory (the hook then rejects the value).
+    pub(super) unsafe fn alloc(size: usize) -> *mut c_void {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        // SAFETY: libc malloc, freed by guc.c with free().
+        unsafe {
+            malloc(size)
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        // SAFETY: LOG level makes guc_malloc return null instead of raising on OOM.
+        unsafe {
+            pgrx::pg_sys::guc_malloc(pgrx::pg_sys::LOG as i32, size)
+        }
+    }
+
+    pub(super) unsafe fn release(ptr: *mut c_void) {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        // SAFETY: ptr came from malloc (guc.c's strdup of the proposed value, or alloc above).
+        unsafe {
+            free(ptr)
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        // SAFETY: ptr came from guc_malloc/guc_strdup.
+        unsafe {
+            pgrx::pg_sys::guc_free(ptr)
+        }
+    }
+}
+
+/// Check hook of `tenancy.workspace_id`.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_workspace_id(
+    newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to a (possibly null) NUL-terminated string.
+    let raw: &[u8] = unsafe {
+        if (*newval).is_null() {
+            b""
+        } else {
+            CStr::from_ptr(*newval).to_bytes()
+        }
+    };
+    let parsed = if raw.is_empty() {
+        None
+    } else {
+        match uuid_text::parse(raw) {
+            Some(bytes) => Some(bytes),
+            None => {
+                // SAFETY: the GUC_check_* globals are meant to be set by check hooks; the
+                // strings are palloc'd in the current context, which outlives the report.
+                unsafe {
+                    pg_sys::GUC_check_errcode(Code::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+                    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+                        c"tenancy.workspace_id must be empty or a uuid, e.g. a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11."
+                            .as_ptr(),
+                    );
+                    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+                        c"Use tenancy.set_workspace(id) to set it from a uuid value; RESET tenancy.workspace_id to unset it."
+                            .as_ptr(),
+                    );
+                }
+                return false;
+            }
+        }
+    };
+
+    // SAFETY: allocations use the allocator guc.c frees with; a null result (OOM) rejects the
+    // value rather than raising inside the hook.
+    unsafe {
+        if let Some(bytes) = parsed {
+            let canon = uuid_text::canonical(&bytes);
+            if canon.as_bytes() != raw {
+                let p = guc_mem::alloc(canon.len() + 1).cast::<u8>();
+                if p.is_null() {
+                    return false;
+                }
+                std::ptr::copy_nonoverlapping(canon.as_ptr(), p, canon.len());
+                *p.add(canon.len()) = 0;
+                guc_mem::release((*newval).cast());
+                *newval = p.cast();
+            }
+        }
+        let e = guc_mem::alloc(std::mem::size_of::<WorkspaceExtra>()).cast::<WorkspaceExtra>();
+        if e.is_null() {
+            return false;
+        }
+        e.write(WorkspaceExtra { set: parsed.is_some(), bytes: parsed.unwrap_or_default() });
+        *extra = e.cast();
+    }
+    true
+}
+
+/// Assign hook of `tenancy.workspace_id`: mirror the parsed value into [`CURRENT`].
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_workspace_id(_newval: *const c_char, extra: *mut c_void) {
+    // SAFETY: `extra` is the WorkspaceExtra our check hook produced for this value (or null if
+    // guc.c never ran the hook, which it always does for hooked custom variables).
+    let value = unsafe {
+        match extra.cast::<WorkspaceExtra>().as_ref() {
+            Some(e) if e.set => Some(e.bytes),
+            _ => None,
+        }
+    };
+    store_current(value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL API
+// ---------------------------------------------------------------------------------------------
+
+/// The current workspace, NULL when unset. Cheap: reads a value the assign hook parsed.
+#[pg_extern(stable, parallel_safe)]
+fn current_workspace_id() -> Option<pgrx::Uuid> {
+    current().map(pgrx::Uuid::from_bytes)
+}
+
+/// The current workspace, or an error (55000) when unset.
+#[pg_extern(stable, parallel_safe)]
+fn require_workspace_id() -> Result<pgrx::Uuid, pgrx::pg_sys::panic::ErrorReport> {
+    current().map(pgrx::Uuid::from_bytes).ok_or_else(|| {
+        TenancyError::new(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "no workspace context: tenancy.workspace_id is not set",
+        )
+        .detail("This operation acts for one workspace and the session has none.")
+        .hint("Call tenancy.set_workspace('<workspace uuid>', true) at the start of the transaction.")
+        .into()
+    })
+}
+
+/// Check that `workspace` exists in the registry and is not soft-deleted, then set
+/// `tenancy.workspace_id` to it, transaction-local unless `is_local` is false.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_workspace(
+    workspace: Option<pgrx::Uuid>,
+    is_local: default!(Option<bool>, true),
+) -> Result<pgrx::Uuid, pgrx::pg_sys::panic::ErrorReport> {
+    set_workspace_impl(workspace, is_local).map_err(Into::into)
+}
+
+fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> TenancyResult<pgrx::Uuid> {
+    let workspace = workspace.ok_or_else(|| {
+        TenancyError::new(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "workspace must not be NULL")
+            .detail("tenancy.set_workspace() was called with a NULL workspace id.")
+            .hint("To clear the context, use RESET tenancy.workspace_id.")
+    })?;
+    let is_local = is_local.ok_or_else(|| {
+        TenancyError::new(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "is_local must not be NULL")
+            .hint("Pass true (transaction-local, pooler-safe) or false (whole session).")
+    })?;
+    let canon = uuid_text::canonical(workspace.as_bytes());
+    let registry = Registry::from_settings();
+    match registry.lookup_status(workspace)? {
+        None => {
+            return Err(TenancyError::new(
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!("workspace {canon} does not exist"),
+            )
+            .detail(format!("No row of {} has {} = '{canon}'.", registry.table, registry.id_column))
+            .hint("Check the workspace id; the context was not changed."))
+        }
+        Some(Some(status)) if Some(&status) == registry.deleted_status.as_ref() => {
+            return Err(TenancyError::new(
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!("workspace {canon} is {status}"),
+            )
+            .detail(format!(
+                "{}.{} of workspace {canon} is '{status}': it is soft-deleted.",
+                registry.table, registry.status_column.as_deref().unwrap_or("")
+            ))
+            .hint("A soft-deleted workspace cannot be used as context; the context was not changed."))
+        }
+        Some(_) => {}
+    }
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('tenancy.workspace_id', $1, $2)",
+        &[DatumWithOid::from(canon.as_str()), DatumWithOid::from(is_local)],
+    )?;
+    Ok(workspace)
+}
+
+/// The workspace registry as configured by the `tenancy.registry_*` settings.
+struct Registry {
+    table: String,
+    id_column: String,
+    status_column: Option<String>,
+    deleted_status: Option<String>,
+}
+
+fn setting(s: &GucSetting<Option<CString>>) -> Option<String> {
+    s.get().map(|c| c.to_string_lossy().into_owned()).filter(|v| !v.is_empty())
+}
+
+impl Registry {
+    fn from_settings() -> Self {
+        Registry {
+            table: setting(&REGISTRY_TABLE).unwrap_or_default(),
+            id_column: setting(&REGISTRY_ID_COLUMN).unwrap_or_default(),
+            status_column: setting(&REGISTRY_STATUS_COLUMN),
+            deleted_status: setting(&REGISTRY_DELETED_STATUS),
+        }
+    }
+
+    /// `None`: no such workspace. `Some(status)`: it exists (status NULL or unchecked: `None`).
+    fn lookup_status(&self, workspace: pgrx::Uuid) -> TenancyResult<Option<Option<String>>> {
+        let misconfigured = |what: String| {
+            TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, what).hint(
+                "A superuser sets the registry with ALTER DATABASE ... SET tenancy.registry_table \
+                 (and tenancy.registry_id_column, tenancy.registry_status_column).",
+            )
+        };
+        let relid: Option<pg_sys::Oid> = Spi::get_one_with_args(
+            "SELECT pg_catalog.to_regclass($1)::oid",
+            &[DatumWithOid::from(self.table.as_str())],
+        )?;
+        let Some(relid) = relid else {
+            return Err(misconfigured(format!(
+                "workspace registry table \"{}\" does not exist",
+                self.table
+            ))
+            .detail("tenancy.set_workspace() checks workspaces against tenancy.registry_table."));
+        };
+        let table: String = Spi::get_one_with_args(
+            "SELECT $1::regclass::text",
+            &[DatumWithOid::from(relid)],
+        )?
+        .unwrap_or_default();
+        for col in std::iter::once(&self.id_column).chain(self.status_column.iter()) {
+            let exists: Option<bool> = Spi::get_one_with_args(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                                 WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+                &[DatumWithOid::from(relid), DatumWithOid::from(col.as_str())],
+            )?;
+            if exists != Some(true) {
+                return Err(TenancyError::new(
+                    Code::ERRCODE_UNDEFINED_COLUMN,
+                    format!("column \"{col}\" of workspace registry table {table} does not exist"),
+                )
+                .hint("Check tenancy.registry_id_column and tenancy.registry_status_column."));
+            }
+        }
+        let status_expr = match &self.status_column {
+            Some(c) => format!("{}::text", quote_identifier(c)),
+            None => "NULL::text".to_string(),
+        };
+        let query = format!(
+            "SELECT {status_expr} FROM {table} WHERE {} = $1 LIMIT 1",
+            quote_identifier(&self.id_column)
+        );
+        Spi::connect(|client| {
+            let rows = client.select(&query, Some(1), &[DatumWithOid::from(workspace)])?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(rows.first().get_one::<String>()?))
+        })
+    }
+}
+
+pgrx::extension_sql_file!(
+    "../sql/context.sql",
+    name = "context_sql",
+    requires = [current_workspace_id, require_workspace_id, set_workspace]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn current() -> Option<String> {
+        Spi::get_one::<String>("SELECT tenancy.current_workspace_id()::text").unwrap()
+    }
+
+    #[pg_test]
+    fn unset_is_null() {
+        Spi::run("RESET tenancy.workspace_id").unwrap();
+        assert_eq!(current(), None);
+    }
+
+    #[pg_test]
+    fn set_canonicalizes_every_spelling() {
+        for s in [
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+        ] {
+            Spi::run(&format!("SET tenancy.workspace_id = '{s}'")).unwrap();
+            assert_eq!(current().as_deref(), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+            let shown = Spi::get_one::<String>("SHOW tenancy.workspace_id").unwrap();
+            assert_eq!(shown.as_deref(), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        }
+        Spi::run("SET tenancy.workspace_id = ''").unwrap();
+        assert_eq!(current(), None);
+    }
+
+    /// Our parser must agree with uuid_in on accept/reject and on the value, for a
+    /// deterministic pseudo-random corpus of near-uuid strings.
+    #[pg_test]
+    fn parser_agrees_with_uuid_in() {
+        let alphabet = b"0123456789abcdefABCDEF-{} gx";
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let base = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        // PostgreSQL 15 has no pg_input_is_valid(): catch uuid_in's error in PL/pgSQL.
+        Spi::run(
+            "CREATE FUNCTION pg_temp.try_uuid(t text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN RETURN t::uuid::text;
+             EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$",
+        )
+        .unwrap();
+        for _ in 0..3000 {
+            let mut s: Vec<u8> = base.as_bytes().to_vec();
+            // mutate: delete, insert or replace 1-3 characters
+            for _ in 0..(next() % 3 + 1) {
+                let pos = (next() as usize) % (s.len() + 1);
+                let c = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 4 {
+                    0 if pos < s.len() => {
+                        s.remove(pos);
+                    }
+                    1 => s.insert(pos, c),
+                    2 if pos < s.len() => s[pos] = c,
+                    _ => {
+                        if next() % 2 == 0 {
+                            s.retain(|&b| b != b'-');
+                        } else {
+                            s.insert(0, b'{');
+                            s.push(b'}');
+                        }
+                    }
+                }
+            }
+            let text = String::from_utf8(s).unwrap();
+            let ours = crate::uuid_text::parse(text.as_bytes()).map(|b| crate::uuid_text::canonical(&b));
+            let theirs = Spi::get_one_with_args::<String>(
+                "SELECT pg_temp.try_uuid($1)",
+                &[text.as_str().into()],
+            );
+            let theirs = match theirs {
+                Ok(v) => v,
+                Err(e) => panic!("{e}"),
+            };
+            assert_eq!(ours, theirs, "input {text:?}");
+        }
+    }
+
+    #[pg_test]
+    fn current_is_fast_path_consistent_with_setting() {
+        Spi::run("SELECT set_config('tenancy.workspace_id', '00000000-0000-0000-0000-000000000001', false)")
+            .unwrap();
+        assert_eq!(current().as_deref(), Some("00000000-0000-0000-0000-000000000001"));
+        Spi::run("RESET tenancy.workspace_id").unwrap();
+        assert_eq!(current(), None);
+    }
+}

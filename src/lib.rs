@@ -1,0 +1,43 @@
+//! `tenancy`: multi-tenant safety, fairness and observability inside PostgreSQL.
+//!
+//! Table of contents (one module per capability):
+//! - [`error`]: the domain error type; every user-facing error and its SQLSTATE.
+//! - [`uuid_text`]: PostgreSQL-compatible uuid parsing and the canonical text form.
+//! - [`context`]: the `tenancy.workspace_id` setting, `current_workspace_id()`,
+//!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
+//!
+//! SQL that is not generated from Rust lives in `sql/*.sql` and is included below.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+pub mod context;
+pub mod error;
+pub mod uuid_text;
+
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema_sql", bootstrap);
+
+/// Called once per process that loads the library: the postmaster when the library is in
+/// `shared_preload_libraries`, otherwise each backend at first use.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    context::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    // The #[pg_test]s live beside the code they test, in each module's `tests` submodule.
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries='tenancy'"]
+    }
+}
