@@ -5,6 +5,8 @@
 //! - [`uuid_text`]: PostgreSQL-compatible uuid parsing and the canonical text form.
 //! - [`context`]: the `tenancy.workspace_id` setting, `current_workspace_id()`,
 //!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
+//! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; SQL in
+//!   `sql/quota.sql`).
 //!
 //! SQL that is not generated from Rust lives in `sql/*.sql` and is included below.
 
@@ -14,6 +16,7 @@ use pgrx::prelude::*;
 
 pub mod context;
 pub mod error;
+pub mod quota;
 pub mod uuid_text;
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema_sql", bootstrap);
@@ -23,6 +26,7 @@ pgrx::extension_sql_file!("../sql/schema.sql", name = "schema_sql", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     context::init();
+    quota::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

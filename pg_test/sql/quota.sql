@@ -1,0 +1,131 @@
+-- Per-workspace row quotas on Dittofeed's Segment, Journey and MessageTemplate.
+-- Each error is followed by its SQLSTATE (\echo :LAST_ERROR_SQLSTATE).
+\set SHOW_CONTEXT never
+\pset null (null)
+\set r1 '''b094544e-e377-7a92-7abe-70ec1195aff9'''
+\set r2 '''9fe8677b-8f7e-820a-1d36-85897f5546b1'''
+SELECT fixture.ws_id('root', 1) = :r1 AND fixture.ws_id('root', 2) = :r2 AS fixture_ids_as_expected;
+
+-- 1. Enforcement: Declarative rows count; Dittofeed's own Internal rows never do.
+SELECT tenancy.enforce_quota('"Segment"', counted_when => '"resourceType" = ''Declarative''');
+SELECT tenancy.enforce_quota('"Journey"');
+SELECT tenancy.enforce_quota('"MessageTemplate"', 'workspaceId', '"resourceType" = ''Declarative''');
+-- idempotent: a second call changes nothing and recounts
+SELECT tenancy.enforce_quota('"Segment"', counted_when => '"resourceType" = ''Declarative''');
+SELECT tbl, workspace_column, counted_when FROM tenancy.quota_table ORDER BY tbl::text;
+SELECT table_name, used, max_rows, source FROM tenancy.quota_usage WHERE workspace_id = :r1 ORDER BY 1;
+
+-- 2. Limits: a default for all workspaces, and one workspace's own value.
+SELECT tenancy.set_quota('"Segment"', 12);
+SELECT tenancy.set_quota('"Segment"', 11, :r1);
+SELECT workspace_id = :r1 AS is_r1, used, max_rows, source, pct
+  FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id IN (:r1, :r2) ORDER BY 1;
+
+-- 3. Inserts up to the limit pass; one more fails with 53400, naming workspace, table, limit.
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r1, 'new-1', '{}');
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r1, 'new-2', '{}');
+\echo :LAST_ERROR_SQLSTATE
+-- nothing of a failing multi-row statement is kept
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r2, 'a', '{}'), (:r2, 'b', '{}'), (:r2, 'c', '{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS r2_rows_named_abc FROM "Segment" WHERE "workspaceId" = :r2 AND name IN ('a', 'b', 'c');
+-- Internal rows (the application's own bootstrap) are not counted and never blocked
+INSERT INTO "Segment" ("workspaceId", name, definition, "resourceType") VALUES (:r1, 'internal-x', '{}', 'Internal');
+
+-- 4. Dittofeed's upsert shapes on an existing row count nothing.
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r1, 'new-1', '{}') ON CONFLICT DO NOTHING;
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r1, 'new-1', '{"v": 2}')
+    ON CONFLICT ("workspaceId", name) DO UPDATE SET definition = excluded.definition RETURNING name, definition;
+SELECT used FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r1;
+
+-- 5. Rollbacks and savepoints leave no trace.
+BEGIN;
+DELETE FROM "Segment" WHERE "workspaceId" = :r1 AND name = 'new-1';
+SAVEPOINT s;
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r1, 'sp-1', '{}');
+SELECT used FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r1;
+ROLLBACK TO SAVEPOINT s;
+SELECT used FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r1;
+ROLLBACK;
+SELECT used FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r1;
+
+-- 6. UPDATE: moving a row moves its count; a move into a full workspace is refused; a row
+--    that stops matching counted_when stops counting.
+UPDATE "Segment" SET "workspaceId" = :r2 WHERE "workspaceId" = :r1 AND name = 'new-1';
+SELECT workspace_id = :r1 AS is_r1, used FROM tenancy.quota_usage
+ WHERE table_name = '"Segment"'::regclass AND workspace_id IN (:r1, :r2) ORDER BY 1;
+SELECT tenancy.set_quota('"Segment"', 11, :r2);
+UPDATE "Segment" SET "workspaceId" = :r2, name = 'moved-segment-1' WHERE "workspaceId" = :r1 AND name = 'segment-1';
+\echo :LAST_ERROR_SQLSTATE
+UPDATE "Segment" SET "resourceType" = 'Internal' WHERE "workspaceId" = :r2 AND name = 'new-1';
+SELECT used FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r2;
+
+-- 7. Lowering a limit below usage blocks new rows and deletes none.
+SELECT tenancy.set_quota('"Segment"', 5, :r2);
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r2, 'blocked', '{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT used, max_rows, pct FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r2;
+-- NULL max_rows for a workspace: unlimited; clear_quota: back to the default
+SELECT tenancy.set_quota('"Segment"', NULL, :r2);
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r2, 'unblocked', '{}');
+SELECT used, max_rows, source FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r2;
+SELECT tenancy.clear_quota('"Segment"', :r2);
+SELECT used, max_rows, source FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = :r2;
+
+-- 8. Bad input.
+SELECT tenancy.set_quota('"Segment"', -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.set_quota('"Broadcast"', 10);
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.set_quota(NULL, 10);
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.enforce_quota('"Segment"', 'no_such_column');
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.enforce_quota('"Segment"', 'name');
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.enforce_quota('"Segment"', counted_when => 'true); DROP TABLE "Journey"; SELECT (1');
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.enforce_quota('"Segment"', counted_when => 'no_such_column = 1');
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy.enforce_quota('no_such_table');
+\echo :LAST_ERROR_SQLSTATE
+-- the failed calls changed nothing
+SELECT tbl, workspace_column, counted_when FROM tenancy.quota_table ORDER BY tbl::text;
+
+-- 9. A workspace delete cascades: its counters fall to zero.
+SELECT tenancy.set_quota('"Journey"', 100);
+DELETE FROM "Workspace" WHERE id = fixture.ws_id('child', 1001);
+SELECT count(*) AS rows_left_for_deleted_workspace
+  FROM tenancy.quota_usage WHERE workspace_id = fixture.ws_id('child', 1001);
+SELECT sum(used) AS counted_journeys, (SELECT count(*) FROM "Journey") AS real_journeys
+  FROM tenancy.quota_counter WHERE tbl = '"Journey"'::regclass;
+
+-- 10. Application roles cannot administer quotas, and need no privilege on the counters.
+CREATE ROLE tenancy_regress_quota LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON "Segment" TO tenancy_regress_quota;
+GRANT USAGE ON SCHEMA fixture TO tenancy_regress_quota;
+SET ROLE tenancy_regress_quota;
+SELECT tenancy.set_quota('"Segment"', 1000);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (fixture.ws_id('root', 3), 'by-app-role', '{}');
+SELECT count(*) FROM tenancy.quota_counter;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SELECT used FROM tenancy.quota_usage WHERE table_name = '"Segment"'::regclass AND workspace_id = fixture.ws_id('root', 3);
+DROP OWNED BY tenancy_regress_quota;
+DROP ROLE tenancy_regress_quota;
+
+-- 11. TRUNCATE resets the table's counters; release_quota removes everything. Both idempotent.
+TRUNCATE "Journey" CASCADE;
+SELECT count(*) AS journey_counters FROM tenancy.quota_counter WHERE tbl = '"Journey"'::regclass;
+SELECT tenancy.release_quota('"Journey"');
+SELECT tenancy.release_quota('"Journey"');
+SELECT tbl FROM tenancy.quota_table ORDER BY tbl::text;
+SELECT tgname FROM pg_trigger WHERE tgrelid = '"Journey"'::regclass AND tgname LIKE 'tenancy%';
+
+-- 12. Every counter equals the true count (quota_drift lists the differences: none).
+SELECT * FROM tenancy.quota_drift();
+UPDATE tenancy.quota_counter SET used = used + 1 WHERE tbl = '"Segment"'::regclass AND workspace_id = :r1;
+SELECT table_name, workspace_id = :r1 AS is_r1, counted - actual AS off_by FROM tenancy.quota_drift();
+SELECT tenancy.enforce_quota('"Segment"', counted_when => '"resourceType" = ''Declarative''');
+SELECT * FROM tenancy.quota_drift();

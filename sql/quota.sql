@@ -1,0 +1,271 @@
+-- Per-workspace row quotas. The trigger and its caches are in src/quota.rs; this file holds
+-- the bookkeeping tables, the administrative functions and the quota_usage view.
+--
+-- Errors (see the README's "Errors" table):
+--   53400 configuration_limit_exceeded  a statement would take a workspace over its limit
+--   22023 invalid_parameter_value       negative max_rows
+--   22004 null_value_not_allowed        NULL table
+--   42703 undefined_column              workspace column missing
+--   42804 datatype_mismatch             workspace column not uuid
+--   42601 syntax_error                  counted_when not a single expression
+--   55000 object_not_in_prerequisite_state  set_quota on a table without enforce_quota
+
+-- Enforced tables.
+CREATE TABLE @extschema@.quota_table (
+    tbl regclass PRIMARY KEY,
+    workspace_column name NOT NULL,
+    counted_when text,
+    enforced_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.quota_table IS
+'Tables under quota enforcement (written by tenancy.enforce_quota / release_quota).';
+
+-- Limits: a NULL workspace_id row is the table's default; a workspace's row overrides it
+-- (max_rows NULL there means: this workspace is unlimited).
+CREATE TABLE @extschema@.quota_limit (
+    tbl regclass NOT NULL REFERENCES @extschema@.quota_table (tbl) ON DELETE CASCADE,
+    workspace_id uuid,
+    max_rows bigint CHECK (max_rows >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT quota_limit_tbl_workspace_key UNIQUE NULLS NOT DISTINCT (tbl, workspace_id)
+);
+COMMENT ON TABLE @extschema@.quota_limit IS
+'Row limits: workspace_id NULL is the default for every workspace of the table; a workspace row overrides it (max_rows NULL: unlimited). Written by tenancy.set_quota / clear_quota.';
+
+-- Counters: the number of counted rows per (table, workspace), kept exact by the quota
+-- trigger inside each writing transaction. fillfactor leaves room for HOT updates.
+CREATE TABLE @extschema@.quota_counter (
+    tbl regclass NOT NULL,
+    workspace_id uuid NOT NULL,
+    used bigint NOT NULL,
+    PRIMARY KEY (tbl, workspace_id)
+) WITH (fillfactor = 50);
+COMMENT ON TABLE @extschema@.quota_counter IS
+'Counted rows per (table, workspace), maintained by tenancy.quota_trigger(); do not write it by hand.';
+
+-- pg_dump keeps the configuration and the counters (table data is restored before triggers
+-- are created, so restored counters match restored rows).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_table', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_limit', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_counter', '');
+
+-- Any change of settings or limits invalidates every backend's cache of them.
+CREATE TRIGGER quota_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.quota_table FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_config_changed();
+CREATE TRIGGER quota_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.quota_limit FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_config_changed();
+
+COMMENT ON FUNCTION @extschema@.quota_trigger() IS
+'Statement-level AFTER trigger installed by tenancy.enforce_quota(): applies per-workspace row deltas to tenancy.quota_counter and raises 53400 when a workspace would exceed its limit.';
+COMMENT ON FUNCTION @extschema@.quota_config_changed() IS
+'Invalidates every backend''s cached quota settings and limits when tenancy.quota_table or tenancy.quota_limit changes.';
+COMMENT ON FUNCTION @extschema@._assert_expression(text) IS
+'Internal: raises 42601 unless the text is exactly one SQL expression (validates counted_when).';
+
+-- enforce_quota: install enforcement on a tenant table and (re)count its rows. Idempotent: a
+-- second call with other arguments updates the settings and recounts; a call with the same
+-- arguments recounts (a repair that can never hurt).
+CREATE FUNCTION @extschema@.enforce_quota(
+    tbl regclass,
+    workspace_column name DEFAULT 'workspaceId',
+    counted_when text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    col_type regtype;
+    relkind "char";
+    cond text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004',
+            HINT = 'Pass the table, e.g. tenancy.enforce_quota(''"Segment"'').';
+    END IF;
+    IF workspace_column IS NULL THEN
+        RAISE EXCEPTION 'workspace_column must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+    IF relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'cannot enforce a quota on % : it is not a table', tbl USING ERRCODE = '42809',
+            DETAIL = format('relkind is %L.', relkind);
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'column % of table % does not exist', quote_ident(workspace_column), tbl
+            USING ERRCODE = '42703',
+                  HINT = 'Pass the workspace column as the second argument (default "workspaceId").';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'workspace column % of table % has type %, not uuid', quote_ident(workspace_column), tbl, col_type
+            USING ERRCODE = '42804';
+    END IF;
+    IF counted_when IS NOT NULL THEN
+        PERFORM @extschema@._assert_expression(counted_when);
+    END IF;
+
+    -- Block writers of the table while the triggers go in and the rows are counted, so the
+    -- backfilled counts are exact (CREATE TRIGGER takes this lock too).
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+
+    cond := format('%I IS NOT NULL', workspace_column)
+            || CASE WHEN counted_when IS NULL THEN '' ELSE format(' AND (%s)', counted_when) END;
+    -- Validates counted_when against the table (names, types) before anything is written.
+    EXECUTE format('SELECT count(*) FROM %s WHERE %s', tbl, cond);
+
+    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
+    VALUES (tbl, workspace_column, counted_when)
+    ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
+        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
+        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
+
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = enforce_quota.tbl;
+    EXECUTE format('INSERT INTO @extschema@.quota_counter (tbl, workspace_id, used)
+                    SELECT $1, %I, count(*) FROM %s WHERE %s GROUP BY 2', workspace_column, tbl, cond)
+      USING tbl;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.enforce_quota(regclass, name, text) IS
+'Installs per-workspace row quota enforcement on a tenant table and counts its rows. counted_when optionally restricts which rows count (e.g. ''"resourceType" = ''''Declarative''''''). Idempotent; transactional.';
+
+-- set_quota: a NULL workspace sets the table's default; a workspace's value overrides it.
+-- max_rows NULL removes the limit (the default, or, for a workspace, makes it unlimited).
+CREATE FUNCTION @extschema@.set_quota(tbl regclass, max_rows bigint, workspace uuid DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'invalid quota % for table %: max_rows must be >= 0', max_rows, tbl
+            USING ERRCODE = '22023', HINT = 'Pass NULL to remove the limit, 0 to forbid new rows.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.quota_table q WHERE q.tbl = set_quota.tbl) THEN
+        RAISE EXCEPTION 'table % has no quota enforcement', tbl USING ERRCODE = '55000',
+            HINT = format('Call tenancy.enforce_quota(%L) first.', tbl::text);
+    END IF;
+    IF workspace IS NULL AND max_rows IS NULL THEN
+        DELETE FROM @extschema@.quota_limit l WHERE l.tbl = set_quota.tbl AND l.workspace_id IS NULL;
+    ELSE
+        INSERT INTO @extschema@.quota_limit AS l (tbl, workspace_id, max_rows)
+        VALUES (tbl, workspace, max_rows)
+        ON CONFLICT ON CONSTRAINT quota_limit_tbl_workspace_key
+        DO UPDATE SET max_rows = excluded.max_rows, updated_at = now();
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.set_quota(regclass, bigint, uuid) IS
+'Sets a row limit on an enforced table: for one workspace, or (workspace NULL) the default for all. NULL max_rows removes the default, or makes that workspace unlimited. Lowering a limit below usage blocks new rows and deletes none. Errors: 22023 negative, 55000 table not enforced.';
+
+-- clear_quota: drop a workspace's own limit so that the table's default applies again.
+CREATE FUNCTION @extschema@.clear_quota(tbl regclass, workspace uuid)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    DELETE FROM @extschema@.quota_limit l WHERE l.tbl = clear_quota.tbl AND l.workspace_id = clear_quota.workspace;
+$fn$;
+COMMENT ON FUNCTION @extschema@.clear_quota(regclass, uuid) IS
+'Removes a workspace''s own limit on a table, so the table''s default applies to it again.';
+
+-- release_quota: remove enforcement and all its bookkeeping. Idempotent.
+CREATE FUNCTION @extschema@.release_quota(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = release_quota.tbl;
+    DELETE FROM @extschema@.quota_table q WHERE q.tbl = release_quota.tbl; -- cascades to quota_limit
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.release_quota(regclass) IS
+'Removes quota enforcement from a table: its triggers, counters, limits and settings. Idempotent.';
+
+-- quota_usage: every (workspace, table) that has counted rows or a limit of its own.
+CREATE VIEW @extschema@.quota_usage AS
+WITH pairs AS (
+    SELECT c.tbl, c.workspace_id FROM @extschema@.quota_counter c WHERE c.used <> 0
+    UNION
+    SELECT l.tbl, l.workspace_id FROM @extschema@.quota_limit l WHERE l.workspace_id IS NOT NULL
+)
+SELECT p.workspace_id,
+       p.tbl AS table_name,
+       COALESCE(c.used, 0) AS used,
+       CASE WHEN o.tbl IS NOT NULL THEN o.max_rows ELSE d.max_rows END AS max_rows,
+       CASE WHEN o.tbl IS NOT NULL THEN 'workspace' WHEN d.tbl IS NOT NULL THEN 'default' END AS source,
+       round(100.0 * COALESCE(c.used, 0)
+             / NULLIF(CASE WHEN o.tbl IS NOT NULL THEN o.max_rows ELSE d.max_rows END, 0), 1) AS pct
+  FROM pairs p
+  JOIN @extschema@.quota_table t ON t.tbl = p.tbl
+  LEFT JOIN @extschema@.quota_counter c ON c.tbl = p.tbl AND c.workspace_id = p.workspace_id
+  LEFT JOIN @extschema@.quota_limit o ON o.tbl = p.tbl AND o.workspace_id = p.workspace_id
+  LEFT JOIN @extschema@.quota_limit d ON d.tbl = p.tbl AND d.workspace_id IS NULL;
+COMMENT ON VIEW @extschema@.quota_usage IS
+'Per workspace and enforced table: used (counted rows), max_rows (effective limit, NULL: none), source (''workspace'' override or ''default''), pct (used as a percentage of max_rows).';
+COMMENT ON COLUMN @extschema@.quota_usage.used IS 'rows counted (matching counted_when), exact';
+COMMENT ON COLUMN @extschema@.quota_usage.max_rows IS 'effective limit in rows; NULL: unlimited';
+COMMENT ON COLUMN @extschema@.quota_usage.pct IS 'used as a percentage of max_rows';
+
+-- quota_drift: counters that differ from the true count (none, unless someone wrote the
+-- counters by hand or the triggers were disabled). enforce_quota() recounts.
+CREATE FUNCTION @extschema@.quota_drift(tbl regclass DEFAULT NULL)
+RETURNS TABLE (table_name regclass, workspace_id uuid, counted bigint, actual bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    q record;
+BEGIN
+    FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t
+              WHERE quota_drift.tbl IS NULL OR t.tbl = quota_drift.tbl ORDER BY t.tbl::text
+    LOOP
+        RETURN QUERY EXECUTE format(
+            'SELECT $1, COALESCE(c.workspace_id, a.ws), COALESCE(c.used, 0), COALESCE(a.n, 0)
+               FROM (SELECT workspace_id, used FROM @extschema@.quota_counter WHERE tbl = $1) c
+               FULL JOIN (SELECT %I AS ws, count(*) AS n FROM %s WHERE %I IS NOT NULL %s GROUP BY 1) a
+                 ON a.ws = c.workspace_id
+              WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0)
+              ORDER BY 2',
+            q.workspace_column, q.tbl, q.workspace_column,
+            CASE WHEN q.counted_when IS NULL THEN '' ELSE format('AND (%s)', q.counted_when) END)
+        USING q.tbl;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.quota_drift(regclass) IS
+'Lists (table, workspace) pairs whose counter differs from the true count of counted rows; empty when all is exact. tenancy.enforce_quota() recounts a table.';
+
+-- Administrative: not for application roles unless granted.
+REVOKE ALL ON FUNCTION @extschema@.enforce_quota(regclass, name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.set_quota(regclass, bigint, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.clear_quota(regclass, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.release_quota(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.quota_drift(regclass) FROM PUBLIC;

@@ -1,0 +1,391 @@
+//! Per-workspace row quotas: the trigger that keeps counters exact, and the backend-local
+//! caches that keep it cheap. The SQL surface (tables, `enforce_quota`, `set_quota`,
+//! `release_quota`, `quota_usage`) is in `sql/quota.sql`.
+//!
+//! # How it stays exact
+//! `enforce_quota(tbl)` installs four statement-level AFTER triggers on `tbl` (INSERT and
+//! DELETE and UPDATE with transition tables, TRUNCATE) that all call [`quota_trigger`]. Each
+//! firing computes, from the transition tables, one delta per workspace (rows counted after
+//! minus rows counted before, with `counted_when` applied) and applies all deltas in one
+//! statement, `INSERT ... ON CONFLICT DO UPDATE SET used = used + delta`, ordered by workspace:
+//! - transition tables hold only the rows really inserted, deleted or updated, so
+//!   `ON CONFLICT DO NOTHING` on an existing row counts nothing and COPY counts every row;
+//! - the counter row's lock is held to the end of the transaction: concurrent writers of one
+//!   workspace serialize on it, and under READ COMMITTED the second one re-reads the committed
+//!   count before checking the limit (no overshoot). Under REPEATABLE READ / SERIALIZABLE the
+//!   second writer gets a serialization failure (40001) instead. Locks are taken in workspace
+//!   order, so writers of one table do not deadlock;
+//! - the counters are ordinary rows written in the user's transaction: rollbacks and
+//!   savepoints undo them with the data.
+//! A delta that grows a workspace past its effective limit raises 53400 and the whole
+//! statement is undone.
+//!
+//! # Caches (per backend)
+//! Limits and table settings are read once per table and kept; the plans of the delta
+//! statements are prepared once per (table, event) and kept. Any change to
+//! `tenancy.quota_limit` or `tenancy.quota_table` fires a statement trigger that queues a
+//! relcache invalidation for that table; PostgreSQL delivers it to this backend at the next
+//! command and to every other backend at its next transaction start, where
+//! [`relcache_callback`] drops the caches.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
+use pgrx::PgSqlErrorCode as Code;
+use pgrx::WhoAllocated;
+
+use crate::error::TenancyError;
+use crate::uuid_text;
+
+/// Names the transition tables get in the triggers `enforce_quota` creates.
+const NEW_TABLE: &str = "tenancy_new";
+const OLD_TABLE: &str = "tenancy_old";
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Event {
+    Insert,
+    Delete,
+    Update,
+    Truncate,
+}
+
+/// One enforced table's settings and limits (from tenancy.quota_table and tenancy.quota_limit).
+struct TableQuota {
+    workspace_column: String,
+    counted_when: Option<String>,
+    /// The default limit (NULL workspace row); `None`: unlimited.
+    default_limit: Option<i64>,
+    /// Per-workspace overrides; `Some(None)`: explicitly unlimited.
+    overrides: HashMap<[u8; 16], Option<i64>>,
+}
+
+impl TableQuota {
+    fn limit_for(&self, ws: &[u8; 16]) -> Option<i64> {
+        match self.overrides.get(ws) {
+            Some(over) => *over,
+            None => self.default_limit,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Caches {
+    /// `None`: looked up, not enforced.
+    tables: HashMap<pg_sys::Oid, Option<TableQuota>>,
+    plans: HashMap<(pg_sys::Oid, Event), OwnedPreparedStatement>,
+    /// The extension's config tables, whose invalidations drop the caches.
+    watched: Vec<pg_sys::Oid>,
+    /// Owner of tenancy.quota_counter: the delta statements run as this role.
+    counter_owner: Option<pg_sys::Oid>,
+}
+
+thread_local! {
+    static CACHES: RefCell<Caches> = RefCell::new(Caches::default());
+}
+
+pub(crate) fn init() {
+    // SAFETY: registers a callback with a 'static function; at most once per process (this
+    // runs from _PG_init, which PostgreSQL calls once per process that loads the library).
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+}
+
+/// Relcache invalidation callback: an invalidation of a config table (or of all relations)
+/// drops every cached limit and plan. Must not raise errors or run queries.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    CACHES.with(|c| {
+        // try_borrow_mut: an invalidation can arrive while the trigger itself holds the cache
+        // (lock acquisition inside SPI processes invalidations); clear what we can later.
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if relid == pg_sys::InvalidOid || c.watched.contains(&relid) {
+                c.tables.clear();
+                c.plans.clear();
+                c.counter_owner = None;
+            }
+        } else {
+            PENDING_CLEAR.with(|p| p.set(true));
+        }
+    });
+}
+
+thread_local! {
+    static PENDING_CLEAR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn take_pending_clear(c: &mut Caches) {
+    if PENDING_CLEAR.with(|p| p.replace(false)) {
+        c.tables.clear();
+        c.plans.clear();
+        c.counter_owner = None;
+    }
+}
+
+/// Statement trigger on tenancy.quota_table and tenancy.quota_limit: queue a relcache
+/// invalidation so that every backend drops its cached limits (at commit for the others).
+#[pg_trigger]
+fn quota_config_changed<'a>(
+    t: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgHeapTupleError> {
+    let relid = t.relid().expect("trigger relation");
+    // SAFETY: relid is the trigger's table; queues a transactional invalidation message.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    Ok(None::<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>)
+}
+
+/// The quota trigger: statement-level AFTER INSERT/DELETE/UPDATE/TRUNCATE on enforced tables.
+#[pg_trigger]
+fn quota_trigger<'a>(
+    t: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgHeapTupleError> {
+    let relid = t.relid().expect("trigger relation");
+    let event = match t.op() {
+        Ok(PgTriggerOperation::Insert) => Event::Insert,
+        Ok(PgTriggerOperation::Delete) => Event::Delete,
+        Ok(PgTriggerOperation::Update) => Event::Update,
+        Ok(PgTriggerOperation::Truncate) => Event::Truncate,
+        Err(e) => {
+            TenancyError::new(Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION, "tenancy.quota_trigger(): unexpected event")
+                .detail(e.to_string())
+                .raise()
+        }
+    };
+    if !matches!(t.level(), PgTriggerLevel::Statement) || !matches!(t.when(), Ok(PgTriggerWhen::After)) {
+        TenancyError::new(
+            Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            "tenancy.quota_trigger() must be fired AFTER ... FOR EACH STATEMENT",
+        )
+        .hint("Install it with tenancy.enforce_quota(); do not create the trigger by hand.")
+        .raise();
+    }
+    if let Some(over) = apply_deltas(t, relid, event) {
+        over.raise();
+    }
+    Ok(None::<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>)
+}
+
+/// Apply the statement's deltas; return the error to raise when a workspace went over its limit.
+fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<TenancyError> {
+    CACHES.with(|cell| {
+        let mut caches = cell.borrow_mut();
+        take_pending_clear(&mut caches);
+        Spi::connect(|client| {
+            // SAFETY: registers this firing's transition tables with the SPI connection just
+            // opened, as PL/pgSQL does; the TriggerData outlives the connection.
+            unsafe {
+                let td = t.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
+                pg_sys::SPI_register_trigger_data(td);
+            }
+            ensure_loaded(&mut caches, client, relid)?;
+            let key = (relid, event);
+            if !caches.plans.contains_key(&key) {
+                let Some(Some(quota)) = caches.tables.get(&relid) else {
+                    return Ok(None); // not (or no longer) enforced: nothing to count
+                };
+                let sql = delta_sql(event, quota);
+                let plan = client.prepare_mut(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)])?.keep();
+                caches.plans.insert(key, plan);
+            }
+            let owner = caches.counter_owner.expect("loaded with the table");
+            let plan = caches.plans.get(&key).expect("just inserted");
+            let rows = as_user(owner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
+                let table = client.select(plan, None, &[DatumWithOid::from(relid)])?;
+                let mut out = Vec::new();
+                for row in table {
+                    let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
+                    let used: i64 = row.get(2)?.expect("used");
+                    let added: i64 = row.get(3)?.expect("added");
+                    out.push((*ws.as_bytes(), used, added));
+                }
+                Ok(out)
+            })?;
+            let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
+            for (ws, used, added) in rows {
+                if let Some(limit) = quota.limit_for(&ws) {
+                    if used > limit {
+                        return Ok(Some(over_quota(relid, &ws, limit, used, added)));
+                    }
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(None)
+        })
+        .unwrap_or_else(|e| Some(TenancyError::from(e)))
+    })
+}
+
+/// Run `f` as `role` (the owner of the counter table), as PostgreSQL's RI triggers do, so that
+/// application roles need no privilege on the bookkeeping tables. An error raised inside is
+/// cleaned up by transaction or subtransaction abort, which restores the user id.
+fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: plain reads/writes of the backend's current user id and security context.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let r = f();
+    // SAFETY: restores exactly what was saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    r
+}
+
+fn over_quota(relid: pg_sys::Oid, ws: &[u8; 16], limit: i64, used: i64, added: i64) -> TenancyError {
+    let table = regclass_text(relid);
+    let ws = uuid_text::canonical(ws);
+    TenancyError::new(
+        Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!("quota exceeded: workspace {ws} may have at most {limit} rows in {table}"),
+    )
+    .detail(format!(
+        "Workspace {ws} has {} counted rows in {table}; this statement would add {added}, making {used}.",
+        used - added
+    ))
+    .hint(format!(
+        "Delete rows, or raise the limit with tenancy.set_quota('{}', <max_rows>, '{ws}').",
+        table.replace('\'', "''")
+    ))
+}
+
+fn regclass_text(relid: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[DatumWithOid::from(relid)])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format!("relation {}", u32::from(relid)))
+}
+
+/// Load the table's settings and limits (and the watched oids) into the cache if absent.
+fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid) -> Result<(), pgrx::spi::Error> {
+    if caches.counter_owner.is_none() {
+        let mut watched = Vec::new();
+        let rows = client.select(
+            "SELECT c.oid, c.relname::text, c.relowner FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'tenancy')
+                AND c.relname IN ('quota_table', 'quota_limit', 'quota_counter')",
+            None,
+            &[],
+        )?;
+        let mut owner = None;
+        for row in rows {
+            let oid: pg_sys::Oid = row.get(1)?.expect("oid");
+            let name: String = row.get(2)?.expect("relname");
+            let relowner: pg_sys::Oid = row.get(3)?.expect("relowner");
+            watched.push(oid);
+            if name == "quota_counter" {
+                owner = Some(relowner);
+            }
+        }
+        caches.watched = watched;
+        caches.counter_owner = Some(owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)));
+        caches.tables.clear();
+        caches.plans.clear();
+    }
+    if caches.tables.contains_key(&relid) {
+        return Ok(());
+    }
+    let args = [DatumWithOid::from(relid)];
+    let cfg = client.select(
+        "SELECT workspace_column::text, counted_when FROM tenancy.quota_table WHERE tbl = $1",
+        Some(1),
+        &args,
+    )?;
+    let entry = if cfg.is_empty() {
+        None
+    } else {
+        let row = cfg.first();
+        let workspace_column: String = row.get(1)?.expect("workspace_column");
+        let counted_when: Option<String> = row.get(2)?;
+        let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new() };
+        for row in client.select(
+            "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
+            None,
+            &args,
+        )? {
+            let ws: Option<pgrx::Uuid> = row.get(1)?;
+            let max: Option<i64> = row.get(2)?;
+            match ws {
+                None => q.default_limit = max,
+                Some(ws) => {
+                    q.overrides.insert(*ws.as_bytes(), max);
+                }
+            }
+        }
+        Some(q)
+    };
+    caches.tables.insert(relid, entry);
+    Ok(())
+}
+
+/// The delta statement for one event: per workspace, rows counted after minus before, applied
+/// to the counters in workspace order; returns (workspace_id, used, added) for the workspaces
+/// that grew (the only ones that can go over a limit).
+fn delta_sql(event: Event, q: &TableQuota) -> String {
+    let col = quote_identifier(&q.workspace_column);
+    let cond = match &q.counted_when {
+        Some(expr) => format!("({col}) IS NOT NULL AND ({expr})"),
+        None => format!("({col}) IS NOT NULL"),
+    };
+    let source = match event {
+        Event::Insert => format!("SELECT {col} AS ws, count(*) AS n FROM {NEW_TABLE} WHERE {cond} GROUP BY 1"),
+        Event::Delete => format!("SELECT {col} AS ws, -count(*) AS n FROM {OLD_TABLE} WHERE {cond} GROUP BY 1"),
+        Event::Update => format!(
+            "SELECT ws, sum(n)::bigint AS n FROM (
+                 SELECT {col} AS ws, 1 AS n FROM {NEW_TABLE} WHERE {cond}
+                 UNION ALL
+                 SELECT {col}, -1 FROM {OLD_TABLE} WHERE {cond}) u
+              GROUP BY 1"
+        ),
+        Event::Truncate => return "DELETE FROM tenancy.quota_counter WHERE tbl = $1".to_string(),
+    };
+    format!(
+        "WITH d AS MATERIALIZED ({source}),
+              up AS (
+                INSERT INTO tenancy.quota_counter AS c (tbl, workspace_id, used)
+                SELECT $1, ws, n FROM d WHERE n <> 0 ORDER BY ws
+                ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used
+                RETURNING workspace_id, used)
+         SELECT up.workspace_id, up.used, d.n::bigint FROM up JOIN d ON d.ws = up.workspace_id WHERE d.n > 0"
+    )
+}
+
+/// `tenancy._assert_expression(expr)`: raise 42601 unless `expr` is exactly one SQL
+/// expression (used by enforce_quota to validate `counted_when` before it is ever
+/// interpolated into a statement).
+#[pg_extern(immutable, parallel_safe, name = "_assert_expression")]
+fn assert_expression(expr: &str) -> Result<bool, pgrx::pg_sys::panic::ErrorReport> {
+    let bad = |why: &str| -> pgrx::pg_sys::panic::ErrorReport {
+        TenancyError::new(Code::ERRCODE_SYNTAX_ERROR, format!("counted_when is not a single SQL expression: {why}"))
+            .detail(format!("counted_when: {expr}"))
+            .hint("Pass a boolean expression over the table's columns, e.g. '\"resourceType\" = ''Declarative'''.")
+            .into()
+    };
+    if expr.trim().is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let text = CString::new(format!("SELECT ({expr})")).map_err(|_| bad("it contains a NUL byte"))?;
+    // SAFETY: raw_parser only reads the string; a syntax error is raised as a normal ERROR
+    // (42601) through pgrx's FFI guard. The list is palloc'd in the current context.
+    let n = unsafe {
+        let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        if list.is_null() {
+            0
+        } else {
+            (*list).length
+        }
+    };
+    if n != 1 {
+        return Err(bad("it ends the statement (a ';' outside a string?)"));
+    }
+    Ok(true)
+}
+
+pgrx::extension_sql_file!(
+    "../sql/quota.sql",
+    name = "quota_sql",
+    requires = ["context_sql", quota_trigger, quota_config_changed, assert_expression]
+);
+

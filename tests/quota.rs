@@ -1,0 +1,346 @@
+//! Quotas over real connections: no overshoot under concurrency, cache invalidation across
+//! sessions, and a randomized workload after which every counter equals count(*).
+
+use std::sync::{Arc, Barrier};
+use tenancy_it::*;
+
+const DECLARATIVE: &str = "\"resourceType\" = ''Declarative''";
+
+fn enforce_all(c: &mut Client) {
+    c.batch_execute(&format!(
+        "SELECT tenancy.enforce_quota('\"Segment\"', counted_when => '{DECLARATIVE}');
+         SELECT tenancy.enforce_quota('\"Journey\"');
+         SELECT tenancy.enforce_quota('\"MessageTemplate\"', counted_when => '{DECLARATIVE}');"
+    ))
+    .unwrap();
+}
+
+fn used(c: &mut Client, table: &str, ws: &str) -> i64 {
+    c.query_one(
+        "SELECT COALESCE((SELECT used FROM tenancy.quota_counter WHERE tbl = $1::text::regclass AND workspace_id = $2::text::uuid), 0)",
+        &[&table, &ws],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn declarative_segments(c: &mut Client, ws: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM \"Segment\" WHERE \"workspaceId\" = $1::text::uuid AND \"resourceType\" = 'Declarative'",
+        &[&ws],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn drift(c: &mut Client) -> Vec<String> {
+    c.query("SELECT format('%s %s counted=%s actual=%s', table_name, workspace_id, counted, actual) FROM tenancy.quota_drift()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// 16 sessions insert into one workspace that has room for exactly 40 more rows: exactly 40
+/// inserts succeed, every other one fails with 53400, and the final count equals the limit.
+fn hammer_at_limit(isolation: &'static str) {
+    let db = fresh_db(&format!("quota_hammer_{}", isolation.replace(' ', "_").to_lowercase()));
+    let mut admin = connect(&db);
+    enforce_all(&mut admin);
+    let ws = ws_id(&mut admin, "root", 1);
+    let before = declarative_segments(&mut admin, &ws);
+    let limit = before + 40;
+    admin.execute("SELECT tenancy.set_quota('\"Segment\"', $1, $2::text::uuid)", &[&limit, &ws]).unwrap();
+
+    let sessions = 16;
+    let barrier = Arc::new(Barrier::new(sessions));
+    let handles: Vec<_> = (0..sessions)
+        .map(|s| {
+            let (db, ws, barrier) = (db.clone(), ws.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = connect(&db);
+                barrier.wait();
+                let (mut ok, mut over, mut retry) = (0, 0, 0);
+                for i in 0..10 {
+                    let r = c.batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL {isolation};
+                         INSERT INTO \"Segment\" (\"workspaceId\", name, definition) VALUES ('{ws}', 'hammer-{s}-{i}', '{{}}');
+                         COMMIT;"
+                    ));
+                    match r {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            c.batch_execute("ROLLBACK").unwrap();
+                            match sqlstate(&e).as_str() {
+                                "53400" => over += 1,
+                                "40001" if isolation != "READ COMMITTED" => retry += 1,
+                                other => panic!("session {s}: unexpected {other}: {e}"),
+                            }
+                        }
+                    }
+                }
+                (ok, over, retry)
+            })
+        })
+        .collect();
+    let (mut ok, mut over, mut retry) = (0, 0, 0);
+    for h in handles {
+        let (a, b, c) = h.join().unwrap();
+        ok += a;
+        over += b;
+        retry += c;
+    }
+    let after = declarative_segments(&mut admin, &ws);
+    assert!(after <= limit, "overshoot under {isolation}: {after} rows for a limit of {limit}");
+    if isolation == "READ COMMITTED" {
+        assert_eq!(ok, 40, "successes (over={over})");
+        assert_eq!(after, limit);
+    } else {
+        assert_eq!(ok + over + retry, 160);
+        assert!(ok <= 40);
+        assert_eq!(after, before + ok as i64);
+    }
+    assert_eq!(used(&mut admin, "\"Segment\"", &ws), after, "counter = count(*)");
+    assert!(drift(&mut admin).is_empty(), "{:?}", drift(&mut admin));
+}
+
+#[test]
+fn sixteen_sessions_at_the_limit_read_committed() {
+    hammer_at_limit("READ COMMITTED");
+}
+
+#[test]
+fn sixteen_sessions_at_the_limit_repeatable_read() {
+    hammer_at_limit("REPEATABLE READ");
+}
+
+#[test]
+fn sixteen_sessions_at_the_limit_serializable() {
+    hammer_at_limit("SERIALIZABLE");
+}
+
+/// Multi-row statements spanning several workspaces in opposite orders never deadlock:
+/// counters are locked in workspace order.
+#[test]
+fn multi_workspace_statements_do_not_deadlock() {
+    let db = fresh_db("quota_deadlock");
+    let mut admin = connect(&db);
+    enforce_all(&mut admin);
+    let wss: Vec<String> = (1..=3).map(|n| ws_id(&mut admin, "root", n)).collect();
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (db, mut wss, barrier) = (db.clone(), wss.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                if t % 2 == 1 {
+                    wss.reverse();
+                }
+                let mut c = connect(&db);
+                barrier.wait();
+                for i in 0..25 {
+                    let values: Vec<String> = wss
+                        .iter()
+                        .map(|w| format!("('{w}', 'dl-{t}-{i}-{}', '{{}}')", &w[..8]))
+                        .collect();
+                    c.batch_execute(&format!(
+                        "BEGIN; INSERT INTO \"Segment\" (\"workspaceId\", name, definition) VALUES {}; \
+                         SELECT pg_sleep(0.001); COMMIT;",
+                        values.join(", ")
+                    ))
+                    .unwrap_or_else(|e| panic!("thread {t}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(drift(&mut admin).is_empty());
+}
+
+/// A limit cached by one session is replaced when another session changes it.
+#[test]
+fn limit_cache_follows_changes_from_another_session() {
+    let db = fresh_db("quota_cache");
+    let mut admin = connect(&db);
+    enforce_all(&mut admin);
+    let ws = ws_id(&mut admin, "root", 2);
+    admin.execute("SELECT tenancy.set_quota('\"Journey\"', 1000)", &[]).unwrap();
+
+    let mut app = connect(&db);
+    let ins = |c: &mut Client, name: &str| {
+        c.execute(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, $2)",
+            &[&ws, &name],
+        )
+    };
+    ins(&mut app, "j-1").unwrap(); // the limit (1000) is now cached in app's backend
+
+    // another session lowers the default to the current usage
+    let now = used(&mut admin, "\"Journey\"", &ws);
+    admin.execute("SELECT tenancy.set_quota('\"Journey\"', $1)", &[&now]).unwrap();
+    let err = ins(&mut app, "j-2").unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+
+    // a workspace override raises it again
+    admin.execute("SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)", &[&(now + 1), &ws]).unwrap();
+    ins(&mut app, "j-2").unwrap();
+    let err = ins(&mut app, "j-3").unwrap_err();
+    assert_eq!(sqlstate(&err), "53400");
+
+    // a direct write of the limit table (not through set_quota) is seen as well
+    admin
+        .execute("UPDATE tenancy.quota_limit SET max_rows = NULL WHERE workspace_id = $1::text::uuid", &[&ws])
+        .unwrap();
+    ins(&mut app, "j-3").unwrap();
+    assert!(drift(&mut admin).is_empty());
+}
+
+/// Tiny deterministic PRNG (xorshift64*), so a failing seed can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Inserts, upserts, COPY, deletes, moves, counted_when flips, rollbacks, savepoints and
+/// workspace cascades over several workspaces and tables, from 6 sessions at once; limits
+/// make some statements fail. Afterwards every counter equals count(*).
+#[test]
+fn randomized_workload_never_drifts() {
+    let db = fresh_db("quota_random");
+    let mut admin = connect(&db);
+    enforce_all(&mut admin);
+    admin
+        .batch_execute(
+            "SELECT tenancy.set_quota('\"Segment\"', 40);
+             SELECT tenancy.set_quota('\"Journey\"', 35);
+             SELECT tenancy.set_quota('\"MessageTemplate\"', 30);
+             SELECT fixture.create_workspace(fixture.ws_id('victim', n), 'Victim ' || n) FROM generate_series(1, 6) n;",
+        )
+        .unwrap();
+    let mut wss: Vec<String> = (1..=3).map(|n| ws_id(&mut admin, "root", n)).collect();
+    wss.extend((1..=2).map(|n| ws_id(&mut admin, "child", 1000 + n)));
+    let victims: Vec<String> = (1..=6).map(|n| ws_id(&mut admin, "victim", n)).collect();
+
+    let handles: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (db, wss, victims) = (db.clone(), wss.clone(), victims.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1) * 0x1000_0001);
+                let mut c = connect(&db);
+                let tables = ["Segment", "Journey", "MessageTemplate"];
+                let mut errors = std::collections::BTreeMap::<String, u32>::new();
+                for i in 0..150 {
+                    let table = tables[rng.below(3) as usize];
+                    let ws = &wss[rng.below(wss.len() as u64) as usize];
+                    let other = &wss[rng.below(wss.len() as u64) as usize];
+                    let kind = if rng.below(4) == 0 { "Internal" } else { "Declarative" };
+                    let name = format!("r-{t}-{i}");
+                    let def = if table == "Journey" { "" } else { ", definition" };
+                    let defv = if table == "Journey" { "" } else { ", '{}'" };
+                    let rt = if table == "Journey" { String::new() } else { format!(", \"resourceType\"") };
+                    let rtv = if table == "Journey" { String::new() } else { format!(", '{kind}'") };
+                    let sql = match rng.below(11) {
+                        0 | 1 => format!("INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt}) VALUES ('{ws}', '{name}'{defv}{rtv})"),
+                        2 => format!(
+                            "INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt})
+                             SELECT '{ws}', '{name}-' || g{defv}{rtv} FROM generate_series(1, {}) g",
+                            1 + rng.below(6)
+                        ),
+                        3 => format!(
+                            "INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt}) VALUES ('{ws}', 'r-{}-{}'{defv}{rtv}) ON CONFLICT DO NOTHING",
+                            rng.below(6), rng.below(150)
+                        ),
+                        4 => format!(
+                            "INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt}) VALUES ('{ws}', 'r-{}-{}'{defv}{rtv})
+                             ON CONFLICT (\"workspaceId\", name) DO UPDATE SET \"updatedAt\" = now()",
+                            rng.below(6), rng.below(150)
+                        ),
+                        5 => format!(
+                            "DELETE FROM \"{table}\" WHERE ctid IN (SELECT ctid FROM \"{table}\" WHERE \"workspaceId\" = '{ws}' ORDER BY random() LIMIT {})",
+                            1 + rng.below(4)
+                        ),
+                        6 => format!(
+                            "UPDATE \"{table}\" SET \"workspaceId\" = '{other}', name = name || '-moved-{t}-{i}'
+                              WHERE ctid IN (SELECT ctid FROM \"{table}\" WHERE \"workspaceId\" = '{ws}' ORDER BY random() LIMIT {})",
+                            1 + rng.below(3)
+                        ),
+                        7 if table != "Journey" => format!(
+                            "UPDATE \"{table}\" SET \"resourceType\" = CASE WHEN \"resourceType\" = 'Internal' THEN 'Declarative' ELSE 'Internal' END::\"DBResourceType\"
+                              WHERE ctid IN (SELECT ctid FROM \"{table}\" WHERE \"workspaceId\" = '{ws}' ORDER BY random() LIMIT 2)"
+                        ),
+                        8 => format!(
+                            "BEGIN; INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt}) VALUES ('{ws}', '{name}-rb'{defv}{rtv});
+                             DELETE FROM \"{table}\" WHERE ctid IN (SELECT ctid FROM \"{table}\" WHERE \"workspaceId\" = '{other}' LIMIT 1);
+                             ROLLBACK"
+                        ),
+                        9 => format!(
+                            "BEGIN; INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt}) VALUES ('{ws}', '{name}-sp1'{defv}{rtv});
+                             SAVEPOINT s; INSERT INTO \"{table}\" (\"workspaceId\", name{def}{rt}) VALUES ('{other}', '{name}-sp2'{defv}{rtv});
+                             ROLLBACK TO SAVEPOINT s; COMMIT"
+                        ),
+                        _ => {
+                            // COPY a few rows, or cascade-delete a victim workspace (each once)
+                            if rng.below(3) == 0 && t < victims.len() as u64 && i == 100 {
+                                format!("DELETE FROM \"Workspace\" WHERE id = '{}'", victims[t as usize])
+                            } else {
+                                let n = 1 + rng.below(5);
+                                let mut w = c
+                                    .copy_in(&format!("COPY \"{table}\" (\"workspaceId\", name{def}) FROM STDIN"))
+                                    .unwrap();
+                                use std::io::Write;
+                                for k in 0..n {
+                                    let extra = if table == "Journey" { "" } else { "\t{}" };
+                                    writeln!(w, "{ws}\t{name}-copy-{k}{extra}").unwrap();
+                                }
+                                match w.finish() {
+                                    Ok(_) => {}
+                                    Err(e) => *errors.entry(sqlstate(&e)).or_default() += 1,
+                                }
+                                continue;
+                            }
+                        }
+                    };
+                    if let Err(e) = c.batch_execute(&sql) {
+                        let code = sqlstate(&e);
+                        let _ = c.batch_execute("ROLLBACK");
+                        // expected: quota hits, name collisions, the RESTRICT of Broadcast,
+                        // deadlocks between tables (PostgreSQL resolves them)
+                        assert!(
+                            ["53400", "23505", "23503", "40P01"].contains(&code.as_str()),
+                            "thread {t} step {i}: {code} {e}\n{sql}"
+                        );
+                        *errors.entry(code).or_default() += 1;
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let mut all = std::collections::BTreeMap::<String, u32>::new();
+    for h in handles {
+        for (k, v) in h.join().unwrap() {
+            *all.entry(k).or_default() += v;
+        }
+    }
+    eprintln!("errors by SQLSTATE: {all:?}");
+    assert!(all.get("53400").copied().unwrap_or(0) > 0, "the workload never reached a limit: {all:?}");
+    let d = drift(&mut admin);
+    assert!(d.is_empty(), "counters drifted: {d:?}");
+    // and the counters are non-negative and no workspace is above its limit except by lowering
+    let neg: i64 = admin.query_one("SELECT count(*) FROM tenancy.quota_counter WHERE used < 0", &[]).unwrap().get(0);
+    assert_eq!(neg, 0);
+    let over: i64 = admin
+        .query_one("SELECT count(*) FROM tenancy.quota_usage WHERE used > max_rows", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(over, 0, "a workspace went over its limit");
+}
