@@ -38,10 +38,11 @@ CREATE TABLE @extschema@.quota_counter (
     tbl regclass NOT NULL,
     workspace_id uuid NOT NULL,
     used bigint NOT NULL,
+    last_delta bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, workspace_id)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE @extschema@.quota_counter IS
-'Counted rows per (table, workspace), maintained by tenancy.quota_trigger(); do not write it by hand.';
+'Counted rows per (table, workspace), maintained by tenancy.quota_trigger(); do not write it by hand. last_delta: the change made by the last statement that touched the row.';
 
 -- pg_dump keeps the configuration and the counters (table data is restored before triggers
 -- are created, so restored counters match restored rows).

@@ -186,25 +186,28 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 let Some(Some(quota)) = caches.tables.get(&relid) else {
                     return Ok(None); // not (or no longer) enforced: nothing to count
                 };
-                let sql = delta_sql(event, quota);
-                let plan = client.prepare_mut(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)])?.keep();
+                let sql = delta_sql(relid, event, quota);
+                let plan = client.prepare_mut(sql.as_str(), &[])?.keep();
                 caches.plans.insert(key, plan);
             }
             let owner = caches.counter_owner.expect("loaded with the table");
             let plan = caches.plans.get(&key).expect("just inserted");
             let rows = as_user(owner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
-                let table = client.select(plan, None, &[DatumWithOid::from(relid)])?;
+                let table = client.select(plan, None, &[])?;
                 let mut out = Vec::new();
                 for row in table {
                     let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
                     let used: i64 = row.get(2)?.expect("used");
-                    let added: i64 = row.get(3)?.expect("added");
+                    let added: i64 = row.get(3)?.expect("last_delta");
                     out.push((*ws.as_bytes(), used, added));
                 }
                 Ok(out)
             })?;
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
             for (ws, used, added) in rows {
+                if added <= 0 {
+                    continue;
+                }
                 if let Some(limit) = quota.limit_for(&ws) {
                     if used > limit {
                         return Ok(Some(over_quota(relid, &ws, limit, used, added)));
@@ -321,9 +324,9 @@ fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: 
 }
 
 /// The delta statement for one event: per workspace, rows counted after minus before, applied
-/// to the counters in workspace order; returns (workspace_id, used, added) for the workspaces
-/// that grew (the only ones that can go over a limit).
-fn delta_sql(event: Event, q: &TableQuota) -> String {
+/// to the counters in workspace order; returns (workspace_id, used, delta) for every workspace
+/// that changed (only those with delta > 0 can go over a limit).
+fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota) -> String {
     let col = quote_identifier(&q.workspace_column);
     let cond = match &q.counted_when {
         Some(expr) => format!("({col}) IS NOT NULL AND ({expr})"),
@@ -339,16 +342,18 @@ fn delta_sql(event: Event, q: &TableQuota) -> String {
                  SELECT {col}, -1 FROM {OLD_TABLE} WHERE {cond}) u
               GROUP BY 1"
         ),
-        Event::Truncate => return "DELETE FROM tenancy.quota_counter WHERE tbl = $1".to_string(),
+        Event::Truncate => return format!("DELETE FROM tenancy.quota_counter WHERE tbl = {}::oid", u32::from(relid)),
     };
+    // The table's oid is a literal, not a parameter: a statement without parameters is planned
+    // once and kept (a parameterised one would be re-planned for its first executions, and
+    // planning costs more than running it for a one-row INSERT). `last_delta` hands each
+    // workspace's delta back through RETURNING, which cannot see `excluded`.
+    let relid = u32::from(relid);
     format!(
-        "WITH d AS MATERIALIZED ({source}),
-              up AS (
-                INSERT INTO tenancy.quota_counter AS c (tbl, workspace_id, used)
-                SELECT $1, ws, n FROM d WHERE n <> 0 ORDER BY ws
-                ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used
-                RETURNING workspace_id, used)
-         SELECT up.workspace_id, up.used, d.n::bigint FROM up JOIN d ON d.ws = up.workspace_id WHERE d.n > 0"
+        "INSERT INTO tenancy.quota_counter AS c (tbl, workspace_id, used, last_delta)
+         SELECT {relid}::oid, ws, n, n FROM ({source}) d WHERE n <> 0 ORDER BY ws
+         ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used, last_delta = excluded.used
+         RETURNING workspace_id, used, last_delta"
     )
 }
 

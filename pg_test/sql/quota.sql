@@ -129,3 +129,18 @@ UPDATE tenancy.quota_counter SET used = used + 1 WHERE tbl = '"Segment"'::regcla
 SELECT table_name, workspace_id = :r1 AS is_r1, counted - actual AS off_by FROM tenancy.quota_drift();
 SELECT tenancy.enforce_quota('"Segment"', counted_when => '"resourceType" = ''Declarative''');
 SELECT * FROM tenancy.quota_drift();
+
+-- 13. Hostile identifiers (quotes, spaces, semicolons, mixed case, non-ASCII) are quoted everywhere.
+CREATE TABLE "Tenant ""Data""; DROP TABLE x" ("Wörk ""space""; id" uuid NOT NULL, v int, "Kind" text);
+SELECT tenancy.enforce_quota('"Tenant ""Data""; DROP TABLE x"', 'Wörk "space"; id', '"Kind" = ''it''''s; counted''');
+SELECT tenancy.set_quota('"Tenant ""Data""; DROP TABLE x"', 2);
+INSERT INTO "Tenant ""Data""; DROP TABLE x" VALUES (:r1, 1, 'it''s; counted'), (:r1, 2, 'it''s; counted'), (:r1, 3, 'other');
+INSERT INTO "Tenant ""Data""; DROP TABLE x" VALUES (:r1, 4, 'it''s; counted');
+\echo :LAST_ERROR_SQLSTATE
+UPDATE "Tenant ""Data""; DROP TABLE x" SET "Wörk ""space""; id" = :r2 WHERE v = 1;
+DELETE FROM "Tenant ""Data""; DROP TABLE x" WHERE v = 3;
+SELECT workspace_id = :r1 AS is_r1, used, max_rows FROM tenancy.quota_usage
+ WHERE table_name = '"Tenant ""Data""; DROP TABLE x"'::regclass ORDER BY 1;
+SELECT * FROM tenancy.quota_drift('"Tenant ""Data""; DROP TABLE x"');
+SELECT tenancy.release_quota('"Tenant ""Data""; DROP TABLE x"');
+DROP TABLE "Tenant ""Data""; DROP TABLE x";
