@@ -4,7 +4,10 @@
 #    rows: tenancy's quota trigger, and the naive PL/pgSQL count(*) trigger users write today;
 #  - a 100k-row INSERT ... SELECT (rolled back after timing).
 # Three copies of Dittofeed's "Segment" (same columns, indexes, foreign keys) take the load:
-# seg_plain (no trigger), seg_tenancy (tenancy.enforce_quota), seg_naive (count(*) trigger).
+# seg_plain (no trigger), seg_tenancy (tenancy.enforce_quota), seg_naive (count(*) trigger),
+# and seg_floor: a PL/pgSQL statement trigger that only adds the statement's row count to a
+# counter row (no limit check, no counted_when), the floor of any design that keeps exact
+# counts in a table row updated by the writing transaction.
 # The fixture holds 100 workspaces; single-row inserts go to 10 of them, grown to 1k and then
 # to 100k rows each. Every variant runs once per round, rounds interleave variants, medians win.
 set -euo pipefail
@@ -40,7 +43,7 @@ END $$;
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_tenancy', 'seg_naive'] LOOP
+    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_tenancy', 'seg_naive', 'seg_floor'] LOOP
         EXECUTE format('CREATE TABLE %I (LIKE "Segment" INCLUDING ALL)', t);
         EXECUTE format('ALTER TABLE %I ADD FOREIGN KEY ("workspaceId") REFERENCES "Workspace"(id) ON DELETE CASCADE ON UPDATE CASCADE', t);
         EXECUTE format('ALTER TABLE %I ADD FOREIGN KEY ("subscriptionGroupId") REFERENCES "SubscriptionGroup"(id) ON DELETE SET NULL', t);
@@ -50,6 +53,18 @@ END $$;
 ALTER TABLE seg_plain SET (autovacuum_enabled = off);
 ALTER TABLE seg_tenancy SET (autovacuum_enabled = off);
 ALTER TABLE seg_naive SET (autovacuum_enabled = off);
+ALTER TABLE seg_floor SET (autovacuum_enabled = off);
+CREATE TABLE floor_counter (workspace_id uuid PRIMARY KEY, used bigint NOT NULL) WITH (fillfactor = 50);
+INSERT INTO floor_counter SELECT id, 0 FROM "Workspace";
+CREATE FUNCTION floor_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE floor_counter c SET used = c.used + d.n
+      FROM (SELECT "workspaceId" AS ws, count(*) AS n FROM floor_new GROUP BY 1) d
+     WHERE c.workspace_id = d.ws;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER floor_count AFTER INSERT ON seg_floor REFERENCING NEW TABLE AS floor_new
+    FOR EACH STATEMENT EXECUTE FUNCTION floor_count();
 CREATE TRIGGER naive_quota BEFORE INSERT ON seg_naive FOR EACH ROW EXECUTE FUNCTION naive_quota();
 INSERT INTO naive_limit SELECT id, 10000000 FROM "Workspace";
 SELECT tenancy.enforce_quota('seg_tenancy', counted_when => '"resourceType" = ''Declarative''');
@@ -58,7 +73,7 @@ SELECT tenancy.set_quota('seg_tenancy', 10000000);
 CREATE FUNCTION bench_grow(p_rows int) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_tenancy', 'seg_naive'] LOOP
+    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_tenancy', 'seg_naive', 'seg_floor'] LOOP
         EXECUTE format('ALTER TABLE %I DISABLE TRIGGER USER', t);
         EXECUTE format($q$
             INSERT INTO %I ("workspaceId", name, definition, status)
@@ -73,7 +88,7 @@ BEGIN
 END $$;
 SQL
 
-for t in plain tenancy naive; do
+for t in plain tenancy naive floor; do
     cat >"$work/insert_$t.sql" <<EOT
 \set w random(1, 10)
 INSERT INTO seg_$t ("workspaceId", name, definition) VALUES (md5('tenancy-fixture/root/' || :w)::uuid, gen_random_uuid()::text, '{}');
@@ -105,12 +120,12 @@ for size in 1000 100000; do
     echo "-- growing 10 workspaces to $size rows per table copy" >&2
     # Load, then settle: vacuum, analyze and checkpoint, and keep autovacuum off the copies
     # during the runs, so that no variant pays for background work the others do not.
-    psql -d $DB -c "SELECT bench_grow($size)" -c "VACUUM ANALYZE seg_plain, seg_tenancy, seg_naive, tenancy.quota_counter" \
+    psql -d $DB -c "SELECT bench_grow($size)" -c "VACUUM ANALYZE seg_plain, seg_tenancy, seg_naive, seg_floor, tenancy.quota_counter" \
         -c "CHECKPOINT" >/dev/null
-    for t in plain tenancy naive; do tps_of "$work/insert_$t.sql" 1 >/dev/null; done   # warm-up
+    for t in plain tenancy naive floor; do tps_of "$work/insert_$t.sql" 1 >/dev/null; done   # warm-up
     for r in $(seq 1 "$ROUNDS"); do
         for clients in 1 8; do
-            for t in plain tenancy naive; do
+            for t in plain tenancy naive floor; do
                 echo "$size $clients $t $(tps_of "$work/insert_$t.sql" "$clients")" >>"$results"
             done
         done
@@ -128,13 +143,14 @@ done
 med() { awk -v s="$1" -v c="$2" -v t="$3" '$1 == s && $2 == c && $3 == t {print $4}' "$results" | median; }
 echo
 echo "single-row INSERT throughput (median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s; ratio = TPS / TPS without trigger)"
-printf '%-10s %-8s %12s %12s %12s %10s %10s\n' rows/ws clients no-trigger tenancy naive tenancy naive
+printf '%-10s %-8s %11s %11s %11s %11s %9s %9s %9s\n' rows/ws clients no-trigger tenancy naive floor tenancy naive floor
 declare -A R
 for size in 1000 100000; do
     for clients in 1 8; do
-        p=$(med $size $clients plain); q=$(med $size $clients tenancy); n=$(med $size $clients naive)
+        p=$(med $size $clients plain); q=$(med $size $clients tenancy); n=$(med $size $clients naive); f=$(med $size $clients floor)
         R[$size,$clients]=$(ratio "$q" "$p")
-        printf '%-10s %-8s %12.1f %12.1f %12.1f %10s %10s\n' "$size" "$clients" "$p" "$q" "$n" "${R[$size,$clients]}" "$(ratio "$n" "$p")"
+        printf '%-10s %-8s %11.1f %11.1f %11.1f %11.1f %9s %9s %9s\n' "$size" "$clients" "$p" "$q" "$n" "$f" \
+            "${R[$size,$clients]}" "$(ratio "$n" "$p")" "$(ratio "$f" "$p")"
     done
 done
 echo

@@ -15,8 +15,14 @@ set -euo pipefail
 BIN=/usr/lib/postgresql/15/bin
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
 
+# The server must not inherit RUST_BACKTRACE: pgrx would append Rust backtraces to the
+# DETAIL of errors that pass through the extension's hooks.
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+    else
+        env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+    fi
 }
 
 cmd=${1:?usage: cluster.sh start|stop|restart|dir NAME ...}

@@ -118,6 +118,12 @@ pub(crate) fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+}
+
+/// Reserve the `tenancy.` prefix: a misspelled setting becomes an error. Call after every
+/// `tenancy.*` setting is defined: reserving drops the placeholders of undefined ones, values
+/// from postgresql.conf included.
+pub(crate) fn reserve_prefix() {
     // SAFETY: plain C call with a static, NUL-terminated string; valid in _PG_init.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"tenancy".as_ptr()) };
 }
@@ -269,6 +275,7 @@ unsafe extern "C-unwind" fn assign_workspace_id(_newval: *const c_char, extra: *
         }
     };
     store_current(value);
+    crate::stats::note_context(value);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,7 +324,7 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
     })?;
     let canon = uuid_text::canonical(workspace.as_bytes());
     let registry = Registry::from_settings();
-    match registry.lookup_status(workspace)? {
+    match crate::stats::internal(|| registry.lookup_status(workspace))? {
         None => {
             return Err(TenancyError::new(
                 Code::ERRCODE_UNDEFINED_OBJECT,
@@ -339,10 +346,12 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
         }
         Some(_) => {}
     }
-    Spi::run_with_args(
-        "SELECT pg_catalog.set_config('tenancy.workspace_id', $1, $2)",
-        &[DatumWithOid::from(canon.as_str()), DatumWithOid::from(is_local)],
-    )?;
+    crate::stats::internal(|| {
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('tenancy.workspace_id', $1, $2)",
+            &[DatumWithOid::from(canon.as_str()), DatumWithOid::from(is_local)],
+        )
+    })?;
     Ok(workspace)
 }
 

@@ -7,6 +7,8 @@
 //!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; SQL in
 //!   `sql/quota.sql`).
+//! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
+//!   `sql/stats.sql`).
 //!
 //! SQL that is not generated from Rust lives in `sql/*.sql` and is included below.
 
@@ -17,6 +19,7 @@ use pgrx::prelude::*;
 pub mod context;
 pub mod error;
 pub mod quota;
+pub mod stats;
 pub mod uuid_text;
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema_sql", bootstrap);
@@ -27,6 +30,8 @@ pgrx::extension_sql_file!("../sql/schema.sql", name = "schema_sql", bootstrap);
 pub extern "C-unwind" fn _PG_init() {
     context::init();
     quota::init();
+    stats::init();
+    context::reserve_prefix(); // last: after every tenancy.* setting is defined
 }
 
 #[cfg(any(test, feature = "pg_test"))]

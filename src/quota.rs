@@ -168,12 +168,16 @@ fn quota_trigger<'a>(
     Ok(None::<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>)
 }
 
+/// Per-workspace deltas of one statement: (workspace, used, delta), or the first workspace that
+/// went over its limit and the error to raise.
+type Deltas = Result<Vec<([u8; 16], i64, i64)>, ([u8; 16], TenancyError)>;
+
 /// Apply the statement's deltas; return the error to raise when a workspace went over its limit.
 fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<TenancyError> {
-    CACHES.with(|cell| {
+    let outcome = CACHES.with(|cell| {
         let mut caches = cell.borrow_mut();
         take_pending_clear(&mut caches);
-        Spi::connect(|client| {
+        crate::stats::internal(|| Spi::connect(|client| {
             // SAFETY: registers this firing's transition tables with the SPI connection just
             // opened, as PL/pgSQL does; the TriggerData outlives the connection.
             unsafe {
@@ -184,7 +188,7 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             let key = (relid, event);
             if !caches.plans.contains_key(&key) {
                 let Some(Some(quota)) = caches.tables.get(&relid) else {
-                    return Ok(None); // not (or no longer) enforced: nothing to count
+                    return Ok(Ok(Vec::new())); // not (or no longer) enforced: nothing to count
                 };
                 let sql = delta_sql(relid, event, quota);
                 let plan = client.prepare_mut(sql.as_str(), &[])?.keep();
@@ -204,20 +208,41 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 Ok(out)
             })?;
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
-            for (ws, used, added) in rows {
+            for &(ws, used, added) in &rows {
                 if added <= 0 {
                     continue;
                 }
                 if let Some(limit) = quota.limit_for(&ws) {
                     if used > limit {
-                        return Ok(Some(over_quota(relid, &ws, limit, used, added)));
+                        return Ok(Err((ws, over_quota(relid, &ws, limit, used, added))));
                     }
                 }
             }
-            Ok::<_, pgrx::spi::Error>(None)
-        })
-        .unwrap_or_else(|e| Some(TenancyError::from(e)))
-    })
+            Ok::<Deltas, pgrx::spi::Error>(Ok(rows))
+        }))
+    });
+    // Usage statistics: the rows' workspaces, not the session's context.
+    match outcome {
+        Ok(Ok(rows)) => {
+            for (ws, _, delta) in rows {
+                crate::stats::record(ws, |e| {
+                    if delta > 0 {
+                        e.rows_added.fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        e.rows_removed.fetch_add(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            None
+        }
+        Ok(Err((ws, err))) => {
+            crate::stats::record(ws, |e| {
+                e.quota_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
+            Some(err)
+        }
+        Err(e) => Some(TenancyError::from(e)),
+    }
 }
 
 /// Run `f` as `role` (the owner of the counter table), as PostgreSQL's RI triggers do, so that

@@ -77,3 +77,98 @@ pub fn app_role(client: &mut Client, role: &str) {
         ))
         .unwrap();
 }
+
+/// A scratch cluster of a test's own (eviction, no preload, crash), started with
+/// `scripts/cluster.sh` and stopped when dropped.
+pub struct Cluster {
+    pub name: String,
+    pub port: u16,
+}
+
+fn cluster_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+}
+
+impl Cluster {
+    /// `extra`: options of `cluster.sh start` (`--no-preload`, `--conf 'k = v'`).
+    pub fn start(name: &str, port: u16, extra: &[&str]) -> Cluster {
+        let status = std::process::Command::new("bash")
+            .arg(cluster_script())
+            .args(["start", name, &port.to_string(), "--fresh"])
+            .args(extra)
+            .status()
+            .expect("run scripts/cluster.sh");
+        assert!(status.success(), "cluster {name} did not start");
+        Cluster { name: name.to_string(), port }
+    }
+
+    pub fn connect(&self, db: &str) -> Client {
+        let conn = format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port);
+        Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e}"))
+    }
+
+    /// A database with the extension and the Dittofeed fixture (2 parents x 2 children,
+    /// 3 roots, 5 rows per table).
+    pub fn fixture_db(&self, db: &str) -> Client {
+        let mut admin = self.connect("postgres");
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        let mut c = self.connect(db);
+        c.batch_execute("CREATE EXTENSION tenancy").unwrap();
+        c.batch_execute(include_str!("../fixture/dittofeed.sql")).unwrap();
+        c.batch_execute(include_str!("../fixture/generate.sql")).unwrap();
+        c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)").unwrap();
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(cluster_script())
+            .args(["stop", &self.name])
+            .status();
+    }
+}
+
+/// A random uuid (from the server), for workspaces no other test uses.
+pub fn random_ws(client: &mut Client) -> String {
+    client.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0)
+}
+
+impl Cluster {
+    fn script(&self, args: &[&str]) {
+        let status = std::process::Command::new("bash")
+            .arg(cluster_script())
+            .args(args)
+            .status()
+            .expect("run scripts/cluster.sh");
+        assert!(status.success(), "cluster.sh {args:?} failed");
+    }
+
+    /// Clean restart (`pg_ctl restart -m fast`).
+    pub fn restart(&self) {
+        self.script(&["restart", &self.name]);
+    }
+
+    pub fn stop(&self) {
+        self.script(&["stop", &self.name]);
+    }
+
+    /// Start again, keeping the data folder.
+    pub fn start_again(&self, extra: &[&str]) {
+        let port = self.port.to_string();
+        let mut args = vec!["start", self.name.as_str(), port.as_str()];
+        args.extend_from_slice(extra);
+        self.script(&args);
+    }
+
+    /// The cluster's folder (data in `data/`, log in `server.log`).
+    pub fn dir(&self) -> std::path::PathBuf {
+        let out = std::process::Command::new("bash")
+            .arg(cluster_script())
+            .args(["dir", &self.name])
+            .output()
+            .expect("run scripts/cluster.sh");
+        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    }
+}

@@ -1,0 +1,55 @@
+-- Per-workspace usage statistics (src/stats.rs). Every entry point raises 55000 when the
+-- library is not in shared_preload_libraries.
+
+CREATE FUNCTION @extschema@._pg_time(us bigint) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN us <> 0 THEN timestamptz '2000-01-01 00:00:00+00' + us * interval '1 microsecond' END $$;
+COMMENT ON FUNCTION @extschema@._pg_time(bigint) IS 'Internal: PostgreSQL TimestampTz (microseconds since 2000-01-01 UTC) to timestamptz.';
+
+CREATE VIEW @extschema@.workspace_stats AS
+SELECT s.workspace_id,
+       d.datname AS database,
+       s.queries,
+       s.nested_queries,
+       s.rows,
+       round(s.exec_time_ms::numeric, 3) AS exec_time_ms,
+       round(s.plan_time_ms::numeric, 3) AS plan_time_ms,
+       round(s.cpu_time_ms::numeric, 3) AS cpu_time_ms,
+       s.quota_rows_added,
+       s.quota_rows_removed,
+       s.quota_rejections,
+       s.sessions,
+       @extschema@._pg_time(s.last_activity_us) AS last_activity
+  FROM @extschema@._workspace_stats() s
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid;
+COMMENT ON VIEW @extschema@.workspace_stats IS
+'Per workspace and database, since the last reset: top-level statements (queries) and nested ones, rows returned or affected, execution, planning and CPU time in milliseconds, rows added/removed in quota-enforced tables and quota rejections, sessions now holding the workspace, last activity. Without pg_read_all_stats a role sees only its current workspace in the current database.';
+COMMENT ON COLUMN @extschema@.workspace_stats.queries IS 'top-level statements run under this workspace context';
+COMMENT ON COLUMN @extschema@.workspace_stats.nested_queries IS 'statements run inside functions, triggers and procedures';
+COMMENT ON COLUMN @extschema@.workspace_stats.rows IS 'rows returned (SELECT) or affected (INSERT/UPDATE/DELETE)';
+COMMENT ON COLUMN @extschema@.workspace_stats.cpu_time_ms IS 'user + system CPU of top-level statements, planning included';
+COMMENT ON COLUMN @extschema@.workspace_stats.sessions IS 'backends whose tenancy.workspace_id is this workspace now';
+GRANT SELECT ON @extschema@.workspace_stats TO PUBLIC;
+
+CREATE VIEW @extschema@.stats_info AS
+SELECT capacity, entries, evictions, shared_memory_bytes, bytes_per_entry,
+       @extschema@._pg_time(last_reset_us) AS last_reset
+  FROM @extschema@._stats_info();
+COMMENT ON VIEW @extschema@.stats_info IS
+'Capacity (tenancy.max_workspaces), entries in use, evictions since start, shared memory reserved, and the last full reset.';
+GRANT SELECT ON @extschema@.stats_info TO PUBLIC;
+
+CREATE VIEW @extschema@.usage AS
+SELECT q.workspace_id, q.table_name, q.used, q.max_rows, q.source, q.pct,
+       s.queries, s.rows, s.exec_time_ms, s.cpu_time_ms, s.quota_rejections, s.last_activity
+  FROM @extschema@.quota_usage q
+  LEFT JOIN @extschema@.workspace_stats s
+    ON s.workspace_id = q.workspace_id AND s.database = pg_catalog.current_database();
+COMMENT ON VIEW @extschema@.usage IS
+'Who uses what, and how close to their limits: quota_usage joined with this database''s workspace_stats.';
+
+COMMENT ON FUNCTION @extschema@.reset_stats(uuid) IS
+'Discards the usage statistics of one workspace (in every database), or of all workspaces when NULL.';
+REVOKE ALL ON FUNCTION @extschema@.reset_stats(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._workspace_stats() IS 'Internal: rows of tenancy.workspace_stats.';
+COMMENT ON FUNCTION @extschema@._stats_info() IS 'Internal: row of tenancy.stats_info.';

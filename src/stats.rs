@@ -1,0 +1,979 @@
+//! Per-workspace usage counters in shared memory (needs `shared_preload_libraries`).
+//!
+//! # Locking protocol
+//! One LWLock (tranche "tenancy") protects the *membership* of the hash table `HASH`
+//! (a dynahash in shared memory, `tenancy.max_workspaces` entries, keyed by database and
+//! workspace). The counters inside an entry are atomics and need no lock beyond the one that
+//! keeps the entry alive:
+//! - hot path ([`record`]): take the lock SHARED, look the key up, bump the entry's atomics,
+//!   release. Only a key not yet in the table takes the lock EXCLUSIVE, to insert it (evicting
+//!   the least recently active 5% first when the table is full: never blocks or fails a query);
+//! - readers ([`stats_rows`]): take the lock SHARED just long enough to copy every entry into
+//!   backend-local memory, then build result rows without any lock;
+//! - [`reset_stats`] and eviction take it EXCLUSIVE to remove entries.
+//! Counter updates are Relaxed: each counter is exact on its own; a reader may see one counter of
+//! a statement before another (as with pg_stat_statements' per-entry spinlock, no snapshot
+//! across counters is promised).
+//!
+//! The per-backend "current workspace" slots (for the sessions column) are written only by
+//! their own backend (from the `tenancy.workspace_id` assign hook) with atomics, and read by
+//! anyone: no lock.
+//!
+//! What is counted, per (database, workspace of the context current when the statement ran):
+//! statements (top-level and nested separately), rows returned or affected (`es_processed`),
+//! execution time, planning time, CPU time of top-level statements (user + system, planning
+//! included), and from the quota trigger (attributed to the workspace of the rows): rows added,
+//! rows removed, rejections.
+
+use std::ffi::{c_char, c_int, c_long, c_void};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+
+use crate::error::TenancyError;
+
+const TRANCHE: &std::ffi::CStr = c"tenancy";
+
+static MAX_WORKSPACES: GucSetting<i32> = GucSetting::<i32>::new(5000);
+static TRACK: GucSetting<bool> = GucSetting::<bool>::new(true);
+static SAVE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Saved at clean shutdown, read (then removed) at start, as pg_stat_statements does: a crash
+/// leaves no file behind, so statistics restart empty after one.
+const STATS_FILE: &str = "pg_stat/tenancy_stats.json";
+const STATS_TMP: &str = "pg_stat/tenancy_stats.json.tmp";
+const FILE_MAGIC: &str = "tenancy workspace statistics";
+const FILE_VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StatsFile {
+    magic: String,
+    version: u32,
+    saved_at_us: i64,
+    reset_at_us: i64,
+    evictions: u64,
+    entries: Vec<SavedEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedEntry {
+    dbid: u32,
+    workspace: String,
+    /// queries, nested, rows, exec_ns, plan_ns, cpu_ns, rows_added, rows_removed, rejections
+    counters: [u64; 9],
+    last_activity_us: i64,
+}
+
+/// Hash key. `_pad` is always zero: HASH_BLOBS hashes and compares all 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    dbid: pg_sys::Oid,
+    _pad: u32,
+    ws: [u8; 16],
+}
+
+/// One shared-memory entry. `key` must come first (dynahash layout).
+#[repr(C)]
+pub(crate) struct Entry {
+    key: Key,
+    queries_top: AtomicU64,
+    queries_nested: AtomicU64,
+    rows: AtomicU64,
+    exec_ns: AtomicU64,
+    plan_ns: AtomicU64,
+    cpu_ns: AtomicU64,
+    pub(crate) rows_added: AtomicU64,
+    pub(crate) rows_removed: AtomicU64,
+    pub(crate) quota_rejections: AtomicU64,
+    last_activity: AtomicI64,
+}
+
+#[repr(C)]
+struct Shared {
+    lock: *mut pg_sys::LWLock,
+    evictions: AtomicU64,
+    reset_at: AtomicI64,
+    max: i64,
+}
+
+/// A backend's current workspace, for the sessions column.
+#[repr(C)]
+struct Slot {
+    set: AtomicBool,
+    dbid: AtomicU64,
+    hi: AtomicU64,
+    lo: AtomicU64,
+}
+
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+static HASH: AtomicPtr<pg_sys::HTAB> = AtomicPtr::new(std::ptr::null_mut());
+static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+static SLOT_COUNT: AtomicI64 = AtomicI64::new(0);
+
+// Previous hook values, chained. Written once in _PG_init (postmaster), read afterwards.
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+// Backend-local statement state.
+static NESTING: AtomicI64 = AtomicI64::new(0);
+/// Depth of tenancy's own SPI work (quota trigger, set_workspace): not counted as user activity.
+static INTERNAL: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    /// Workspace current when each running statement started, keyed by its QueryDesc: a
+    /// statement is attributed to the context it started under (so `SELECT
+    /// tenancy.set_workspace(x)` belongs to the context before it).
+    static STARTED: std::cell::RefCell<Vec<(usize, [u8; 16])>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run tenancy's own SQL without counting it as the workspace's activity.
+pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
+    INTERNAL.fetch_add(1, Relaxed);
+    let r = f();
+    INTERNAL.fetch_sub(1, Relaxed);
+    r
+}
+
+thread_local! {
+    /// Per open subtransaction: (id, NESTING, INTERNAL, STARTED length) at its start, restored
+    /// when it aborts (an ERROR caught by a PL/pgSQL exception block or a ROLLBACK TO).
+    static SUBXACTS: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, i64, i64, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static SLOT_EXIT_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
+        NESTING.store(0, Relaxed);
+        INTERNAL.store(0, Relaxed);
+        STARTED.with(|s| s.borrow_mut().clear());
+    }
+    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE) {
+        SUBXACTS.with(|s| s.borrow_mut().clear());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    SUBXACTS.with(|s| {
+        let mut s = s.borrow_mut();
+        match event {
+            SUBXACT_EVENT_START_SUB => s.push((
+                my_subid,
+                NESTING.load(Relaxed),
+                INTERNAL.load(Relaxed),
+                STARTED.with(|st| st.borrow().len()),
+            )),
+            SUBXACT_EVENT_COMMIT_SUB | SUBXACT_EVENT_ABORT_SUB => {
+                if let Some(i) = s.iter().rposition(|(id, ..)| *id == my_subid) {
+                    let (_, nesting, internal, started) = s[i];
+                    s.truncate(i);
+                    if event == SUBXACT_EVENT_ABORT_SUB {
+                        NESTING.store(nesting, Relaxed);
+                        INTERNAL.store(internal, Relaxed);
+                        STARTED.with(|st| st.borrow_mut().truncate(started));
+                    }
+                }
+            }
+            _ => {}
+        }
+    });
+}
+
+/// Backend exit: this backend no longer holds a workspace.
+#[pg_guard]
+unsafe extern "C-unwind" fn clear_slot(_code: c_int, _arg: pg_sys::Datum) {
+    note_context(None);
+}
+
+/// At a top-level start nothing can still be running: forget state an ERROR left behind.
+fn reset_if_top() {
+    if NESTING.load(Relaxed) == 0 {
+        INTERNAL.store(0, Relaxed);
+        STARTED.with(|s| s.borrow_mut().clear());
+    }
+}
+static CPU_START_NS: AtomicU64 = AtomicU64::new(0);
+static PLANNED_AT_TOP: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn init() {
+    // SAFETY: reading a PostgreSQL global flag in _PG_init.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    // SAFETY: registering 'static callbacks, once per process that loads the library.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+    if preloading {
+        // a server-start setting can only be defined while preloading
+        GucRegistry::define_int_guc(
+        c"tenancy.max_workspaces",
+        c"Number of (database, workspace) entries kept in shared memory for usage statistics.",
+        c"Server start only. About 240 bytes each; the least recently active are evicted when full.",
+        &MAX_WORKSPACES,
+        100,
+        1_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    }
+    GucRegistry::define_bool_guc(
+        c"tenancy.save_stats",
+        c"Save the usage statistics at clean shutdown and load them at start.",
+        c"The file is pg_stat/tenancy_stats.json; it is ignored (with a LOG line) when corrupt or foreign.",
+        &SAVE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"tenancy.track",
+        c"Collect per-workspace usage statistics.",
+        c"",
+        &TRACK,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    if !preloading {
+        return;
+    }
+    // SAFETY: installing hooks from _PG_init in the postmaster, chaining the previous ones;
+    // every hook function below has the exact signature PostgreSQL expects.
+    unsafe {
+        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
+        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
+        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+fn slot_count() -> i64 {
+    // SAFETY: MaxBackends is set before shmem_request_hook runs (PostgreSQL 15).
+    unsafe { pg_sys::MaxBackends as i64 + 1 }
+}
+
+fn shared_size() -> usize {
+    let max = MAX_WORKSPACES.get() as c_long;
+    // SAFETY: pure size computation.
+    let hash = unsafe { pg_sys::hash_estimate_size(max, std::mem::size_of::<Entry>()) };
+    hash + std::mem::size_of::<Shared>() + slot_count() as usize * std::mem::size_of::<Slot>()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: called by PostgreSQL in the postmaster during shmem sizing.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(shared_size());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: the standard ShmemInitStruct / ShmemInitHash protocol under AddinShmemInitLock,
+    // as pg_stat_statements does it.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP {
+            prev();
+        }
+        let addin_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(addin_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let shared = pg_sys::ShmemInitStruct(c"tenancy stats".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
+            .cast::<Shared>();
+        if !found {
+            shared.write(Shared {
+                lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
+                evictions: AtomicU64::new(0),
+                reset_at: AtomicI64::new(pg_sys::GetCurrentTimestamp()),
+                max: MAX_WORKSPACES.get() as i64,
+            });
+        }
+        let n = slot_count();
+        let slots = pg_sys::ShmemInitStruct(
+            c"tenancy stats sessions".as_ptr(),
+            n as usize * std::mem::size_of::<Slot>(),
+            &mut found,
+        )
+        .cast::<Slot>();
+        if !found {
+            std::ptr::write_bytes(slots, 0, n as usize);
+        }
+        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
+        info.keysize = std::mem::size_of::<Key>();
+        info.entrysize = std::mem::size_of::<Entry>();
+        let max = MAX_WORKSPACES.get() as c_long;
+        let hash = pg_sys::ShmemInitHash(
+            c"tenancy stats hash".as_ptr(),
+            max,
+            max,
+            &mut info,
+            (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int,
+        );
+        pg_sys::LWLockRelease(addin_lock);
+        SHARED.store(shared, Relaxed);
+        HASH.store(hash, Relaxed);
+        SLOTS.store(slots, Relaxed);
+        SLOT_COUNT.store(n, Relaxed);
+        if !pg_sys::IsUnderPostmaster {
+            // the postmaster: load what a clean shutdown saved, and save again at exit
+            load_file(&*shared, hash);
+            pg_sys::on_shmem_exit(Some(shmem_shutdown), pg_sys::Datum::from(0));
+        }
+    }
+}
+
+/// Read pg_stat/tenancy_stats.json into the empty table, then remove it. Anything wrong with
+/// the file is logged and ignored: it never stops the server from starting.
+unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
+    if !SAVE.get() {
+        let _ = std::fs::remove_file(STATS_FILE);
+        return;
+    }
+    let text = match std::fs::read(STATS_FILE) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            pgrx::log!("tenancy: could not read {STATS_FILE}: {e}; starting with empty workspace statistics");
+            return;
+        }
+    };
+    let _ = std::fs::remove_file(STATS_FILE);
+    let file: StatsFile = match serde_json::from_slice(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            pgrx::log!("tenancy: ignoring corrupt {STATS_FILE} ({e}); starting with empty workspace statistics");
+            return;
+        }
+    };
+    if file.magic != FILE_MAGIC || file.version != FILE_VERSION {
+        pgrx::log!(
+            "tenancy: ignoring {STATS_FILE}: not a tenancy statistics file of version {FILE_VERSION}; starting with empty workspace statistics"
+        );
+        return;
+    }
+    let mut loaded = 0;
+    for saved in file.entries.iter().take(shared.max as usize) {
+        let Some(ws) = crate::uuid_text::parse(saved.workspace.as_bytes()) else { continue };
+        let key = Key { dbid: pg_sys::Oid::from(saved.dbid), _pad: 0, ws };
+        let mut found = false;
+        // SAFETY: single-threaded postmaster startup; nobody else uses the table yet.
+        let e = unsafe {
+            pg_sys::hash_search(hash, (&key as *const Key).cast(), pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found)
+                .cast::<Entry>()
+        };
+        // SAFETY: e points to an entry of our table (key in place).
+        let Some(e) = (unsafe { e.as_mut() }) else { break };
+        let c = saved.counters;
+        e.queries_top = AtomicU64::new(c[0]);
+        e.queries_nested = AtomicU64::new(c[1]);
+        e.rows = AtomicU64::new(c[2]);
+        e.exec_ns = AtomicU64::new(c[3]);
+        e.plan_ns = AtomicU64::new(c[4]);
+        e.cpu_ns = AtomicU64::new(c[5]);
+        e.rows_added = AtomicU64::new(c[6]);
+        e.rows_removed = AtomicU64::new(c[7]);
+        e.quota_rejections = AtomicU64::new(c[8]);
+        e.last_activity = AtomicI64::new(saved.last_activity_us);
+        loaded += 1;
+    }
+    shared.evictions.store(file.evictions, Relaxed);
+    shared.reset_at.store(file.reset_at_us, Relaxed);
+    pgrx::log!("tenancy: loaded statistics of {loaded} workspaces from {STATS_FILE}");
+}
+
+/// Postmaster exit: save the table unless this is a crash or saving is off.
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_shutdown(code: c_int, _arg: pg_sys::Datum) {
+    if code != 0 || !SAVE.get() {
+        return;
+    }
+    let Some(shared) = shared() else { return };
+    let file = StatsFile {
+        magic: FILE_MAGIC.to_string(),
+        version: FILE_VERSION,
+        // SAFETY: plain clock read.
+        saved_at_us: unsafe { pg_sys::GetCurrentTimestamp() },
+        reset_at_us: shared.reset_at.load(Relaxed),
+        evictions: shared.evictions.load(Relaxed),
+        entries: copy_entries(shared, false)
+            .into_iter()
+            .map(|s| SavedEntry {
+                dbid: u32::from(s.key.dbid),
+                workspace: crate::uuid_text::canonical(&s.key.ws),
+                counters: s.v,
+                last_activity_us: s.last,
+            })
+            .collect(),
+    };
+    let result = serde_json::to_vec(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| std::fs::write(STATS_TMP, bytes).map_err(|e| e.to_string()))
+        .and_then(|()| std::fs::rename(STATS_TMP, STATS_FILE).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        pgrx::log!("tenancy: could not save workspace statistics to {STATS_FILE}: {e}");
+        let _ = std::fs::remove_file(STATS_TMP);
+    }
+}
+
+fn shared() -> Option<&'static Shared> {
+    // SAFETY: set once at shmem startup; shared memory lives as long as the process.
+    unsafe { SHARED.load(Relaxed).as_ref() }
+}
+
+/// 55000 unless the library was preloaded (the statistics need shared memory).
+fn require_preloaded() -> Result<&'static Shared, TenancyError> {
+    shared().ok_or_else(|| {
+        TenancyError::new(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "tenancy must be loaded via shared_preload_libraries to use workspace statistics",
+        )
+        .detail("The usage counters live in shared memory, which is only reserved at server start.")
+        .hint("Add 'tenancy' to shared_preload_libraries in postgresql.conf and restart the server.")
+    })
+}
+
+fn now_ns() -> u64 {
+    // SAFETY: getrusage of the calling process into a zeroed struct.
+    let mut ru: libc_rusage = unsafe { std::mem::zeroed() };
+    unsafe { getrusage(0, &mut ru) };
+    let tv = |s: i64, us: i64| (s as u64) * 1_000_000_000 + (us as u64) * 1_000;
+    tv(ru.utime_s, ru.utime_us) + tv(ru.stime_s, ru.stime_us)
+}
+
+#[repr(C)]
+struct libc_rusage {
+    utime_s: i64,
+    utime_us: i64,
+    stime_s: i64,
+    stime_us: i64,
+    _rest: [i64; 14],
+}
+extern "C" {
+    fn getrusage(who: c_int, usage: *mut libc_rusage) -> c_int;
+}
+
+fn tracking() -> Option<[u8; 16]> {
+    if SHARED.load(Relaxed).is_null() || INTERNAL.load(Relaxed) > 0 || !TRACK.get() {
+        return None;
+    }
+    crate::context::current()
+}
+
+/// Add to the entry of (current database, `ws`), creating it if needed. Never fails.
+pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
+    let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return };
+    // SAFETY: MyDatabaseId is the backend's database; the hash is valid shared memory; every
+    // entry pointer is used only while the lock keeping it alive is held.
+    unsafe {
+        let key = Key { dbid: pg_sys::MyDatabaseId, _pad: 0, ws };
+        let keyp = (&key as *const Key).cast::<c_void>();
+        let now = pg_sys::GetCurrentTimestamp();
+        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
+        let e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+        if let Some(e) = e.as_ref() {
+            f(e);
+            e.last_activity.store(now, Relaxed);
+            pg_sys::LWLockRelease(shared.lock);
+            return;
+        }
+        pg_sys::LWLockRelease(shared.lock);
+        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        if pg_sys::hash_get_num_entries(hash) >= shared.max {
+            evict(shared, hash);
+        }
+        let mut found = false;
+        let e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>();
+        if !e.is_null() {
+            if !found {
+                // zero every counter (the key is already in place)
+                let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
+                std::ptr::write_bytes(counters, 0, std::mem::size_of::<Entry>() - std::mem::size_of::<Key>());
+            }
+            f(&*e);
+            (*e).last_activity.store(now, Relaxed);
+        }
+        pg_sys::LWLockRelease(shared.lock);
+    }
+}
+
+/// Remove the least recently active 5% (at least one). Caller holds the lock EXCLUSIVE.
+unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
+    // SAFETY: caller holds the lock exclusively, so entries cannot change membership.
+    unsafe {
+        let mut all: Vec<(i64, Key)> = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
+        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
+        pg_sys::hash_seq_init(&mut seq, hash);
+        loop {
+            let e = pg_sys::hash_seq_search(&mut seq).cast::<Entry>();
+            let Some(e) = e.as_ref() else { break };
+            all.push((e.last_activity.load(Relaxed), e.key));
+        }
+        all.sort_by_key(|(t, _)| *t);
+        let n = (all.len() / 20).max(1);
+        for (_, key) in all.iter().take(n) {
+            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+        }
+        shared.evictions.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// Called by the `tenancy.workspace_id` assign hook: publish this backend's workspace.
+pub(crate) fn note_context(ws: Option<[u8; 16]>) {
+    let slots = SLOTS.load(Relaxed);
+    // SAFETY: MyBackendId indexes this backend's own slot (1..=MaxBackends); only this backend
+    // writes it. Processes without a backend id (postmaster, auxiliary) skip.
+    unsafe {
+        let id = pg_sys::MyBackendId as i64;
+        if slots.is_null() || id <= 0 || id >= SLOT_COUNT.load(Relaxed) {
+            return;
+        }
+        let slot = &*slots.add(id as usize);
+        if ws.is_some() && !SLOT_EXIT_REGISTERED.with(|r| r.replace(true)) {
+            pg_sys::before_shmem_exit(Some(clear_slot), pg_sys::Datum::from(0));
+        }
+        match ws {
+            None => slot.set.store(false, Relaxed),
+            Some(b) => {
+                slot.dbid.store(u32::from(pg_sys::MyDatabaseId) as u64, Relaxed);
+                slot.hi.store(u64::from_be_bytes(b[..8].try_into().unwrap()), Relaxed);
+                slot.lo.store(u64::from_be_bytes(b[8..].try_into().unwrap()), Relaxed);
+                slot.set.store(true, Relaxed);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+//
+// The chained calls (previous hook or standard_*) are made without pgrx's error conversion, as
+// a C hook makes them: an ERROR raised inside them propagates unchanged (position, internal
+// query and context included) instead of being caught and re-raised by pgrx, which loses
+// those fields. No value with a destructor is alive in these frames at those calls; the
+// (sub)transaction abort callbacks repair NESTING and the other statement state.
+// ---------------------------------------------------------------------------------------------
+
+extern "C-unwind" {
+    #[link_name = "standard_planner"]
+    fn raw_standard_planner(
+        parse: *mut pg_sys::Query,
+        query_string: *const c_char,
+        cursor_options: c_int,
+        bound_params: pg_sys::ParamListInfo,
+    ) -> *mut pg_sys::PlannedStmt;
+    #[link_name = "standard_ExecutorStart"]
+    fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int);
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query_desc: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+        execute_once: bool,
+    );
+    #[link_name = "standard_ExecutorFinish"]
+    fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
+    #[link_name = "standard_ExecutorEnd"]
+    fn raw_standard_executor_end(query_desc: *mut pg_sys::QueryDesc);
+    #[link_name = "standard_ProcessUtility"]
+    #[allow(clippy::too_many_arguments)]
+    fn raw_standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// Utility statements (DO, CALL, EXPLAIN ANALYZE, CREATE TABLE AS, ...) are not counted
+/// themselves; the statements they run are counted as nested ones.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    reset_if_top();
+    NESTING.fetch_add(1, Relaxed);
+    // SAFETY: chaining with the same arguments (see the note above on raw calls).
+    unsafe {
+        match PREV_PROCESS_UTILITY {
+            Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => raw_standard_process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        }
+    }
+    NESTING.fetch_sub(1, Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const c_char,
+    cursor_options: c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    reset_if_top();
+    let ws = tracking();
+    let top = NESTING.load(Relaxed) == 0;
+    if ws.is_some() && top {
+        CPU_START_NS.store(now_ns(), Relaxed);
+        PLANNED_AT_TOP.store(true, Relaxed);
+    }
+    let start = ws.map(|_| std::time::Instant::now());
+    // SAFETY: chaining to the previous planner or the standard one with the same arguments.
+    let result = unsafe {
+        match PREV_PLANNER {
+            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+            None => raw_standard_planner(parse, query_string, cursor_options, bound_params),
+        }
+    };
+    if let (Some(ws), Some(start)) = (ws, start) {
+        let ns = start.elapsed().as_nanos() as u64;
+        record(ws, |e| {
+            e.plan_ns.fetch_add(ns, Relaxed);
+        });
+    }
+    result
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+    // SAFETY: chaining; then, as pg_stat_statements does, ask for total-time instrumentation
+    // allocated in the query's own memory context.
+    unsafe {
+        let top = NESTING.load(Relaxed) == 0;
+        let planned = top && PLANNED_AT_TOP.swap(false, Relaxed);
+        if top && !planned {
+            reset_if_top();
+        }
+        let ws = tracking();
+        match PREV_EXECUTOR_START {
+            Some(prev) => prev(query_desc, eflags),
+            None => raw_standard_executor_start(query_desc, eflags),
+        }
+        if let Some(ws) = ws {
+            STARTED.with(|s| s.borrow_mut().push((query_desc as usize, ws)));
+            if top && !planned {
+                CPU_START_NS.store(now_ns(), Relaxed);
+            }
+            if (*query_desc).totaltime.is_null() {
+                let old = pg_sys::MemoryContextSwitchTo((*(*query_desc).estate).es_query_cxt);
+                (*query_desc).totaltime =
+                    pg_sys::InstrAlloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as c_int, false);
+                pg_sys::MemoryContextSwitchTo(old);
+            }
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    // An ERROR skips the decrement: the (sub)transaction abort callbacks restore NESTING.
+    NESTING.fetch_add(1, Relaxed);
+    // SAFETY: chaining with the same arguments.
+    unsafe {
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => prev(query_desc, direction, count, execute_once),
+            None => raw_standard_executor_run(query_desc, direction, count, execute_once),
+        }
+    }
+    NESTING.fetch_sub(1, Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) {
+    NESTING.fetch_add(1, Relaxed);
+    // SAFETY: chaining with the same argument.
+    unsafe {
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => prev(query_desc),
+            None => raw_standard_executor_finish(query_desc),
+        }
+    }
+    NESTING.fetch_sub(1, Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    // SAFETY: totaltime was allocated by executor_start (or by another extension) in the
+    // query's memory context, still alive here.
+    unsafe {
+        let started = STARTED.with(|s| {
+            let mut s = s.borrow_mut();
+            let i = s.iter().rposition(|(q, _)| *q == query_desc as usize)?;
+            Some(s.remove(i).1)
+        });
+        let still_tracking = INTERNAL.load(Relaxed) == 0 && TRACK.get();
+        if let (Some(ws), true, Some(total)) = (started, still_tracking, (*query_desc).totaltime.as_mut()) {
+            pg_sys::InstrEndLoop(total);
+            let exec_ns = (total.total * 1e9) as u64;
+            let rows = (*(*query_desc).estate).es_processed;
+            let top = NESTING.load(Relaxed) == 0;
+            let cpu = if top { now_ns().saturating_sub(CPU_START_NS.load(Relaxed)) } else { 0 };
+            record(ws, |e| {
+                if top {
+                    e.queries_top.fetch_add(1, Relaxed);
+                    e.cpu_ns.fetch_add(cpu, Relaxed);
+                } else {
+                    e.queries_nested.fetch_add(1, Relaxed);
+                }
+                e.rows.fetch_add(rows, Relaxed);
+                e.exec_ns.fetch_add(exec_ns, Relaxed);
+            });
+        }
+        match PREV_EXECUTOR_END {
+            Some(prev) => prev(query_desc),
+            None => raw_standard_executor_end(query_desc),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL API
+// ---------------------------------------------------------------------------------------------
+
+struct Snapshot {
+    key: Key,
+    v: [u64; 9],
+    last: i64,
+}
+
+/// Copy every entry out. `lock`: take the lock SHARED (false only at postmaster exit, where
+/// no backend is left and the postmaster cannot take LWLocks).
+fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
+    let hash = HASH.load(Relaxed);
+    let mut out = Vec::new();
+    // SAFETY: shared lock held while iterating; entries are copied out before release.
+    unsafe {
+        if lock {
+            pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
+        }
+        out.reserve(pg_sys::hash_get_num_entries(hash) as usize);
+        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
+        pg_sys::hash_seq_init(&mut seq, hash);
+        loop {
+            let e = pg_sys::hash_seq_search(&mut seq).cast::<Entry>();
+            let Some(e) = e.as_ref() else { break };
+            out.push(Snapshot {
+                key: e.key,
+                v: [
+                    e.queries_top.load(Relaxed),
+                    e.queries_nested.load(Relaxed),
+                    e.rows.load(Relaxed),
+                    e.exec_ns.load(Relaxed),
+                    e.plan_ns.load(Relaxed),
+                    e.cpu_ns.load(Relaxed),
+                    e.rows_added.load(Relaxed),
+                    e.rows_removed.load(Relaxed),
+                    e.quota_rejections.load(Relaxed),
+                ],
+                last: e.last_activity.load(Relaxed),
+            });
+        }
+        if lock {
+            pg_sys::LWLockRelease(shared.lock);
+        }
+    }
+    out
+}
+
+fn sessions_by_key() -> std::collections::HashMap<(u32, [u8; 16]), i64> {
+    let mut m = std::collections::HashMap::new();
+    let slots = SLOTS.load(Relaxed);
+    for i in 0..SLOT_COUNT.load(Relaxed) {
+        // SAFETY: i < SLOT_COUNT; atomics read without lock (see the module header).
+        let s = unsafe { &*slots.add(i as usize) };
+        if s.set.load(Relaxed) {
+            let mut ws = [0u8; 16];
+            ws[..8].copy_from_slice(&s.hi.load(Relaxed).to_be_bytes());
+            ws[8..].copy_from_slice(&s.lo.load(Relaxed).to_be_bytes());
+            *m.entry((s.dbid.load(Relaxed) as u32, ws)).or_default() += 1;
+        }
+    }
+    m
+}
+
+fn can_read_all_stats() -> bool {
+    // SAFETY: catalog lookups on the current user.
+    unsafe {
+        let user = pg_sys::GetUserId();
+        pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+    }
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_restricted, name = "_workspace_stats")]
+fn stats_rows() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(workspace_id, pgrx::Uuid),
+            name!(dbid, pg_sys::Oid),
+            name!(queries, i64),
+            name!(nested_queries, i64),
+            name!(rows, i64),
+            name!(exec_time_ms, f64),
+            name!(plan_time_ms, f64),
+            name!(cpu_time_ms, f64),
+            name!(quota_rows_added, i64),
+            name!(quota_rows_removed, i64),
+            name!(quota_rejections, i64),
+            name!(sessions, i64),
+            name!(last_activity_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    let shared = require_preloaded()?;
+    let all = can_read_all_stats();
+    let mine = crate::context::current();
+    // SAFETY: reading the backend's database id.
+    let my_db = unsafe { pg_sys::MyDatabaseId };
+    let sessions = sessions_by_key();
+    let rows: Vec<_> = copy_entries(shared, true)
+        .into_iter()
+        .filter(|s| all || (s.key.dbid == my_db && Some(s.key.ws) == mine))
+        .map(|s| {
+            let ms = |ns: u64| ns as f64 / 1e6;
+            (
+                pgrx::Uuid::from_bytes(s.key.ws),
+                s.key.dbid,
+                s.v[0] as i64,
+                s.v[1] as i64,
+                s.v[2] as i64,
+                ms(s.v[3]),
+                ms(s.v[4]),
+                ms(s.v[5]),
+                s.v[6] as i64,
+                s.v[7] as i64,
+                s.v[8] as i64,
+                sessions.get(&(u32::from(s.key.dbid), s.key.ws)).copied().unwrap_or(0),
+                s.last,
+            )
+        })
+        .collect();
+    Ok(TableIterator::new(rows))
+}
+
+#[pg_extern(volatile, parallel_restricted, name = "_stats_info")]
+fn stats_info() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(capacity, i64),
+            name!(entries, i64),
+            name!(evictions, i64),
+            name!(shared_memory_bytes, i64),
+            name!(bytes_per_entry, i64),
+            name!(last_reset_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    let shared = require_preloaded()?;
+    let hash = HASH.load(Relaxed);
+    // SAFETY: shared lock for a consistent entry count.
+    let entries = unsafe {
+        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
+        let n = pg_sys::hash_get_num_entries(hash) as i64;
+        pg_sys::LWLockRelease(shared.lock);
+        n
+    };
+    let per_entry = {
+        // SAFETY: pure size computations.
+        let big = unsafe { pg_sys::hash_estimate_size(100_000, std::mem::size_of::<Entry>()) };
+        (big / 100_000) as i64
+    };
+    let reset = shared.reset_at.load(Relaxed);
+    Ok(TableIterator::once((
+        shared.max,
+        entries,
+        shared.evictions.load(Relaxed) as i64,
+        shared_size() as i64,
+        per_entry,
+        reset,
+    )))
+}
+
+/// Remove the statistics of one workspace (all databases), or of everything when NULL.
+#[pg_extern(volatile, parallel_unsafe)]
+fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pgrx::pg_sys::panic::ErrorReport> {
+    let shared = require_preloaded()?;
+    let hash = HASH.load(Relaxed);
+    let target = workspace.map(|w| *w.as_bytes());
+    // SAFETY: exclusive lock while removing entries.
+    unsafe {
+        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut keys = Vec::new();
+        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
+        pg_sys::hash_seq_init(&mut seq, hash);
+        loop {
+            let e = pg_sys::hash_seq_search(&mut seq).cast::<Entry>();
+            let Some(e) = e.as_ref() else { break };
+            if target.is_none() || target == Some(e.key.ws) {
+                keys.push(e.key);
+            }
+        }
+        for key in &keys {
+            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+        }
+        if target.is_none() {
+            shared.reset_at.store(pg_sys::GetCurrentTimestamp(), Relaxed);
+        }
+        pg_sys::LWLockRelease(shared.lock);
+    }
+    Ok(())
+}
+
+pgrx::extension_sql_file!(
+    "../sql/stats.sql",
+    name = "stats_sql",
+    requires = ["quota_sql", stats_rows, stats_info, reset_stats]
+);

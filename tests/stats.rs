@@ -1,0 +1,325 @@
+//! Per-workspace usage counters in shared memory, over real connections and real restarts.
+//! Workspaces are random per test: the statistics are shared by every database of a cluster.
+
+use tenancy_it::*;
+
+struct Row {
+    queries: i64,
+    nested: i64,
+    rows: i64,
+    exec_ms: f64,
+    cpu_ms: f64,
+    added: i64,
+    removed: i64,
+    rejections: i64,
+    sessions: i64,
+}
+
+fn stats(c: &mut Client, db: &str, ws: &str) -> Option<Row> {
+    c.query_opt(
+        "SELECT queries, nested_queries, rows, exec_time_ms::float8, cpu_time_ms::float8,
+                quota_rows_added, quota_rows_removed, quota_rejections, sessions
+           FROM tenancy.workspace_stats WHERE workspace_id = $1::text::uuid AND database = $2",
+        &[&ws, &db],
+    )
+    .unwrap()
+    .map(|r| Row {
+        queries: r.get(0),
+        nested: r.get(1),
+        rows: r.get(2),
+        exec_ms: r.get(3),
+        cpu_ms: r.get(4),
+        added: r.get(5),
+        removed: r.get(6),
+        rejections: r.get(7),
+        sessions: r.get(8),
+    })
+}
+
+#[test]
+fn exact_counts_for_a_known_workload_over_several_connections() {
+    let db = fresh_db("stats_exact");
+    let mut admin = connect(&db);
+    admin
+        .batch_execute("CREATE FUNCTION nested_two() RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM 1; PERFORM 2; RETURN 1; END $$")
+        .unwrap();
+    let (a, b) = (random_ws(&mut admin), random_ws(&mut admin));
+
+    let mut c1 = connect(&db);
+    c1.batch_execute(&format!("SET tenancy.workspace_id = '{a}'")).unwrap();
+    for _ in 0..10 {
+        c1.query("SELECT 1", &[]).unwrap();
+    }
+    let mut c2 = connect(&db);
+    c2.batch_execute(&format!("SET tenancy.workspace_id = '{b}'")).unwrap();
+    for _ in 0..4 {
+        c2.query("SELECT g FROM generate_series(1, 5) g", &[]).unwrap();
+    }
+    c2.query("SELECT nested_two()", &[]).unwrap(); // 1 top-level + 2 nested statements
+    // a third connection without context is counted nowhere; one with a transaction-local
+    // context counts for that transaction only
+    let mut c3 = connect(&db);
+    c3.query("SELECT 1", &[]).unwrap();
+    c3.batch_execute(&format!("BEGIN; SET LOCAL tenancy.workspace_id = '{a}'; SELECT 1; SELECT 2; COMMIT; SELECT 3;"))
+        .unwrap();
+
+    let ra = stats(&mut admin, &db, &a).expect("row for workspace a");
+    assert_eq!((ra.queries, ra.nested, ra.rows), (12, 0, 12));
+    let rb = stats(&mut admin, &db, &b).expect("row for workspace b");
+    assert_eq!((rb.queries, rb.nested, rb.rows), (5, 2, 4 * 5 + 1 + 2));
+    assert!(ra.exec_ms > 0.0 && rb.exec_ms > 0.0);
+    assert!(rb.cpu_ms >= 0.0);
+    assert_eq!(ra.sessions, 1, "c1 holds a (c3's SET LOCAL ended)");
+    assert_eq!(rb.sessions, 1);
+    drop(c1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // a closed session no longer holds its workspace
+    let ra = stats(&mut admin, &db, &a).unwrap();
+    assert_eq!(ra.sessions, 0);
+}
+
+#[test]
+fn two_databases_are_kept_apart_and_reset_is_per_workspace() {
+    let db1 = fresh_db("stats_db1");
+    let db2 = fresh_db("stats_db2");
+    let mut admin = connect(&db1);
+    let (x, y) = (random_ws(&mut admin), random_ws(&mut admin));
+    for (db, n) in [(&db1, 3), (&db2, 5)] {
+        let mut c = connect(db);
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{x}'")).unwrap();
+        for _ in 0..n {
+            c.query("SELECT 1", &[]).unwrap();
+        }
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{y}'")).unwrap();
+        c.query("SELECT 1", &[]).unwrap();
+    }
+    assert_eq!(stats(&mut admin, &db1, &x).unwrap().queries, 3);
+    assert_eq!(stats(&mut admin, &db2, &x).unwrap().queries, 5);
+    admin.execute("SELECT tenancy.reset_stats($1::text::uuid)", &[&x]).unwrap();
+    assert!(stats(&mut admin, &db1, &x).is_none());
+    assert!(stats(&mut admin, &db2, &x).is_none());
+    assert_eq!(stats(&mut admin, &db1, &y).unwrap().queries, 1, "other workspaces are kept");
+}
+
+#[test]
+fn unprivileged_role_sees_only_its_current_workspace() {
+    let db = fresh_db("stats_visibility");
+    let mut admin = connect(&db);
+    let (x, y) = (random_ws(&mut admin), random_ws(&mut admin));
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenancy_it_viewer') THEN
+                     CREATE ROLE tenancy_it_viewer LOGIN;
+                 END IF;
+             END $$;",
+        )
+        .unwrap();
+    for ws in [&x, &y] {
+        let mut c = connect(&db);
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
+    }
+    let mut viewer = connect_as(&db, "tenancy_it_viewer");
+    viewer.batch_execute(&format!("SET tenancy.workspace_id = '{x}'")).unwrap();
+    let seen: Vec<String> = viewer
+        .query("SELECT workspace_id::text FROM tenancy.workspace_stats", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![x.clone()], "sees its own workspace only");
+    let err = viewer.execute("SELECT tenancy.reset_stats()", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    admin.batch_execute("GRANT pg_read_all_stats TO tenancy_it_viewer").unwrap();
+    let mut viewer = connect_as(&db, "tenancy_it_viewer");
+    let n: i64 = viewer
+        .query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id IN ($1::text::uuid, $2::text::uuid)", &[&x, &y])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    admin.batch_execute("REVOKE pg_read_all_stats FROM tenancy_it_viewer").unwrap();
+}
+
+#[test]
+fn quota_activity_is_attributed_to_the_rows_workspace() {
+    let db = fresh_db("stats_quota");
+    let mut admin = connect(&db);
+    let ws = random_ws(&mut admin);
+    admin
+        .batch_execute(&format!(
+            "SELECT fixture.create_workspace('{ws}', 'stats quota');
+             SELECT tenancy.enforce_quota('\"Journey\"');
+             SELECT tenancy.set_quota('\"Journey\"', 3, '{ws}');"
+        ))
+        .unwrap();
+    // written without any context: still attributed to the rows' workspace
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ('{ws}', 'a'), ('{ws}', 'b'), ('{ws}', 'c');
+             DELETE FROM \"Journey\" WHERE \"workspaceId\" = '{ws}' AND name = 'a';"
+        ))
+        .unwrap();
+    for name in ["d", "e"] {
+        let r = admin.execute(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, $2)",
+            &[&ws, &name],
+        );
+        if name == "e" {
+            assert_eq!(sqlstate(&r.unwrap_err()), "53400");
+        } else {
+            r.unwrap();
+        }
+    }
+    let r = stats(&mut admin, &db, &ws).expect("row for the rows' workspace");
+    assert_eq!((r.added, r.removed, r.rejections), (4, 1, 1));
+    assert_eq!(r.queries, 0, "no statement ran under this workspace's context");
+}
+
+#[test]
+fn full_table_evicts_least_recently_active_and_counts_it() {
+    let cluster = Cluster::start("it-evict", 55443, &["--conf", "tenancy.max_workspaces = 100"]);
+    let mut c = cluster.fixture_db("evict");
+    let info: (i64, i64) = {
+        let r = c.query_one("SELECT capacity, entries FROM tenancy.stats_info", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(info, (100, 0));
+    let mut last = String::new();
+    for _ in 0..150 {
+        last = random_ws(&mut c);
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{last}'; SELECT 1; RESET tenancy.workspace_id;"))
+            .unwrap();
+    }
+    let r = c.query_one("SELECT entries, evictions FROM tenancy.stats_info", &[]).unwrap();
+    let (entries, evictions): (i64, i64) = (r.get(0), r.get(1));
+    assert!(entries <= 100 && entries >= 90, "entries {entries}");
+    assert_eq!(entries + evictions, 150, "every workspace is either kept or counted as evicted");
+    assert!(stats(&mut c, "evict", &last).is_some(), "the most recent workspace is kept");
+}
+
+#[test]
+fn without_preload_the_extension_works_and_stats_say_how_to_enable_them() {
+    let cluster = Cluster::start("it-nopreload", 55444, &["--no-preload"]);
+    let mut c = cluster.fixture_db("nopreload");
+    // the rest of the extension works
+    c.batch_execute(
+        "SELECT tenancy.enforce_quota('\"Journey\"');
+         SELECT tenancy.set_quota('\"Journey\"', 100);
+         BEGIN; SELECT tenancy.set_workspace(fixture.ws_id('root', 1)); COMMIT;",
+    )
+    .unwrap();
+    let ws = ws_id(&mut c, "root", 1);
+    c.execute("INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'np')", &[&ws]).unwrap();
+    let drift: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_drift()", &[]).unwrap().get(0);
+    assert_eq!(drift, 0);
+    // the statistics say how to enable them (usage reads them for the quota rows above)
+    for q in [
+        "SELECT * FROM tenancy.workspace_stats",
+        "SELECT * FROM tenancy.stats_info",
+        "SELECT tenancy.reset_stats()",
+        "SELECT * FROM tenancy.usage",
+    ] {
+        let err = c.query(q, &[]).unwrap_err();
+        assert_eq!(sqlstate(&err), "55000", "{q}");
+        let msg = err.as_db_error().unwrap().message().to_string();
+        assert!(msg.contains("shared_preload_libraries"), "{msg}");
+    }
+}
+
+#[test]
+fn kill_9_of_a_backend_mid_workload_recovers_and_resets_statistics() {
+    let cluster = Cluster::start("it-crash", 55445, &[]);
+    let mut c = cluster.fixture_db("crash");
+    c.batch_execute("SELECT tenancy.enforce_quota('\"Journey\"')").unwrap();
+    let ws = ws_id(&mut c, "root", 1);
+    let port = cluster.port;
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let ws = ws.clone();
+            std::thread::spawn(move || {
+                let conn = format!("host=127.0.0.1 port={port} user=postgres dbname=crash");
+                let mut w = Client::connect(&conn, NoTls).unwrap();
+                w.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'")).unwrap();
+                let mut failed = false;
+                for i in 0..400 {
+                    let r = w.execute(
+                        "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, $2)",
+                        &[&ws, &format!("k-{t}-{i}")],
+                    );
+                    if r.is_err() {
+                        failed = true; // the crash ended this session, as it ends every session
+                        break;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let victim: i32 = c
+        .query_one("SELECT pid FROM pg_stat_activity WHERE datname = 'crash' AND pid <> pg_backend_pid() AND backend_type = 'client backend' LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    let status = std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    assert!(status.success());
+    for w in workers {
+        w.join().unwrap();
+    }
+    // the server restarts by itself; wait for it
+    let mut c = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let conn = format!("host=127.0.0.1 port={port} user=postgres dbname=crash");
+            Client::connect(&conn, NoTls).ok()
+        })
+        .expect("server back after the crash");
+    let entries: i64 = c.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+    assert_eq!(entries, 0, "statistics start empty after a crash");
+    let drift: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_drift()", &[]).unwrap().get(0);
+    assert_eq!(drift, 0, "quota counters survive the crash exactly (they are WAL-logged rows)");
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
+    assert_eq!(stats(&mut c, "crash", &ws).unwrap().queries, 1, "counting resumes");
+}
+
+#[test]
+fn statistics_survive_a_clean_restart_and_a_bad_file_is_ignored() {
+    let cluster = Cluster::start("it-persist", 55446, &[]);
+    let mut c = cluster.fixture_db("persist");
+    let ws = random_ws(&mut c);
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; SELECT 2; SELECT 3; RESET tenancy.workspace_id;"))
+        .unwrap();
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect("persist");
+    let r = stats(&mut c, "persist", &ws).expect("kept across a clean restart");
+    assert_eq!((r.queries, r.rows), (3, 3));
+    let file = cluster.dir().join("data/pg_stat/tenancy_stats.json");
+    assert!(!file.exists(), "the file is removed once loaded (a crash must not bring it back)");
+
+    // a corrupt file, then a foreign one: the server starts, logs a line, and starts empty
+    for (content, what) in [
+        (&b"{ this is not json"[..], "corrupt"),
+        (&br#"{"magic": "someone else", "version": 7, "saved_at_us": 0, "reset_at_us": 0, "evictions": 0, "entries": []}"#[..], "foreign"),
+    ] {
+        drop(c);
+        cluster.stop();
+        std::fs::write(&file, content).unwrap();
+        cluster.start_again(&[]);
+        c = cluster.connect("persist");
+        let entries: i64 = c.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+        assert_eq!(entries, 0, "{what} file ignored");
+        let log = std::fs::read_to_string(cluster.dir().join("server.log")).unwrap();
+        assert!(log.contains("tenancy: ignoring"), "{what} file: LOG line expected");
+    }
+
+    // save_stats = off: nothing is saved
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;"))
+        .unwrap();
+    drop(c);
+    cluster.stop();
+    cluster.start_again(&["--conf", "tenancy.save_stats = off"]);
+    cluster.restart();
+    let mut c = cluster.connect("persist");
+    let entries: i64 = c.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+    assert_eq!(entries, 0, "save_stats = off saves nothing");
+}
