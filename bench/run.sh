@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark reports ratios against a baseline measured in the same run,
 # as medians of repeated, interleaved runs (the machines are shared and noisy).
-#   bench/run.sh [name...]     names: context quota (default: all)
+#   bench/run.sh [name...]     names: context quota stats (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
 export TENANCY_RUN_DIR=$RUN_DIR
 export BENCH_PORT=${TENANCY_BENCH_PORT:-55451}
 export BENCH_PORT_PLAIN=${TENANCY_BENCH_PORT_PLAIN:-55452}
+export BENCH_PORT_STATS=${TENANCY_BENCH_PORT_STATS:-55453}
 OUT=${TENANCY_BENCH_OUT:-$RUN_DIR/bench}
 mkdir -p "$OUT"
 
@@ -18,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 benches=("$@")
-[ ${#benches[@]} -eq 0 ] && benches=(context quota)
+[ ${#benches[@]} -eq 0 ] && benches=(context quota stats)
 scripts/cluster.sh start bench "$BENCH_PORT" --fresh --conf "max_parallel_workers_per_gather = 0" --conf "jit = off"
 for b in "${benches[@]}"; do
     echo "=== bench: $b"
