@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${BENCH_SECONDS:-6}
-ROUNDS=${BENCH_ROUNDS:-5}
+ROUNDS=${BENCH_ROUNDS:-4}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 work=$(mktemp -d)
 trap 'rm -rf "$work"; scripts/cluster.sh stop bench-stats >/dev/null 2>&1 || true; scripts/cluster.sh stop bench-plain >/dev/null 2>&1 || true' EXIT
@@ -39,7 +39,7 @@ INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :a
 END;
 EOT
 
-run() { # port kind
+run() { # port kind clients
     local opts=()
     if [ "$2" = select ]; then
         opts=(-S)
@@ -47,29 +47,40 @@ run() { # port kind
         opts=(-f "$work/mixed.sql")
     fi
     PGOPTIONS="-c tenancy.workspace_id=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" \
-        "$PGBENCH" -n -h 127.0.0.1 -p "$1" -U postgres -c 8 -j 8 -T "$SECONDS_PER_RUN" -M prepared "${opts[@]}" bench_stats 2>/dev/null \
+        "$PGBENCH" -n -h 127.0.0.1 -p "$1" -U postgres -c "$3" -j "$3" -T "$SECONDS_PER_RUN" -M prepared "${opts[@]}" bench_stats 2>/dev/null \
         | awk '/^tps = / {print $3}'
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 results="$work/results"
 : >"$results"
-for kind in select mixed; do run "$BENCH_PORT_STATS" $kind >/dev/null; run "$BENCH_PORT_PLAIN" $kind >/dev/null; done # warm-up
+for kind in select mixed; do run "$BENCH_PORT_STATS" $kind 8 >/dev/null; run "$BENCH_PORT_PLAIN" $kind 8 >/dev/null; done # warm-up
+# Alternate which server goes first in each round, and pause between runs, so that neither
+# systematically inherits the other's background work (checkpointer, writer, CPU caches).
 for r in $(seq 1 "$ROUNDS"); do
-    for kind in select mixed; do
-        echo "$kind tenancy $(run "$BENCH_PORT_STATS" $kind)" >>"$results"
-        echo "$kind plain $(run "$BENCH_PORT_PLAIN" $kind)" >>"$results"
+    for clients in 1 8; do
+        for kind in select mixed; do
+            if [ $((r % 2)) = 1 ]; then order=(tenancy plain); else order=(plain tenancy); fi
+            for who in "${order[@]}"; do
+                sleep 1
+                port=$BENCH_PORT_STATS
+                [ "$who" = plain ] && port=$BENCH_PORT_PLAIN
+                echo "$kind-$clients $who $(run "$port" $kind $clients)" >>"$results"
+            done
+        done
     done
     echo "   round $r/$ROUNDS done" >&2
 done
 med() { awk -v k="$1" -v s="$2" '$1 == k && $2 == s {print $3}' "$results" | median; }
 echo
-echo "pgbench, 8 clients, median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s (ratio goal >= 0.97)"
-printf '%-40s %12s %12s %8s\n' workload "not preloaded" "tracking" ratio
-for kind in select mixed; do
-    p=$(med $kind plain); t=$(med $kind tenancy)
-    label=$([ $kind = select ] && echo "select-only (-S), one workspace" || echo "mixed TPC-B-like, 100 workspaces")
-    printf '%-40s %12.1f %12.1f %8s\n' "$label" "$p" "$t" "$(awk -v a="$t" -v b="$p" 'BEGIN {printf "%.3f", a / b}')"
+echo "pgbench, median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s (goal: ratio >= 0.97 with 8 clients)"
+printf '%-40s %8s %14s %12s %8s\n' workload clients "not preloaded" "tracking" ratio
+for clients in 1 8; do
+    for kind in select mixed; do
+        p=$(med $kind-$clients plain); t=$(med $kind-$clients tenancy)
+        label=$([ $kind = select ] && echo "select-only (-S), one workspace" || echo "mixed TPC-B-like, 100 workspaces")
+        printf '%-40s %8s %14.1f %12.1f %8s\n' "$label" "$clients" "$p" "$t" "$(awk -v a="$t" -v b="$p" 'BEGIN {printf "%.3f", a / b}')"
+    done
 done
 echo
 psql -X -q -h 127.0.0.1 -p "$BENCH_PORT_STATS" -U postgres -d bench_stats -P footer=off \
