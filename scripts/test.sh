@@ -64,12 +64,18 @@ install_release() {
     INSTALLED=1
 }
 
+# Install the release build, start a fresh scratch cluster and build the fixture database.
+# prepare_cluster LABEL NAME PORT DB: records LABEL as failed and returns 1 on any failure.
+prepare_cluster() {
+    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+    install_release || { record "$1" "1 install failed"; return 1; }
+    scripts/cluster.sh start "$2" "$3" --fresh || { record "$1" "1 cluster failed"; return 1; }
+    make_fixture_db "$3" "$4" || { record "$1" "1 fixture failed"; return 1; }
+}
+
 layer_regress() {
     echo "=== layer 2: pg_regress (pg_test/) on a scratch cluster, port $REGRESS_PORT"
-    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
-    install_release || { record "regress (pg_test/)" "1 install failed"; return; }
-    scripts/cluster.sh start regress "$REGRESS_PORT" --fresh || { record "regress (pg_test/)" "1 cluster failed"; return; }
-    make_fixture_db "$REGRESS_PORT" tenancy_regress || { record "regress (pg_test/)" "1 fixture failed"; return; }
+    prepare_cluster "regress (pg_test/)" regress "$REGRESS_PORT" tenancy_regress || return
     local out="$RUN_DIR/regress-out"
     rm -rf "$out" && mkdir -p "$out"
     local tests
@@ -90,10 +96,7 @@ layer_regress() {
 
 layer_live() {
     echo "=== layer 3: live-server Rust tests (tests/) on a scratch cluster, port $LIVE_PORT"
-    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
-    install_release || { record "live (tests/)" "1 install failed"; return; }
-    scripts/cluster.sh start live "$LIVE_PORT" --fresh || { record "live (tests/)" "1 cluster failed"; return; }
-    make_fixture_db "$LIVE_PORT" tenancy_fixture || { record "live (tests/)" "1 fixture failed"; return; }
+    prepare_cluster "live (tests/)" live "$LIVE_PORT" tenancy_fixture || return
     TENANCY_TEST_PORT=$LIVE_PORT TENANCY_TEST_CLUSTER=live TENANCY_TEST_TEMPLATE=tenancy_fixture \
         cargo test -p tenancy-it --release -- --test-threads=2 2>&1 | tee "$RUN_DIR/live.log"
     local rc=${PIPESTATUS[0]}

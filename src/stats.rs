@@ -495,6 +495,9 @@ fn tracking() -> Option<[u8; 16]> {
 /// Add to the entry of (current database, `ws`), creating it if needed. Never fails.
 pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
     let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return };
+    if !TRACK.get() {
+        return;
+    }
     // SAFETY: MyDatabaseId is the backend's database; the hash is valid shared memory; every
     // entry pointer is used only while the lock keeping it alive is held.
     unsafe {
@@ -529,18 +532,25 @@ pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
     }
 }
 
+/// Visit every entry. Caller holds the lock (SHARED to read, EXCLUSIVE if `f` collects keys to
+/// remove afterwards), or is the postmaster at start/exit with no backend left.
+unsafe fn each_entry(hash: *mut pg_sys::HTAB, mut f: impl FnMut(&Entry)) {
+    // SAFETY: see the caller's obligations above.
+    unsafe {
+        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
+        pg_sys::hash_seq_init(&mut seq, hash);
+        while let Some(e) = pg_sys::hash_seq_search(&mut seq).cast::<Entry>().as_ref() {
+            f(e);
+        }
+    }
+}
+
 /// Remove the least recently active 5% (at least one). Caller holds the lock EXCLUSIVE.
 unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
     // SAFETY: caller holds the lock exclusively, so entries cannot change membership.
     unsafe {
         let mut all: Vec<(i64, Key)> = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
-        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
-        pg_sys::hash_seq_init(&mut seq, hash);
-        loop {
-            let e = pg_sys::hash_seq_search(&mut seq).cast::<Entry>();
-            let Some(e) = e.as_ref() else { break };
-            all.push((e.last_activity.load(Relaxed), e.key));
-        }
+        each_entry(hash, |e| all.push((e.last_activity.load(Relaxed), e.key)));
         all.sort_by_key(|(t, _)| *t);
         let n = (all.len() / 20).max(1);
         for (_, key) in all.iter().take(n) {
@@ -796,11 +806,7 @@ fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
             pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
         }
         out.reserve(pg_sys::hash_get_num_entries(hash) as usize);
-        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
-        pg_sys::hash_seq_init(&mut seq, hash);
-        loop {
-            let e = pg_sys::hash_seq_search(&mut seq).cast::<Entry>();
-            let Some(e) = e.as_ref() else { break };
+        each_entry(hash, |e| {
             out.push(Snapshot {
                 key: e.key,
                 v: [
@@ -815,8 +821,8 @@ fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
                     e.quota_rejections.load(Relaxed),
                 ],
                 last: e.last_activity.load(Relaxed),
-            });
-        }
+            })
+        });
         if lock {
             pg_sys::LWLockRelease(shared.lock);
         }
@@ -952,15 +958,11 @@ fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pg
     unsafe {
         pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut keys = Vec::new();
-        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
-        pg_sys::hash_seq_init(&mut seq, hash);
-        loop {
-            let e = pg_sys::hash_seq_search(&mut seq).cast::<Entry>();
-            let Some(e) = e.as_ref() else { break };
+        each_entry(hash, |e| {
             if target.is_none() || target == Some(e.key.ws) {
                 keys.push(e.key);
             }
-        }
+        });
         for key in &keys {
             pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
         }
