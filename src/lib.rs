@@ -7,6 +7,7 @@
 //!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; SQL in
 //!   `sql/quota.sql`).
+//! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
 //! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
 //!   `sql/stats.sql`).
 //!
@@ -19,6 +20,7 @@ use pgrx::prelude::*;
 pub mod context;
 pub mod error;
 pub mod quota;
+pub mod rls;
 pub mod stats;
 pub mod uuid_text;
 

@@ -315,35 +315,41 @@ fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: 
     if caches.tables.contains_key(&relid) {
         return Ok(());
     }
-    let args = [DatumWithOid::from(relid)];
-    let cfg = client.select(
-        "SELECT workspace_column::text, counted_when FROM tenancy.quota_table WHERE tbl = $1",
-        Some(1),
-        &args,
-    )?;
-    let entry = if cfg.is_empty() {
-        None
-    } else {
-        let row = cfg.first();
-        let workspace_column: String = row.get(1)?.expect("workspace_column");
-        let counted_when: Option<String> = row.get(2)?;
-        let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new() };
-        for row in client.select(
-            "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
-            None,
+    // Read the settings as the owner of the bookkeeping tables: application roles have no
+    // privilege on them (the catalog query above needs none).
+    let owner = caches.counter_owner.expect("set above");
+    let entry = as_user(owner, || -> Result<Option<TableQuota>, pgrx::spi::Error> {
+        let args = [DatumWithOid::from(relid)];
+        let cfg = client.select(
+            "SELECT workspace_column::text, counted_when FROM tenancy.quota_table WHERE tbl = $1",
+            Some(1),
             &args,
-        )? {
-            let ws: Option<pgrx::Uuid> = row.get(1)?;
-            let max: Option<i64> = row.get(2)?;
-            match ws {
-                None => q.default_limit = max,
-                Some(ws) => {
-                    q.overrides.insert(*ws.as_bytes(), max);
+        )?;
+        let entry = if cfg.is_empty() {
+            None
+        } else {
+            let row = cfg.first();
+            let workspace_column: String = row.get(1)?.expect("workspace_column");
+            let counted_when: Option<String> = row.get(2)?;
+            let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new() };
+            for row in client.select(
+                "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
+                None,
+                &args,
+            )? {
+                let ws: Option<pgrx::Uuid> = row.get(1)?;
+                let max: Option<i64> = row.get(2)?;
+                match ws {
+                    None => q.default_limit = max,
+                    Some(ws) => {
+                        q.overrides.insert(*ws.as_bytes(), max);
+                    }
                 }
             }
-        }
-        Some(q)
-    };
+            Some(q)
+        };
+        Ok(entry)
+    })?;
     caches.tables.insert(relid, entry);
     Ok(())
 }

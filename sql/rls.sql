@@ -1,0 +1,138 @@
+-- Row-level security helpers: emit and apply the tenant isolation policy.
+--
+-- The policy compares the workspace column with (SELECT tenancy.current_workspace_id()): the
+-- sub-select makes it an initplan, evaluated once per query, and keeps an index on the
+-- workspace column usable. With no context the function returns NULL, "col = NULL" is never
+-- true: an unset context sees and writes nothing (fail closed).
+--
+-- Errors: 42703 workspace column missing, 42804 column not uuid, 42809 not a table,
+-- 3F000 schema missing (enable_rls_all), 22004 NULL argument.
+
+-- Always-quoted identifier (quote_ident quotes only when needed; emitted DDL quotes always).
+CREATE FUNCTION @extschema@._quote_always(ident text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT '"' || replace(ident, '"', '""') || '"' $$;
+COMMENT ON FUNCTION @extschema@._quote_always(text) IS 'Internal: identifier in double quotes, always.';
+
+-- The schema-qualified, always-quoted name of a table after checking it can carry the policy.
+CREATE FUNCTION @extschema@._rls_target(tbl regclass, workspace_column name)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+    col_type regtype;
+BEGIN
+    IF tbl IS NULL OR workspace_column IS NULL THEN
+        RAISE EXCEPTION 'table and workspace column must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind, n.nspname, c.relname INTO r
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF r.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'cannot apply row-level security to % : it is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'column % of table % does not exist', @extschema@._quote_always(workspace_column), tbl
+            USING ERRCODE = '42703', HINT = 'Pass the workspace column as the second argument (default "workspaceId").';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'workspace column % of table % has type %, not uuid', @extschema@._quote_always(workspace_column), tbl, col_type
+            USING ERRCODE = '42804';
+    END IF;
+    RETURN @extschema@._quote_always(r.nspname) || '.' || @extschema@._quote_always(r.relname);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._rls_target(regclass, name) IS 'Internal: validated, quoted name of a table for the isolation policy.';
+
+CREATE FUNCTION @extschema@.rls_policy_sql(tbl regclass, workspace_column name DEFAULT 'workspaceId')
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    target text := @extschema@._rls_target(tbl, workspace_column);
+    col text := @extschema@._quote_always(workspace_column);
+    pred text;
+BEGIN
+    pred := format('%s = (SELECT %s.current_workspace_id())', col, @extschema@._quote_always('@extschema@'));
+    RETURN format(E'ALTER TABLE %1$s ENABLE ROW LEVEL SECURITY;\n'
+                  'ALTER TABLE %1$s FORCE ROW LEVEL SECURITY;\n'
+                  'DROP POLICY IF EXISTS "tenancy_isolation" ON %1$s;\n'
+                  'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                  '    USING (%2$s)\n'
+                  '    WITH CHECK (%2$s);\n',
+                  target, pred);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.rls_policy_sql(regclass, name) IS
+'The DDL that isolates a tenant table: ENABLE and FORCE ROW LEVEL SECURITY and a policy "tenancy_isolation" for all commands, USING and WITH CHECK column = (SELECT tenancy.current_workspace_id()). Identifiers always quoted. For migrations that keep their SQL explicit.';
+
+CREATE FUNCTION @extschema@.enable_rls(tbl regclass, workspace_column name DEFAULT 'workspaceId')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+BEGIN
+    EXECUTE @extschema@.rls_policy_sql(tbl, workspace_column);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.enable_rls(regclass, name) IS
+'Applies tenancy.rls_policy_sql(tbl, workspace_column). Idempotent; transactional.';
+
+CREATE FUNCTION @extschema@.enable_rls_all(schema_name name DEFAULT 'public', workspace_column name DEFAULT 'workspaceId')
+RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t regclass;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = schema_name) THEN
+        RAISE EXCEPTION 'schema % does not exist', @extschema@._quote_always(schema_name) USING ERRCODE = '3F000';
+    END IF;
+    FOR t IN
+        SELECT c.oid::regclass
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+           AND a.atttypid = 'uuid'::regtype
+         ORDER BY c.relname
+    LOOP
+        PERFORM @extschema@.enable_rls(t, workspace_column);
+        RETURN NEXT t;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.enable_rls_all(name, name) IS
+'Applies the isolation policy to every table of the schema that has the workspace column (uuid); returns those tables. Idempotent; transactional.';
+
+CREATE FUNCTION @extschema@.disable_rls(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    target text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname) INTO target
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s', target);
+    EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', target);
+    EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', target);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.disable_rls(regclass) IS
+'Removes the isolation policy and turns row-level security off (NO FORCE, DISABLE). Idempotent.';
+
+REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.disable_rls(regclass) FROM PUBLIC;
