@@ -28,6 +28,8 @@ cat <<EOT
 
 == the demo cluster is running
   connect:  psql -h 127.0.0.1 -p $PORT -U postgres $DB
+            (or as the application role, under row-level security:
+             psql -h 127.0.0.1 -p $PORT -U dittofeed_app $DB)
   stop:     make demo-stop
   logs:     $RUN_DIR/demo/server.log
 EOT
