@@ -63,14 +63,15 @@ pub fn ws_id(client: &mut Client, kind: &str, n: i32) -> String {
     client.query_one("SELECT fixture.ws_id($1, $2)::text", &[&kind, &n]).unwrap().get(0)
 }
 
-/// Create (once per database) a non-superuser, non-owner login role that can read the fixture.
+/// Create (once per cluster, race-free) a non-superuser, non-owner login role, and let it use
+/// this database's fixture tables.
 pub fn app_role(client: &mut Client, role: &str) {
     client
         .batch_execute(&format!(
             "DO $$ BEGIN
-                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-                     CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS;
-                 END IF;
+                 CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                 NULL; -- roles are per cluster: a test running in parallel made it first
              END $$;
              GRANT USAGE ON SCHEMA fixture TO {role};
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};"
