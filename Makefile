@@ -13,6 +13,8 @@ setup:
 
 ## Build (release) and install the extension into the system PostgreSQL 15.
 install: setup
+	@# a fresh inode (atomic rename): the installer rewrites in place, running servers keep the old one
+	@so="$$($(PG_CONFIG) --pkglibdir)/tenancy.so"; if [ -f "$$so" ]; then cp -p "$$so" "$$so.new" && mv -f "$$so.new" "$$so"; fi
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
 
 ## Every test suite: #[pg_test], pg_regress (pg_test/), live-server Rust tests (tests/).

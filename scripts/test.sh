@@ -40,6 +40,16 @@ make_fixture_db() { # port dbname
             -c "SELECT count(*) AS workspaces FROM fixture.generate(2, 2, 3, 10)" >/dev/null
 }
 
+# Give the installed library a new inode before installing over it: the installer rewrites the
+# file in place, which would corrupt the mapping of servers still running from it (another
+# cluster of this machine). The copy is renamed over the old name (atomic: the file never goes
+# missing); running servers keep the old, now unlinked, inode intact.
+unlink_installed_library() {
+    local so
+    so="$($PG_CONFIG --pkglibdir)/tenancy.so"
+    if [ -f "$so" ]; then cp -p "$so" "$so.new" && mv -f "$so.new" "$so"; fi
+}
+
 layer_unit() {
     echo "=== layer 1: #[pg_test] (cargo pgrx test, shared_preload_libraries = 'tenancy')"
     mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
@@ -51,6 +61,7 @@ layer_unit() {
         mkdir -p "$pgdata" && chown postgres:postgres "$pgdata" && chmod 700 "$pgdata"
         runas=(--runas postgres --pgdata "$pgdata")
     fi
+    unlink_installed_library
     cargo pgrx test pg15 "${runas[@]}" 2>&1 | tee "$RUN_DIR/unit.log"
     local rc=${PIPESTATUS[0]}
     record "unit (#[pg_test])" "$rc $(cargo_counts "$RUN_DIR/unit.log")"
@@ -59,6 +70,7 @@ layer_unit() {
 install_release() {
     [ -n "${INSTALLED:-}" ] && return 0
     echo "=== installing the release build"
+    unlink_installed_library
     cargo pgrx install --release --pg-config "$PG_CONFIG" >"$RUN_DIR/install.log" 2>&1 \
         || { tail -30 "$RUN_DIR/install.log"; return 1; }
     INSTALLED=1

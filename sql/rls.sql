@@ -7,6 +7,7 @@
 --
 -- Errors: 42703 workspace column missing, 42804 column not uuid, 42809 not a table,
 -- 3F000 schema missing (enable_rls_all), 22004 NULL argument.
+-- The hierarchy option's policy calls tenancy.readable_workspace_ids() (src/hierarchy.rs).
 
 -- Always-quoted identifier (quote_ident quotes only when needed; emitted DDL quotes always).
 CREATE FUNCTION @extschema@._quote_always(ident text) RETURNS text
@@ -47,7 +48,8 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@._rls_target(regclass, name) IS 'Internal: validated, quoted name of a table for the isolation policy.';
 
-CREATE FUNCTION @extschema@.rls_policy_sql(tbl regclass, workspace_column name DEFAULT 'workspaceId')
+CREATE FUNCTION @extschema@.rls_policy_sql(tbl regclass, workspace_column name DEFAULT 'workspaceId',
+                                            hierarchy boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -55,35 +57,66 @@ AS $fn$
 DECLARE
     target text := @extschema@._rls_target(tbl, workspace_column);
     col text := @extschema@._quote_always(workspace_column);
-    pred text;
+    ext text := @extschema@._quote_always('@extschema@');
+    own text;
+    readable text;
 BEGIN
-    pred := format('%s = (SELECT %s.current_workspace_id())', col, @extschema@._quote_always('@extschema@'));
+    IF hierarchy IS NULL THEN
+        RAISE EXCEPTION 'hierarchy must not be NULL' USING ERRCODE = '22004',
+            HINT = 'Pass false (the workspace reads its own rows) or true (a parent also reads its active children).';
+    END IF;
+    own := format('%s = (SELECT %s.current_workspace_id())', col, ext);
+    IF NOT hierarchy THEN
+        RETURN format(E'ALTER TABLE %1$s ENABLE ROW LEVEL SECURITY;\n'
+                      'ALTER TABLE %1$s FORCE ROW LEVEL SECURITY;\n'
+                      'DROP POLICY IF EXISTS "tenancy_isolation_update" ON %1$s;\n'
+                      'DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %1$s;\n'
+                      'DROP POLICY IF EXISTS "tenancy_isolation" ON %1$s;\n'
+                      'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                      '    USING (%2$s)\n'
+                      '    WITH CHECK (%2$s);\n',
+                      target, own);
+    END IF;
+    -- Hierarchy: reads cover the current workspace and its active children (an initplan array,
+    -- an index condition); inserts and the new row of updates are checked against the current
+    -- workspace (WITH CHECK), and the restrictive policies keep UPDATE and DELETE from reaching
+    -- a child's rows.
+    readable := format('%s = ANY ((SELECT %s.readable_workspace_ids())::uuid[])', col, ext);
     RETURN format(E'ALTER TABLE %1$s ENABLE ROW LEVEL SECURITY;\n'
                   'ALTER TABLE %1$s FORCE ROW LEVEL SECURITY;\n'
                   'DROP POLICY IF EXISTS "tenancy_isolation" ON %1$s;\n'
                   'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                  '    USING (%3$s)\n'
+                  '    WITH CHECK (%2$s);\n'
+                  'DROP POLICY IF EXISTS "tenancy_isolation_update" ON %1$s;\n'
+                  'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
                   '    USING (%2$s)\n'
-                  '    WITH CHECK (%2$s);\n',
-                  target, pred);
+                  '    WITH CHECK (%2$s);\n'
+                  'DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %1$s;\n'
+                  'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
+                  '    USING (%2$s);\n',
+                  target, own, readable);
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.rls_policy_sql(regclass, name) IS
-'The DDL that isolates a tenant table: ENABLE and FORCE ROW LEVEL SECURITY and a policy "tenancy_isolation" for all commands, USING and WITH CHECK column = (SELECT tenancy.current_workspace_id()). Identifiers always quoted. For migrations that keep their SQL explicit.';
+COMMENT ON FUNCTION @extschema@.rls_policy_sql(regclass, name, boolean) IS
+'The DDL that isolates a tenant table: ENABLE and FORCE ROW LEVEL SECURITY and a policy "tenancy_isolation" for all commands, USING and WITH CHECK column = (SELECT tenancy.current_workspace_id()). With hierarchy => true, reads use column = ANY ((SELECT tenancy.readable_workspace_ids())::uuid[]) (a parent also reads its active children) while writes stay on the current workspace (WITH CHECK, and restrictive policies "tenancy_isolation_update" and "tenancy_isolation_delete"). Identifiers always quoted. For migrations that keep their SQL explicit.';
 
-CREATE FUNCTION @extschema@.enable_rls(tbl regclass, workspace_column name DEFAULT 'workspaceId')
+CREATE FUNCTION @extschema@.enable_rls(tbl regclass, workspace_column name DEFAULT 'workspaceId',
+                                        hierarchy boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET client_min_messages = warning
 AS $fn$
 BEGIN
-    EXECUTE @extschema@.rls_policy_sql(tbl, workspace_column);
+    EXECUTE @extschema@.rls_policy_sql(tbl, workspace_column, hierarchy);
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.enable_rls(regclass, name) IS
-'Applies tenancy.rls_policy_sql(tbl, workspace_column). Idempotent; transactional.';
+COMMENT ON FUNCTION @extschema@.enable_rls(regclass, name, boolean) IS
+'Applies tenancy.rls_policy_sql(tbl, workspace_column, hierarchy). Idempotent (also to switch the hierarchy option on or off); transactional.';
 
-CREATE FUNCTION @extschema@.enable_rls_all(schema_name name DEFAULT 'public', workspace_column name DEFAULT 'workspaceId')
+CREATE FUNCTION @extschema@.enable_rls_all(schema_name name DEFAULT 'public', workspace_column name DEFAULT 'workspaceId',
+                                            hierarchy boolean DEFAULT false)
 RETURNS SETOF regclass
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -103,13 +136,13 @@ BEGIN
            AND a.atttypid = 'uuid'::regtype
          ORDER BY c.relname
     LOOP
-        PERFORM @extschema@.enable_rls(t, workspace_column);
+        PERFORM @extschema@.enable_rls(t, workspace_column, hierarchy);
         RETURN NEXT t;
     END LOOP;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.enable_rls_all(name, name) IS
-'Applies the isolation policy to every table of the schema that has the workspace column (uuid); returns those tables. Idempotent; transactional.';
+COMMENT ON FUNCTION @extschema@.enable_rls_all(name, name, boolean) IS
+'Applies the isolation policy (with the hierarchy option if asked) to every table of the schema that has the workspace column (uuid); returns those tables. Idempotent; transactional.';
 
 CREATE FUNCTION @extschema@.disable_rls(tbl regclass)
 RETURNS void
@@ -126,13 +159,15 @@ BEGIN
     SELECT @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname) INTO target
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s', target);
+    EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s', target);
+    EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s', target);
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', target);
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', target);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.disable_rls(regclass) IS
-'Removes the isolation policy and turns row-level security off (NO FORCE, DISABLE). Idempotent.';
+'Removes the isolation policies and turns row-level security off (NO FORCE, DISABLE). Idempotent.';
 
-REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.disable_rls(regclass) FROM PUBLIC;

@@ -38,6 +38,8 @@ const REGISTRY_TABLE_GUC: &CStr = c"tenancy.registry_table";
 const REGISTRY_ID_COLUMN_GUC: &CStr = c"tenancy.registry_id_column";
 const REGISTRY_STATUS_COLUMN_GUC: &CStr = c"tenancy.registry_status_column";
 const REGISTRY_DELETED_STATUS_GUC: &CStr = c"tenancy.registry_deleted_status";
+const REGISTRY_PARENT_COLUMN_GUC: &CStr = c"tenancy.registry_parent_column";
+const REGISTRY_ACTIVE_STATUS_GUC: &CStr = c"tenancy.registry_active_status";
 
 // The settings' storage. PostgreSQL owns the strings; read them only through the accessors.
 static WORKSPACE_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -49,6 +51,10 @@ static REGISTRY_STATUS_COLUMN: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"status"));
 static REGISTRY_DELETED_STATUS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"Tombstoned"));
+static REGISTRY_PARENT_COLUMN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"parentWorkspaceId"));
+static REGISTRY_ACTIVE_STATUS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"Active"));
 
 /// The parsed current workspace, mirrored by the assign hook. A backend is single-threaded:
 /// relaxed atomics are plain loads and stores, used only to stay in safe Rust.
@@ -115,6 +121,24 @@ pub(crate) fn init() {
         c"Status value that marks a soft-deleted workspace, refused by tenancy.set_workspace().",
         c"",
         &REGISTRY_DELETED_STATUS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        REGISTRY_PARENT_COLUMN_GUC,
+        c"uuid column of the workspace registry naming a workspace's parent (hierarchy policies).",
+        c"Under the hierarchy option a workspace also reads the rows of the registry rows whose \
+          parent column is it; empty disables the hierarchy (only the workspace itself).",
+        &REGISTRY_PARENT_COLUMN,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        REGISTRY_ACTIVE_STATUS_GUC,
+        c"Status value of the child workspaces a parent may read under the hierarchy option.",
+        c"Compared with the registry status column as text; empty admits every child whose status \
+          is not the soft-deleted one.",
+        &REGISTRY_ACTIVE_STATUS,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -356,11 +380,13 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
 }
 
 /// The workspace registry as configured by the `tenancy.registry_*` settings.
-struct Registry {
-    table: String,
-    id_column: String,
-    status_column: Option<String>,
-    deleted_status: Option<String>,
+pub(crate) struct Registry {
+    pub(crate) table: String,
+    pub(crate) id_column: String,
+    pub(crate) status_column: Option<String>,
+    pub(crate) deleted_status: Option<String>,
+    pub(crate) parent_column: Option<String>,
+    pub(crate) active_status: Option<String>,
 }
 
 fn setting(s: &GucSetting<Option<CString>>) -> Option<String> {
@@ -368,53 +394,62 @@ fn setting(s: &GucSetting<Option<CString>>) -> Option<String> {
 }
 
 impl Registry {
-    fn from_settings() -> Self {
+    pub(crate) fn from_settings() -> Self {
         Registry {
             table: setting(&REGISTRY_TABLE).unwrap_or_default(),
             id_column: setting(&REGISTRY_ID_COLUMN).unwrap_or_default(),
             status_column: setting(&REGISTRY_STATUS_COLUMN),
             deleted_status: setting(&REGISTRY_DELETED_STATUS),
+            parent_column: setting(&REGISTRY_PARENT_COLUMN),
+            active_status: setting(&REGISTRY_ACTIVE_STATUS),
         }
     }
 
-    /// `None`: no such workspace. `Some(status)`: it exists (status NULL or unchecked: `None`).
-    fn lookup_status(&self, workspace: pgrx::Uuid) -> TenancyResult<Option<Option<String>>> {
-        let misconfigured = |what: String| {
-            TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, what).hint(
-                "A superuser sets the registry with ALTER DATABASE ... SET tenancy.registry_table \
-                 (and tenancy.registry_id_column, tenancy.registry_status_column).",
-            )
-        };
+    /// The registry table's quoted, qualified-as-needed name, after checking that it and the
+    /// given columns exist (42P01 / 42703 with a hint naming the settings).
+    pub(crate) fn resolve(&self, columns: &[&str]) -> TenancyResult<String> {
         let relid: Option<pg_sys::Oid> = Spi::get_one_with_args(
             "SELECT pg_catalog.to_regclass($1)::oid",
             &[DatumWithOid::from(self.table.as_str())],
         )?;
         let Some(relid) = relid else {
-            return Err(misconfigured(format!(
-                "workspace registry table \"{}\" does not exist",
-                self.table
-            ))
-            .detail("tenancy.set_workspace() checks workspaces against tenancy.registry_table."));
+            return Err(TenancyError::new(
+                Code::ERRCODE_UNDEFINED_TABLE,
+                format!("workspace registry table \"{}\" does not exist", self.table),
+            )
+            .detail("tenancy.set_workspace() and tenancy.readable_workspace_ids() read the workspaces from tenancy.registry_table.")
+            .hint(
+                "A superuser sets the registry with ALTER DATABASE ... SET tenancy.registry_table \
+                 (and tenancy.registry_id_column, tenancy.registry_status_column).",
+            ));
         };
         let table: String = Spi::get_one_with_args(
             "SELECT $1::regclass::text",
             &[DatumWithOid::from(relid)],
         )?
         .unwrap_or_default();
-        for col in std::iter::once(&self.id_column).chain(self.status_column.iter()) {
+        for col in columns {
             let exists: Option<bool> = Spi::get_one_with_args(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                                  WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-                &[DatumWithOid::from(relid), DatumWithOid::from(col.as_str())],
+                &[DatumWithOid::from(relid), DatumWithOid::from(*col)],
             )?;
             if exists != Some(true) {
                 return Err(TenancyError::new(
                     Code::ERRCODE_UNDEFINED_COLUMN,
                     format!("column \"{col}\" of workspace registry table {table} does not exist"),
                 )
-                .hint("Check tenancy.registry_id_column and tenancy.registry_status_column."));
+                .hint("Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...)."));
             }
         }
+        Ok(table)
+    }
+
+    /// `None`: no such workspace. `Some(status)`: it exists (status NULL or unchecked: `None`).
+    fn lookup_status(&self, workspace: pgrx::Uuid) -> TenancyResult<Option<Option<String>>> {
+        let mut columns = vec![self.id_column.as_str()];
+        columns.extend(self.status_column.as_deref());
+        let table = self.resolve(&columns)?;
         let status_expr = match &self.status_column {
             Some(c) => format!("{}::text", quote_identifier(c)),
             None => "NULL::text".to_string(),

@@ -5,6 +5,8 @@
 //! - [`uuid_text`]: PostgreSQL-compatible uuid parsing and the canonical text form.
 //! - [`context`]: the `tenancy.workspace_id` setting, `current_workspace_id()`,
 //!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
+//! - [`hierarchy`]: `readable_workspace_ids()`, a parent workspace's read scope over its
+//!   active children (the hierarchy option of the isolation policy).
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; SQL in
 //!   `sql/quota.sql`).
 //! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
@@ -19,6 +21,7 @@ use pgrx::prelude::*;
 
 pub mod context;
 pub mod error;
+pub mod hierarchy;
 pub mod quota;
 pub mod rls;
 pub mod stats;

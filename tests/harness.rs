@@ -173,3 +173,179 @@ impl Cluster {
         std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     }
 }
+
+/// A pgbouncer of a test's own (Debian's `/usr/sbin/pgbouncer`), in front of the test cluster,
+/// in transaction pooling mode, killed when dropped. Its config, auth file, pid file and log live
+/// in `$TENANCY_RUN_DIR/pgbouncer-NAME/` (scripts/test.sh's cleanup kills whatever still runs
+/// from `$TENANCY_RUN_DIR/pgbouncer*`). pgbouncer refuses to run as root: as root it is started
+/// with `runuser -u postgres`. Clients must use the simple query protocol only (`simple_query`,
+/// `batch_execute`): rust-postgres names its prepared statements, and named statements do not
+/// survive transaction pooling in pgbouncer 1.18.
+pub struct Pgbouncer {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// One `[databases]` entry of a [`Pgbouncer`]: clients connect to `alias`, pgbouncer to
+/// database `dbname` of the test cluster; `pool_size` overrides `default_pool_size`.
+pub struct PoolDb<'a> {
+    pub alias: &'a str,
+    pub dbname: &'a str,
+    pub pool_size: Option<u32>,
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+impl Pgbouncer {
+    /// Start pgbouncer `name` on 127.0.0.1:`listen_port` in front of the cluster on 127.0.0.1:`pg_port`
+    /// (trust authentication for `users`), and wait until it accepts connections.
+    pub fn start(
+        name: &str,
+        listen_port: u16,
+        pg_port: u16,
+        default_pool_size: u32,
+        users: &[&str],
+        databases: &[PoolDb],
+    ) -> Pgbouncer {
+        use std::fmt::Write as _;
+        let run_dir = std::env::var("TENANCY_RUN_DIR").unwrap_or_else(|_| "/tmp/tenancy-run".into());
+        let dir = std::path::Path::new(&run_dir).join(format!("pgbouncer-{name}"));
+        let (ini, pidfile, log) = (dir.join("pgbouncer.ini"), dir.join("pgbouncer.pid"), dir.join("pgbouncer.log"));
+
+        // A pgbouncer of ours left over by a crashed run holds the port: end it (only it, by pid).
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(ini.to_str().unwrap()) {
+                signal(pid, "-KILL");
+                for _ in 0..50 {
+                    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], listen_port));
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_err(),
+            "pgbouncer {name}: port {listen_port} is already in use"
+        );
+
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut conf = String::from("[databases]\n");
+        for db in databases {
+            write!(conf, "{} = host=127.0.0.1 port={pg_port} dbname={}", db.alias, db.dbname).unwrap();
+            if let Some(n) = db.pool_size {
+                write!(conf, " pool_size={n}").unwrap();
+            }
+            conf.push('\n');
+        }
+        write!(
+            conf,
+            "\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {listen_port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {auth}\n\
+             logfile = {log}\n\
+             pidfile = {pid}\n\
+             pool_mode = transaction\n\
+             default_pool_size = {default_pool_size}\n\
+             min_pool_size = 0\n\
+             reserve_pool_size = 0\n\
+             max_client_conn = 200\n\
+             ; transaction pooling runs no reset query between clients (DISCARD ALL is for session pooling)\n\
+             server_reset_query_always = 0\n\
+             ignore_startup_parameters = extra_float_digits,options\n",
+            auth = dir.join("userlist.txt").display(),
+            log = log.display(),
+            pid = pidfile.display(),
+        )
+        .unwrap();
+        std::fs::write(&ini, conf).unwrap();
+        let auth: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
+        std::fs::write(dir.join("userlist.txt"), auth).unwrap();
+
+        let mut cmd = if running_as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
+                .status()
+                .expect("run chown");
+            assert!(status.success(), "chown {}", dir.display());
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", "/usr/sbin/pgbouncer"]);
+            c
+        } else {
+            std::process::Command::new("/usr/sbin/pgbouncer")
+        };
+        // Not daemonized (-d): the child is ours to end. Its messages go to the log file.
+        let child = cmd
+            .arg(&ini)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn pgbouncer");
+        let mut bouncer = Pgbouncer { port: listen_port, dir, child: Some(child) };
+        for _ in 0..100 {
+            if let Some(status) = bouncer.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("pgbouncer {name} exited ({status}) before accepting connections:\n{}", bouncer.log());
+            }
+            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok() {
+                return bouncer;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("pgbouncer {name} does not accept connections on port {listen_port}:\n{}", bouncer.log());
+    }
+
+    /// A client connection through pgbouncer to database entry `alias`, as `user`.
+    pub fn connect_as(&self, alias: &str, user: &str) -> Client {
+        let conn = format!("host=127.0.0.1 port={} user={user} dbname={alias} connect_timeout=10", self.port);
+        Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect via pgbouncer {conn}: {e}\n{}", self.log()))
+    }
+
+    /// The tail of pgbouncer's log, for failure messages.
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SIGTERM to pgbouncer itself (immediate shutdown); as root the child is runuser, which
+        // then exits with it. Fall back to signalling the child.
+        let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        signal(pid.unwrap_or(child.id()), "-TERM");
+        for _ in 0..50 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        signal(child.id(), "-TERM"); // runuser forwards it, then kills pgbouncer after 2 s
+        if let Some(pid) = pid {
+            signal(pid, "-KILL");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

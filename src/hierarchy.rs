@@ -1,0 +1,111 @@
+//! Workspace hierarchy: the workspaces the current context may read under the hierarchy option
+//! of the isolation policy (`tenancy.enable_rls(tbl, col, hierarchy => true)`).
+//!
+//! Dittofeed's hierarchy has one level: a `Parent` workspace acts on its `Active` `Child`
+//! workspaces (`"parentWorkspaceId" = parent AND status = 'Active'`). The hierarchy policy reads
+//! `col = ANY ((SELECT tenancy.readable_workspace_ids())::uuid[])`: the sub-select is an initplan, run
+//! once per query, and `col = ANY (array)` is an index condition, so a parent's read stays an
+//! index scan over its own and its children's rows. Writes stay scoped to the current workspace
+//! (WITH CHECK and the restrictive UPDATE/DELETE policies use `current_workspace_id()`).
+//!
+//! The registry lookup is one prepared statement per backend, kept across calls and re-prepared
+//! only when the `tenancy.registry_*` settings change (PostgreSQL's plan cache revalidates it
+//! when the registry table changes).
+//!
+//! Errors: 42P01 / 42703 when the configured registry table or a column does not exist.
+
+use std::cell::RefCell;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{PgBuiltInOids, PgOid};
+use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
+
+use crate::context::{self, Registry};
+use crate::error::TenancyResult;
+
+thread_local! {
+    /// The kept lookup statement and the settings it was prepared from.
+    static LOOKUP: RefCell<Option<(String, OwnedPreparedStatement)>> = const { RefCell::new(None) };
+}
+
+/// The current workspace followed by its active children (when the registry has a parent
+/// column), NULL when no workspace context is set: a policy comparing with it then admits no
+/// row. A workspace that is not a parent reads only itself.
+#[pg_extern(stable, parallel_safe)]
+fn readable_workspace_ids() -> Result<Option<Vec<pgrx::Uuid>>, pgrx::pg_sys::panic::ErrorReport> {
+    let Some(current) = context::current() else {
+        return Ok(None);
+    };
+    let current = pgrx::Uuid::from_bytes(current);
+    crate::stats::internal(|| readable(current)).map(Some).map_err(Into::into)
+}
+
+fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
+    let registry = Registry::from_settings();
+    let Some(parent_column) = registry.parent_column.as_deref() else {
+        return Ok(vec![current]); // hierarchy disabled by configuration
+    };
+    // The settings that shape the statement; a change re-prepares it.
+    let key = format!(
+        "{}\0{}\0{parent_column}\0{:?}\0{:?}\0{:?}",
+        registry.table, registry.id_column, registry.status_column, registry.active_status,
+        registry.deleted_status
+    );
+    let mut ids = vec![current];
+    LOOKUP.with_borrow_mut(|kept| -> TenancyResult<()> {
+        Spi::connect(|client| -> TenancyResult<()> {
+            if kept.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
+                let mut columns = vec![registry.id_column.as_str(), parent_column];
+                columns.extend(registry.status_column.as_deref());
+                let table = registry.resolve(&columns)?;
+                let sql = lookup_sql(&table, &registry, parent_column);
+                let plan = client.prepare(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID)])?.keep();
+                *kept = Some((key.clone(), plan));
+            }
+            let (_, plan) = kept.as_ref().expect("prepared above");
+            for row in client.select(plan, None, &[DatumWithOid::from(current)])? {
+                if let Some(id) = row.get::<pgrx::Uuid>(1)? {
+                    if id != current {
+                        ids.push(id);
+                    }
+                }
+            }
+            Ok(())
+        })
+    })?;
+    Ok(ids)
+}
+
+/// `SELECT id FROM registry WHERE parent = $1 [AND status filter]`, identifiers quoted, the
+/// status values as literals (they come from superuser-only settings; quoted all the same).
+fn lookup_sql(table: &str, registry: &Registry, parent_column: &str) -> String {
+    // `table` is the text form of the resolved regclass: quoted and qualified as needed.
+    let mut sql = format!(
+        "SELECT {id} FROM {table} WHERE {parent} = $1",
+        id = quote_identifier(&registry.id_column),
+        parent = quote_identifier(parent_column),
+    );
+    if let Some(status) = registry.status_column.as_deref() {
+        let status_col = quote_identifier(status);
+        if let Some(active) = registry.active_status.as_deref() {
+            sql.push_str(&format!(" AND {status_col}::text = {}", quote_literal(active)));
+        } else if let Some(deleted) = registry.deleted_status.as_deref() {
+            sql.push_str(&format!(" AND {status_col}::text IS DISTINCT FROM {}", quote_literal(deleted)));
+        }
+    }
+    sql
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pgrx::extension_sql!(
+    r#"
+COMMENT ON FUNCTION @extschema@.readable_workspace_ids() IS
+'The workspaces the current context may read under the hierarchy option: the current workspace and its active children (registry rows whose tenancy.registry_parent_column is it and whose status is tenancy.registry_active_status). NULL when no context is set. Used by the hierarchy policy as col = ANY ((SELECT tenancy.readable_workspace_ids())::uuid[]).';
+"#,
+    name = "hierarchy_sql",
+    requires = [readable_workspace_ids]
+);
