@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark reports ratios against a baseline measured in the same run,
 # as medians of repeated, interleaved runs (the machines are shared and noisy).
-#   bench/run.sh [name...]     names: context quota stats (default: all)
+#   bench/run.sh [name...]     names: context quota stats rls (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 benches=("$@")
-[ ${#benches[@]} -eq 0 ] && benches=(context quota stats)
+[ ${#benches[@]} -eq 0 ] && benches=(context quota stats rls)
 scripts/cluster.sh start bench "$BENCH_PORT" --fresh --conf "max_parallel_workers_per_gather = 0" --conf "jit = off"
 for b in "${benches[@]}"; do
     echo "=== bench: $b"

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Cost of the isolation policy and value of the index advice, as ratios against baselines
+# measured in the same run (pgbench, 1 client, extended protocol like node-postgres: every query
+# parsed and planned; medians of interleaved rounds with rotating order).
+#
+# Population: 1,000 workspaces (900 roots, 10 parents with 9 active children each) x 200
+# Declarative segments (+ 4 Internal ones each), ~200k rows, in copies of Dittofeed's "Segment":
+#   seg_plain  no row-level security (the baseline: explicit WHERE "workspaceId" = ...)
+#   seg_rls    tenancy.enable_rls: "workspaceId" = (SELECT tenancy.current_workspace_id())
+#   seg_cs     the common unwrapped policy: "workspaceId" = current_setting('app.workspace_id')::uuid
+#   seg_hier   tenancy.enable_rls(hierarchy => true)
+#   *_n        the same without any index (a query the workspace index cannot serve: the policy
+#              is evaluated per row)
+# Every transaction sets both settings transaction-locally (as the application would), runs one
+# query, and commits; all variants pay the same for that. Queries run as an application role
+# (tenancy.create_app_role): neither superuser nor owner, so the policies apply.
+#
+# Index advice: "WHERE "workspaceId" = $1 AND status = 'Running' ORDER BY "definitionUpdatedAt"
+# DESC LIMIT 50" on three copies with Dittofeed's indexes and foreign keys: as is, after applying
+# tenancy.index_advice() to it, and with an index tailored to the query.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${BENCH_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-5}
+PGBENCH=/usr/lib/postgresql/15/bin/pgbench
+DB=bench_rls
+APP=bench_rls_app
+psql() { command psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "-- building 1,000 workspaces x 200 segments" >&2
+psql -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+psql -d $DB -c "CREATE EXTENSION tenancy" -f fixture/dittofeed.sql -f fixture/generate.sql \
+    -c "SELECT count(*) FROM fixture.generate(10, 9, 900, 0)" >/dev/null
+psql -d $DB >/dev/null <<SQL
+SET client_min_messages = warning;
+INSERT INTO "Segment" ("workspaceId", name, definition, status, "definitionUpdatedAt")
+SELECT w.id, 'segment-' || i, jsonb_build_object('entryNode', jsonb_build_object('type', 'Trait', 'path', 'plan')),
+       (ARRAY['Running', 'Paused', 'NotStarted']::"SegmentStatus"[])[1 + (i + abs(hashtext(w.id::text))) % 3],
+       timestamp '2026-01-01' + ((i * 7919 + abs(hashtext(w.id::text))) % 100000) * interval '1 minute'
+  FROM "Workspace" w, generate_series(1, 200) i
+ WHERE w.status = 'Active';
+DO \$\$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_rls', 'seg_cs', 'seg_hier', 'seg_adv_before', 'seg_adv_after', 'seg_adv_tailored'] LOOP
+        EXECUTE format('CREATE TABLE %I (LIKE "Segment" INCLUDING ALL)', t);
+        EXECUTE format('INSERT INTO %I SELECT * FROM "Segment"', t);
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['seg_plain_n', 'seg_rls_n', 'seg_cs_n'] LOOP
+        EXECUTE format('CREATE TABLE %I (LIKE "Segment" INCLUDING DEFAULTS)', t);
+        EXECUTE format('INSERT INTO %I SELECT * FROM "Segment"', t);
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['seg_adv_before', 'seg_adv_after', 'seg_adv_tailored'] LOOP
+        EXECUTE format('ALTER TABLE %I ADD FOREIGN KEY ("workspaceId") REFERENCES "Workspace"(id) ON DELETE CASCADE ON UPDATE CASCADE', t);
+        EXECUTE format('ALTER TABLE %I ADD FOREIGN KEY ("subscriptionGroupId") REFERENCES "SubscriptionGroup"(id) ON DELETE SET NULL', t);
+    END LOOP;
+END \$\$;
+SELECT tenancy.enable_rls('seg_rls');
+SELECT tenancy.enable_rls('seg_rls_n');
+SELECT tenancy.enable_rls('seg_hier', hierarchy => true);
+ALTER TABLE seg_cs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY by_setting ON seg_cs USING ("workspaceId" = current_setting('app.workspace_id')::uuid);
+ALTER TABLE seg_cs_n ENABLE ROW LEVEL SECURITY;
+CREATE POLICY by_setting ON seg_cs_n USING ("workspaceId" = current_setting('app.workspace_id')::uuid);
+CREATE INDEX ON seg_adv_tailored ("workspaceId", status, "definitionUpdatedAt" DESC);
+SELECT tenancy.create_app_role('$APP');
+SQL
+# The advice for seg_adv_after, applied as printed (CREATE INDEX CONCURRENTLY: outside a transaction).
+psql -d $DB -At -c "SELECT ddl FROM tenancy.index_advice() WHERE table_name = 'seg_adv_after'::regclass" >"$work/advice.sql"
+psql -d $DB -f "$work/advice.sql"
+psql -d $DB -c "VACUUM ANALYZE" -c "CHECKPOINT"
+
+# One transaction per request: both settings set transaction-locally, one query.
+ws_expr() { echo "md5('tenancy-fixture/$1/' || $2)::uuid"; }
+script() { # name context-expression query
+    cat >"$work/$1.sql" <<EOT
+\set n random(1, 900)
+\set p random(1, 10)
+BEGIN;
+SELECT set_config('tenancy.workspace_id', ($2)::text, true), set_config('app.workspace_id', ($2)::text, true);
+$3;
+END;
+EOT
+}
+root=$(ws_expr root :n)
+parent=$(ws_expr parent :p)
+family="$parent"
+for c in $(seq 1 9); do family="$family, md5('tenancy-fixture/child/' || (:p * 1000 + $c))::uuid"; done
+list='SELECT id, name FROM %s%s ORDER BY name LIMIT 50'
+script idx_where "$root" "$(printf "$list" seg_plain " WHERE \"workspaceId\" = $root")"
+script idx_tenancy "$root" "$(printf "$list" seg_rls "")"
+script idx_tenancy_where "$root" "$(printf "$list" seg_rls " WHERE \"workspaceId\" = $root")"
+script idx_setting "$root" "$(printf "$list" seg_cs "")"
+count='SELECT count(*) FROM %s%s'
+script seq_where "$root" "$(printf "$count" seg_plain_n " WHERE \"workspaceId\" = $root")"
+script seq_tenancy "$root" "$(printf "$count" seg_rls_n "")"
+script seq_setting "$root" "$(printf "$count" seg_cs_n "")"
+lookup="SELECT id FROM %s WHERE name = 'segment-7'%s"
+script hier_in "$parent" "$(printf "$lookup" seg_plain " AND \"workspaceId\" IN ($family)")"
+script hier_tenancy "$parent" "$(printf "$lookup" seg_hier "")"
+recent='SELECT id, name FROM %s%s ORDER BY "definitionUpdatedAt" DESC LIMIT 50'
+script hier_recent_in "$parent" "$(printf "$recent" seg_plain " WHERE \"workspaceId\" IN ($family)")"
+script hier_recent_tenancy "$parent" "$(printf "$recent" seg_hier "")"
+running="SELECT id, name FROM %s WHERE \"workspaceId\" = $root AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50"
+for t in before after tailored; do script "adv_$t" "$root" "$(printf "$running" "seg_adv_$t")"; done
+
+tps_of() { # script
+    "$PGBENCH" -n -h 127.0.0.1 -p "$BENCH_PORT" -U "$APP" -c 1 -j 1 -M extended -T "$SECONDS_PER_RUN" -f "$work/$1.sql" $DB 2>"$work/err" \
+        | awk '/^tps = / {print $3}' | grep . || { cat "$work/err" >&2; return 1; }
+}
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+
+groups=("idx_where idx_tenancy idx_tenancy_where idx_setting" "seq_where seq_tenancy seq_setting"
+        "hier_in hier_tenancy" "hier_recent_in hier_recent_tenancy" "adv_before adv_after adv_tailored")
+results="$work/results"
+: >"$results"
+for g in "${groups[@]}"; do for v in $g; do SECONDS_PER_RUN=1 tps_of "$v" >/dev/null; done; done # warm-up
+for r in $(seq 1 "$ROUNDS"); do
+    for g in "${groups[@]}"; do
+        read -ra vs <<<"$g"
+        k=$((r % ${#vs[@]}))
+        for v in "${vs[@]:k}" "${vs[@]:0:k}"; do echo "$v $(tps_of "$v")" >>"$results"; done
+    done
+    echo "   round $r/$ROUNDS done" >&2
+done
+med() { awk -v v="$1" '$1 == v {print $2}' "$results" | median; }
+line() { # label variant baseline goal
+    printf '  %-58s %9.1f  %7s  %s\n' "$1" "$(med "$2")" "$(ratio "$(med "$2")" "$(med "$3")")" "$4"
+}
+echo
+echo "median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s, 1 client; ratio = TPS / TPS of the group's baseline"
+echo "indexed workspace-scoped list (ORDER BY name LIMIT 50 of a workspace's 204 rows):"
+line "baseline: explicit WHERE, no RLS" idx_where idx_where ""
+line "tenancy policy, no WHERE" idx_tenancy idx_where "(goal >= 0.95)"
+line "tenancy policy + the application's own WHERE" idx_tenancy_where idx_where ""
+line "unwrapped current_setting('app.workspace_id')::uuid policy" idx_setting idx_where ""
+echo "no index the workspace can use (count(*) of a workspace, sequential scan of 204k rows):"
+line "baseline: explicit WHERE, no RLS" seq_where seq_where ""
+line "tenancy policy (initplan: compared once per row as a constant)" seq_tenancy seq_where ""
+line "unwrapped current_setting policy (called per row)" seq_setting seq_where ""
+echo "parent reading its 9 active children (hierarchy option), against an explicit IN list of 10 ids:"
+line "point lookup by name, baseline: WHERE ... IN (...)" hier_in hier_in ""
+line "point lookup by name, tenancy hierarchy policy" hier_tenancy hier_in "(goal >= 0.9)"
+line "50 most recent of 2,040 rows, baseline: IN (...)" hier_recent_in hier_recent_in ""
+line "50 most recent of 2,040 rows, tenancy hierarchy policy" hier_recent_tenancy hier_recent_in "(goal >= 0.9)"
+echo "index advice: WHERE \"workspaceId\" = \$1 AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50:"
+line "Dittofeed's indexes (unique (workspaceId, name))" adv_before adv_before ""
+line "after applying tenancy.index_advice()" adv_after adv_before ""
+line "with (workspaceId, status, definitionUpdatedAt DESC)" adv_tailored adv_before ""
+echo "  advice applied to the copy:"
+sed 's/^/    /' "$work/advice.sql"
