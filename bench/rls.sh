@@ -37,8 +37,8 @@ psql -d $DB >/dev/null <<SQL
 SET client_min_messages = warning;
 INSERT INTO "Segment" ("workspaceId", name, definition, status, "definitionUpdatedAt")
 SELECT w.id, 'segment-' || i, jsonb_build_object('entryNode', jsonb_build_object('type', 'Trait', 'path', 'plan')),
-       (ARRAY['Running', 'Paused', 'NotStarted']::"SegmentStatus"[])[1 + (i + abs(hashtext(w.id::text))) % 3],
-       timestamp '2026-01-01' + ((i * 7919 + abs(hashtext(w.id::text))) % 100000) * interval '1 minute'
+       (ARRAY['Running', 'Paused', 'NotStarted']::"SegmentStatus"[])[1 + (i + abs(hashtext(w.id::text)::bigint)) % 3],
+       timestamp '2026-01-01' + ((i * 7919 + abs(hashtext(w.id::text)::bigint)) % 100000) * interval '1 minute'
   FROM "Workspace" w, generate_series(1, 200) i
  WHERE w.status = 'Active';
 DO \$\$
@@ -72,42 +72,52 @@ psql -d $DB -At -c "SELECT ddl FROM tenancy.index_advice() WHERE table_name = 's
 psql -d $DB -f "$work/advice.sql"
 psql -d $DB -c "VACUUM ANALYZE" -c "CHECKPOINT"
 
-# One transaction per request: both settings set transaction-locally, one query.
-ws_expr() { echo "md5('tenancy-fixture/$1/' || $2)::uuid"; }
-script() { # name context-expression query
-    cat >"$work/$1.sql" <<EOT
-\set n random(1, 900)
-\set p random(1, 10)
+# One transaction per request: both settings set transaction-locally, one query. Workspace ids
+# go in as literals, as an application sends them; each variant is 10 scripts (10 root
+# workspaces, or the 10 parents), which pgbench picks from at random.
+PICK=(17 101 202 303 404 505 606 707 808 899)
+uuid_of() { psql -d $DB -At -c "SELECT fixture.ws_id('$1', $2)"; }
+script() { # name kind index query-template ("@WS@" = the workspace, "@FAMILY@" = parent and children)
+    local k ws family c
+    for k in $(seq 0 9); do
+        if [ "$2" = parent ]; then
+            ws=$(uuid_of parent $((k + 1)))
+            family="'$ws'"
+            for c in $(seq 1 9); do family="$family, '$(uuid_of child $(((k + 1) * 1000 + c)))'"; done
+        else
+            ws=$(uuid_of root "${PICK[$k]}")
+            family="'$ws'"
+        fi
+        cat >"$work/$1.$k.sql" <<EOT
 BEGIN;
-SELECT set_config('tenancy.workspace_id', ($2)::text, true), set_config('app.workspace_id', ($2)::text, true);
-$3;
+SELECT set_config('tenancy.workspace_id', '$ws', true), set_config('app.workspace_id', '$ws', true);
+$(echo "$3" | sed -e "s/@WS@/'$ws'/g" -e "s/@FAMILY@/$family/g");
 END;
 EOT
+    done
 }
-root=$(ws_expr root :n)
-parent=$(ws_expr parent :p)
-family="$parent"
-for c in $(seq 1 9); do family="$family, md5('tenancy-fixture/child/' || (:p * 1000 + $c))::uuid"; done
-list='SELECT id, name FROM %s%s ORDER BY name LIMIT 50'
-script idx_where "$root" "$(printf "$list" seg_plain " WHERE \"workspaceId\" = $root")"
-script idx_tenancy "$root" "$(printf "$list" seg_rls "")"
-script idx_tenancy_where "$root" "$(printf "$list" seg_rls " WHERE \"workspaceId\" = $root")"
-script idx_setting "$root" "$(printf "$list" seg_cs "")"
-count='SELECT count(*) FROM %s%s'
-script seq_where "$root" "$(printf "$count" seg_plain_n " WHERE \"workspaceId\" = $root")"
-script seq_tenancy "$root" "$(printf "$count" seg_rls_n "")"
-script seq_setting "$root" "$(printf "$count" seg_cs_n "")"
+list='SELECT id, name FROM %s ORDER BY name LIMIT 50'
+script idx_where root "$(printf "$list" 'seg_plain WHERE "workspaceId" = @WS@')"
+script idx_tenancy root "$(printf "$list" seg_rls)"
+script idx_tenancy_where root "$(printf "$list" 'seg_rls WHERE "workspaceId" = @WS@')"
+script idx_setting root "$(printf "$list" seg_cs)"
+count='SELECT count(*) FROM %s'
+script seq_where root "$(printf "$count" 'seg_plain_n WHERE "workspaceId" = @WS@')"
+script seq_tenancy root "$(printf "$count" seg_rls_n)"
+script seq_setting root "$(printf "$count" seg_cs_n)"
 lookup="SELECT id FROM %s WHERE name = 'segment-7'%s"
-script hier_in "$parent" "$(printf "$lookup" seg_plain " AND \"workspaceId\" IN ($family)")"
-script hier_tenancy "$parent" "$(printf "$lookup" seg_hier "")"
-recent='SELECT id, name FROM %s%s ORDER BY "definitionUpdatedAt" DESC LIMIT 50'
-script hier_recent_in "$parent" "$(printf "$recent" seg_plain " WHERE \"workspaceId\" IN ($family)")"
-script hier_recent_tenancy "$parent" "$(printf "$recent" seg_hier "")"
-running="SELECT id, name FROM %s WHERE \"workspaceId\" = $root AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50"
-for t in before after tailored; do script "adv_$t" "$root" "$(printf "$running" "seg_adv_$t")"; done
+script hier_in parent "$(printf "$lookup" seg_plain ' AND "workspaceId" IN (@FAMILY@)')"
+script hier_tenancy parent "$(printf "$lookup" seg_hier "")"
+recent='SELECT id, name FROM %s ORDER BY "definitionUpdatedAt" DESC LIMIT 50'
+script hier_recent_in parent "$(printf "$recent" 'seg_plain WHERE "workspaceId" IN (@FAMILY@)')"
+script hier_recent_tenancy parent "$(printf "$recent" seg_hier)"
+running="SELECT id, name FROM %s WHERE \"workspaceId\" = @WS@ AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50"
+for t in before after tailored; do script "adv_$t" root "$(printf "$running" "seg_adv_$t")"; done
 
 tps_of() { # script
-    "$PGBENCH" -n -h 127.0.0.1 -p "$BENCH_PORT" -U "$APP" -c 1 -j 1 -M extended -T "$SECONDS_PER_RUN" -f "$work/$1.sql" $DB 2>"$work/err" \
+    local files=()
+    for f in "$work/$1".*.sql; do files+=(-f "$f"); done
+    "$PGBENCH" -n -h 127.0.0.1 -p "$BENCH_PORT" -U "$APP" -c 1 -j 1 -M extended -T "$SECONDS_PER_RUN" "${files[@]}" $DB 2>"$work/err" \
         | awk '/^tps = / {print $3}' | grep . || { cat "$work/err" >&2; return 1; }
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
