@@ -496,6 +496,26 @@ AS $fn$
            NULL, NULL
       FROM pg_roles r WHERE NOT r.rolcanlogin AND NOT r.rolsuper AND r.rolbypassrls
     UNION ALL
+    SELECT 'warn', 'registry_writable', 'role ' || @extschema@._quote_always(r.rolname),
+           format('login role subject to row-level security can %s the workspace registry %s: deleting a workspace cascades to its rows in every tenant table (foreign-key actions ignore row-level security); re-parenting a workspace hands its rows to another parent under the hierarchy option',
+                  concat_ws(' or ',
+                            CASE WHEN has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE') THEN 'delete from' END,
+                            CASE WHEN has_any_column_privilege(r.oid, reg.oid, 'UPDATE')
+                                      AND (has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_id_column'), 'UPDATE')
+                                           OR (current_setting('tenancy.registry_parent_column') <> ''
+                                               AND has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_parent_column'), 'UPDATE')))
+                                 THEN 'update the id or parent column of' END),
+                  reg.oid::regclass),
+           @extschema@._registry_restriction_sql(r.rolname), NULL
+      FROM pg_roles r,
+           (SELECT c.oid FROM pg_class c WHERE c.oid = to_regclass(current_setting('tenancy.registry_table'))) AS reg
+     WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls
+       AND NOT pg_has_role(r.oid, (SELECT relowner FROM pg_class WHERE oid = reg.oid), 'MEMBER')
+       AND (has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE')
+            OR has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_id_column'), 'UPDATE')
+            OR (current_setting('tenancy.registry_parent_column') <> ''
+                AND has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_parent_column'), 'UPDATE')))
+    UNION ALL
     SELECT 'info', 'application_role', 'role ' || @extschema@._quote_always(app.rolname),
            'login role subject to row-level security (not superuser, not BYPASSRLS, owns no tenant table) with SELECT, INSERT, UPDATE, DELETE on every tenant table',
            NULL, NULL
@@ -512,7 +532,7 @@ AS $fn$
      WHERE NOT EXISTS (SELECT 1 FROM app) AND EXISTS (SELECT 1 FROM t)
 $fn$;
 COMMENT ON FUNCTION @extschema@._audit_roles(name) IS
-'Internal: audit() checks on roles: superuser_login, bypassrls_login, bypassrls_role, application_role, no_application_role.';
+'Internal: audit() checks on roles: superuser_login, bypassrls_login, bypassrls_role, registry_writable, application_role, no_application_role.';
 
 -- Audit checks on objects around the tenant tables: views, materialized views, SECURITY DEFINER
 -- functions, foreign keys.
@@ -677,7 +697,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.audit(name) IS
-'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info), truncate_granted (fail), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
 
 REVOKE ALL ON FUNCTION @extschema@._tenant_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._qualified_name(oid) FROM PUBLIC;

@@ -46,6 +46,31 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@._require_arg(anyelement, text) IS 'Internal: 22004 when an argument is NULL.';
 
+-- The workspace registry ("Workspace") has no workspace column, so no isolation policy: an
+-- application role with DELETE on it could delete any workspace, and the foreign-key cascade
+-- removes that workspace's rows from every tenant table whatever the policies say; with UPDATE
+-- of the parent column it could re-parent another tenant's workspace under its own and read it
+-- under the hierarchy option. The SQL that narrows the role to reading, inserting and updating
+-- the other columns (hard deletes go through the cross-workspace role). NULL when the registry
+-- table does not exist.
+CREATE FUNCTION @extschema@._registry_restriction_sql(role_name name)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format(E'REVOKE DELETE, TRUNCATE, UPDATE ON %1$s FROM %2$s;\nGRANT UPDATE (%3$s) ON %1$s TO %2$s;',
+                  @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname),
+                  @extschema@._quote_always(role_name),
+                  (SELECT string_agg(@extschema@._quote_always(a.attname), ', ' ORDER BY a.attnum)
+                     FROM pg_attribute a
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.attname NOT IN (current_setting('tenancy.registry_id_column'),
+                                            current_setting('tenancy.registry_parent_column'))))
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = to_regclass(current_setting('tenancy.registry_table'))
+$fn$;
+COMMENT ON FUNCTION @extschema@._registry_restriction_sql(name) IS 'Internal: REVOKE DELETE, TRUNCATE, UPDATE on the workspace registry and GRANT UPDATE of its columns but the id and parent columns, for a role.';
+
 CREATE FUNCTION @extschema@.create_app_role(role_name name, schema_name name DEFAULT 'public')
 RETURNS void
 LANGUAGE plpgsql
@@ -60,7 +85,9 @@ BEGIN
     PERFORM @extschema@._require_arg(schema_name, 'schema_name');
     SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
     IF NOT FOUND THEN
-        EXECUTE format('CREATE ROLE %s LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE',
+        -- NOINHERIT: the privileges of a role it is granted (the cross-workspace role's, on the
+        -- registry) stay behind SET ROLE
+        EXECUTE format('CREATE ROLE %s LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE',
                        @extschema@._quote_always(role_name));
     ELSIF r.rolsuper OR r.rolbypassrls THEN
         RAISE EXCEPTION 'role % cannot be the application role: it is %', @extschema@._quote_always(role_name),
@@ -80,10 +107,15 @@ BEGIN
                   HINT = 'Keep the migration role as owner and create a separate application role.';
     END IF;
     PERFORM @extschema@._grant_data_privileges(role_name, schema_name);
+    -- the registry, when it lives in this schema: no DELETE, no re-parenting (see above)
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.oid = to_regclass(current_setting('tenancy.registry_table')) AND n.nspname = schema_name) THEN
+        EXECUTE @extschema@._registry_restriction_sql(role_name);
+    END IF;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.create_app_role(name, name) IS
-'Creates (if missing) the application role: LOGIN, not superuser, not BYPASSRLS, owning nothing, with SELECT, INSERT, UPDATE, DELETE on the tables of the schema (also those the calling role creates later) and USAGE on its sequences. No TRUNCATE (it ignores row-level security). Set its password separately. Errors: 42501 when the role is a superuser, BYPASSRLS or owns tables; 22004 NULL argument; 3F000 missing schema. Idempotent.';
+'Creates (if missing) the application role: LOGIN, NOINHERIT, not superuser, not BYPASSRLS, owning nothing, with SELECT, INSERT, UPDATE, DELETE on the tables of the schema (also those the calling role creates later) and USAGE on its sequences. No TRUNCATE (it ignores row-level security). On the workspace registry (tenancy.registry_table, when in the schema): no DELETE (the cascade would ignore row-level security) and no UPDATE of the id and parent columns. Set its password separately. Errors: 42501 when the role is a superuser, BYPASSRLS or owns tables; 22004 NULL argument; 3F000 missing schema. Idempotent.';
 
 CREATE FUNCTION @extschema@.create_cross_workspace_role(role_name name, member name,
                                                          schema_name name DEFAULT 'public')
@@ -104,6 +136,12 @@ BEGIN
         RAISE EXCEPTION 'role % does not exist', @extschema@._quote_always(member) USING ERRCODE = '42704',
             HINT = 'Create the application role first: SELECT tenancy.create_app_role(''app'').';
     END IF;
+    IF m.rolinherit THEN
+        RAISE EXCEPTION 'role % inherits the privileges of the roles granted to it', @extschema@._quote_always(member)
+            USING ERRCODE = '42501',
+                  DETAIL = 'It would use the cross-workspace role''s privileges (DELETE on the workspace registry) without tenancy.begin_cross_workspace().',
+                  HINT = format('ALTER ROLE %s NOINHERIT (tenancy.create_app_role() creates it so).', @extschema@._quote_always(member));
+    END IF;
     SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
     IF NOT FOUND THEN
         EXECUTE format('CREATE ROLE %s NOLOGIN NOINHERIT BYPASSRLS NOSUPERUSER NOCREATEDB NOCREATEROLE',
@@ -121,7 +159,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.create_cross_workspace_role(name, name, name) IS
-'Creates (if missing) a NOLOGIN role with BYPASSRLS and data privileges on the schema, and lets member (the application role) assume it. BYPASSRLS is never inherited: the member gets it only by tenancy.begin_cross_workspace(reason) (SET LOCAL ROLE, logged). Needs a superuser. Errors: 42704 unknown member, 42501 an existing role of that name that is not a cross-workspace role, 22004 NULL argument. Idempotent.';
+'Creates (if missing) a NOLOGIN role with BYPASSRLS and data privileges on the schema, and lets member (the application role) assume it. BYPASSRLS is never inherited: the member gets it only by tenancy.begin_cross_workspace(reason) (SET LOCAL ROLE, logged). Needs a superuser. Errors: 42704 unknown member, 42501 a member that inherits privileges (ALTER ROLE ... NOINHERIT) or an existing role of that name that is not a cross-workspace role, 22004 NULL argument. Idempotent.';
 
 -- No SET clause on this function: a function with SET options restores every setting changed
 -- inside it when it returns, and the role switch must outlive the call (it lasts until the end
@@ -165,3 +203,4 @@ COMMENT ON FUNCTION @extschema@.begin_cross_workspace(text, name) IS
 REVOKE ALL ON FUNCTION @extschema@.create_app_role(name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.create_cross_workspace_role(name, name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._grant_data_privileges(name, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._registry_restriction_sql(name) FROM PUBLIC;

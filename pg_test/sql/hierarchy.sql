@@ -79,6 +79,11 @@ SELECT count(DISTINCT "workspaceId") AS workspaces_visible FROM "Segment";
 ROLLBACK;
 -- no context: nothing
 SELECT count(*) AS visible_without_context FROM "Segment";
+-- the registry: no deletes (the cascade would ignore row-level security), no re-parenting
+DELETE FROM "Workspace" WHERE id = :'c2';
+\echo :LAST_ERROR_SQLSTATE
+UPDATE "Workspace" SET "parentWorkspaceId" = :'p1' WHERE id = :root;
+\echo :LAST_ERROR_SQLSTATE
 
 -- 4. The audited cross-workspace path.
 SELECT tenancy.begin_cross_workspace('admin key lookup');
@@ -87,12 +92,17 @@ RESET ROLE;
 SELECT tenancy.create_cross_workspace_role('tenancy_regress_cross', 'tenancy_regress_app');
 SELECT tenancy.create_cross_workspace_role('tenancy_regress_cross', 'tenancy_regress_app'); -- idempotent
 SELECT rolcanlogin, rolbypassrls, pg_has_role('tenancy_regress_app', oid, 'MEMBER') AS app_may_assume,
-       pg_has_role('tenancy_regress_app', oid, 'USAGE') AS app_inherits_privileges_not_bypassrls
+       pg_has_role('tenancy_regress_app', oid, 'USAGE') AS app_inherits_privileges
   FROM pg_roles WHERE rolname = 'tenancy_regress_cross';
 SELECT tenancy.create_cross_workspace_role('tenancy_regress_app', 'tenancy_regress_app');
 \echo :LAST_ERROR_SQLSTATE
 SELECT tenancy.create_cross_workspace_role('tenancy_regress_cross', 'no_such_role');
 \echo :LAST_ERROR_SQLSTATE
+-- a member that inherits privileges would use the role's registry DELETE without the logged switch
+CREATE ROLE tenancy_regress_inherit LOGIN INHERIT;
+SELECT tenancy.create_cross_workspace_role('tenancy_regress_cross', 'tenancy_regress_inherit');
+\echo :LAST_ERROR_SQLSTATE
+DROP ROLE tenancy_regress_inherit;
 SET SESSION AUTHORIZATION tenancy_regress_app;
 BEGIN;
 SELECT tenancy.begin_cross_workspace('');
