@@ -95,6 +95,8 @@ BEGIN
             USING ERRCODE = '42501',
                   DETAIL = 'Row-level security does not apply to superusers and BYPASSRLS roles.',
                   HINT = 'Choose a new role name; tenancy.create_app_role() creates it.';
+    ELSIF r.rolinherit THEN
+        EXECUTE format('ALTER ROLE %s NOINHERIT', @extschema@._quote_always(role_name));
     END IF;
     SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.relname) INTO owned
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -115,7 +117,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.create_app_role(name, name) IS
-'Creates (if missing) the application role: LOGIN, NOINHERIT, not superuser, not BYPASSRLS, owning nothing, with SELECT, INSERT, UPDATE, DELETE on the tables of the schema (also those the calling role creates later) and USAGE on its sequences. No TRUNCATE (it ignores row-level security). On the workspace registry (tenancy.registry_table, when in the schema): no DELETE (the cascade would ignore row-level security) and no UPDATE of the id and parent columns. Set its password separately. Errors: 42501 when the role is a superuser, BYPASSRLS or owns tables; 22004 NULL argument; 3F000 missing schema. Idempotent.';
+'Creates (if missing) the application role, or brings an existing one to that shape: LOGIN, NOINHERIT, not superuser, not BYPASSRLS, owning nothing, with SELECT, INSERT, UPDATE, DELETE on the tables of the schema (also those the calling role creates later) and USAGE on its sequences. No TRUNCATE (it ignores row-level security). On the workspace registry (tenancy.registry_table, when in the schema): no DELETE (the cascade would ignore row-level security) and no UPDATE of the id and parent columns. Set its password separately. Errors: 42501 when the role is a superuser, BYPASSRLS or owns tables; 22004 NULL argument; 3F000 missing schema. Idempotent.';
 
 CREATE FUNCTION @extschema@.create_cross_workspace_role(role_name name, member name,
                                                          schema_name name DEFAULT 'public')
