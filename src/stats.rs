@@ -226,44 +226,90 @@ fn reset_if_top() {
     }
 }
 // CPU time of top-level statements. A getrusage() call costs ~0.85 us here (a system call; CPU
-// clocks have no vDSO fast path), as much as the rest of the hooks together, so the steady state
-// takes one reading per statement: a statement's start is the end reading of the previous
-// top-level statement when that one ran for the same workspace and nothing untracked (another
-// context, no context, a utility statement) ran since. The CPU a backend spends between two such
-// statements (receiving, parsing, binding the next one) belongs to that workspace's session; idle
-// time costs no CPU.
-static CPU_START_NS: AtomicU64 = AtomicU64::new(0);
+// clocks have no vDSO fast path), as much as the rest of the hooks together, so the clock is read
+// at transitions only, not per statement: CPU accrues to a *pending* workspace, the one whose
+// statements run at top level, and is added to its entry when another workspace (or none: no
+// context, a utility statement) takes over, at most CPU_FLUSH_US after the last reading at the end
+// of a statement, and when the backend exits. A backend that keeps running statements for one
+// workspace thus reads the clock ten times a second, not per statement, and the totals stay exact:
+// all CPU between two readings belongs to the pending workspace (receiving, parsing and binding
+// its statements included; idle time costs no CPU). What a backend spent in its last
+// CPU_FLUSH_US shows once it runs its next statement or exits.
+const CPU_FLUSH_US: i64 = 100_000;
 static CPU_LAST_NS: AtomicU64 = AtomicU64::new(0);
-static CPU_LAST_VALID: AtomicBool = AtomicBool::new(false);
-static CPU_LAST_HI: AtomicU64 = AtomicU64::new(0);
-static CPU_LAST_LO: AtomicU64 = AtomicU64::new(0);
+static CPU_LAST_AT_US: AtomicI64 = AtomicI64::new(0);
+static CPU_PENDING: AtomicBool = AtomicBool::new(false);
+static CPU_PENDING_HI: AtomicU64 = AtomicU64::new(0);
+static CPU_PENDING_LO: AtomicU64 = AtomicU64::new(0);
+static CPU_EXIT_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 fn ws_halves(ws: &[u8; 16]) -> (u64, u64) {
     (u64::from_be_bytes(ws[..8].try_into().unwrap()), u64::from_be_bytes(ws[8..].try_into().unwrap()))
 }
 
-/// A tracked top-level statement starts.
-fn cpu_start(ws: &[u8; 16]) {
-    let (hi, lo) = ws_halves(ws);
-    let reuse = CPU_LAST_VALID.load(Relaxed) && CPU_LAST_HI.load(Relaxed) == hi && CPU_LAST_LO.load(Relaxed) == lo;
-    CPU_START_NS.store(if reuse { CPU_LAST_NS.load(Relaxed) } else { now_ns() }, Relaxed);
+fn cpu_pending() -> Option<[u8; 16]> {
+    if !CPU_PENDING.load(Relaxed) {
+        return None;
+    }
+    let mut ws = [0u8; 16];
+    ws[..8].copy_from_slice(&CPU_PENDING_HI.load(Relaxed).to_be_bytes());
+    ws[8..].copy_from_slice(&CPU_PENDING_LO.load(Relaxed).to_be_bytes());
+    Some(ws)
 }
 
-/// A tracked top-level statement ends: its CPU time, and the reading the next one may reuse.
-fn cpu_end(ws: &[u8; 16]) -> u64 {
+/// Read the clock, add what was used since the last reading to the pending workspace.
+fn cpu_read() {
     let now = now_ns();
-    let (hi, lo) = ws_halves(ws);
+    if let Some(ws) = cpu_pending() {
+        let used = now.saturating_sub(CPU_LAST_NS.load(Relaxed));
+        record(ws, |e| {
+            e.cpu_ns.fetch_add(used, Relaxed);
+        });
+    }
     CPU_LAST_NS.store(now, Relaxed);
-    CPU_LAST_HI.store(hi, Relaxed);
-    CPU_LAST_LO.store(lo, Relaxed);
-    CPU_LAST_VALID.store(true, Relaxed);
-    now.saturating_sub(CPU_START_NS.load(Relaxed))
+    // SAFETY: plain clock read (vDSO).
+    CPU_LAST_AT_US.store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
 }
 
-/// Something untracked runs at top level: the next tracked statement takes its own start reading.
-fn cpu_untracked() {
-    CPU_LAST_VALID.store(false, Relaxed);
+/// A top-level statement starts for `ws` (None: untracked, or a utility statement).
+fn cpu_enter(ws: Option<&[u8; 16]>) {
+    if cpu_pending().as_ref() == ws {
+        return; // same workspace, or still none: nothing to read
+    }
+    cpu_read();
+    match ws {
+        None => CPU_PENDING.store(false, Relaxed),
+        Some(ws) => {
+            let (hi, lo) = ws_halves(ws);
+            CPU_PENDING_HI.store(hi, Relaxed);
+            CPU_PENDING_LO.store(lo, Relaxed);
+            CPU_PENDING.store(true, Relaxed);
+            if !CPU_EXIT_REGISTERED.swap(true, Relaxed) {
+                // SAFETY: registering a 'static callback for this backend's exit.
+                unsafe { pg_sys::before_shmem_exit(Some(cpu_at_exit), pg_sys::Datum::from(0)) };
+            }
+        }
+    }
 }
+
+/// A tracked top-level statement ended: read the clock if the last reading is old.
+fn cpu_tick() {
+    // SAFETY: plain clock read (vDSO).
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    if now - CPU_LAST_AT_US.load(Relaxed) >= CPU_FLUSH_US {
+        cpu_read();
+    }
+}
+
+/// Backend exit: account what the pending workspace used since the last reading.
+#[pg_guard]
+unsafe extern "C-unwind" fn cpu_at_exit(_code: c_int, _arg: pg_sys::Datum) {
+    if CPU_PENDING.load(Relaxed) {
+        cpu_read();
+        CPU_PENDING.store(false, Relaxed);
+    }
+}
+
 static PLANNED_AT_TOP: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn init() {
@@ -699,7 +745,7 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     reset_if_top();
     if NESTING.load(Relaxed) == 0 {
-        cpu_untracked();
+        cpu_enter(None);
     }
     NESTING.fetch_add(1, Relaxed);
     // SAFETY: chaining with the same arguments (see the note above on raw calls).
@@ -722,13 +768,9 @@ unsafe extern "C-unwind" fn planner(
     reset_if_top();
     let ws = tracking();
     let top = NESTING.load(Relaxed) == 0;
-    match (&ws, top) {
-        (Some(ws), true) => {
-            cpu_start(ws);
-            PLANNED_AT_TOP.store(true, Relaxed);
-        }
-        (None, true) => cpu_untracked(),
-        _ => {}
+    if top {
+        cpu_enter(ws.as_ref());
+        PLANNED_AT_TOP.store(ws.is_some(), Relaxed);
     }
     let start = ws.map(|_| std::time::Instant::now());
     // SAFETY: chaining to the previous planner or the standard one with the same arguments.
@@ -758,8 +800,8 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
             reset_if_top();
         }
         let ws = tracking();
-        if top && ws.is_none() {
-            cpu_untracked();
+        if top && !planned {
+            cpu_enter(ws.as_ref());
         }
         match PREV_EXECUTOR_START {
             Some(prev) => prev(query_desc, eflags),
@@ -767,9 +809,6 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
         }
         if let Some(ws) = ws {
             STARTED.with(|s| s.borrow_mut().push((query_desc as usize, ws)));
-            if top && !planned {
-                cpu_start(&ws);
-            }
             if (*query_desc).totaltime.is_null() {
                 let old = pg_sys::MemoryContextSwitchTo((*(*query_desc).estate).es_query_cxt);
                 (*query_desc).totaltime =
@@ -828,17 +867,18 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
             let exec_ns = (total.total * 1e9) as u64;
             let rows = (*(*query_desc).estate).es_processed;
             let top = NESTING.load(Relaxed) == 0;
-            let cpu = if top { cpu_end(&ws) } else { 0 };
             record(ws, |e| {
                 if top {
                     e.queries_top.fetch_add(1, Relaxed);
-                    e.cpu_ns.fetch_add(cpu, Relaxed);
                 } else {
                     e.queries_nested.fetch_add(1, Relaxed);
                 }
                 e.rows.fetch_add(rows, Relaxed);
                 e.exec_ns.fetch_add(exec_ns, Relaxed);
             });
+            if top {
+                cpu_tick();
+            }
         }
         match PREV_EXECUTOR_END {
             Some(prev) => prev(query_desc),

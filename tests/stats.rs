@@ -328,3 +328,45 @@ fn statistics_survive_a_clean_restart_and_a_bad_file_is_ignored() {
     let entries: i64 = c.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
     assert_eq!(entries, 0, "save_stats = off saves nothing");
 }
+
+/// CPU time goes to the workspace whose statements used it: a CPU-heavy workspace and a light
+/// one on the same connection and on others. The clock is read at workspace transitions, every
+/// 100 ms of activity and at backend exit, never lost in between.
+#[test]
+fn cpu_time_goes_to_the_workspace_that_used_it() {
+    let db = fresh_db("stats_cpu");
+    let mut admin = connect(&db);
+    let (heavy, light) = (random_ws(&mut admin), random_ws(&mut admin));
+    let burn = "SELECT count(*) FROM generate_series(1, 1500000)";
+    // one connection alternating: heavy, light, heavy, light
+    let mut c = connect(&db);
+    for _ in 0..2 {
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{heavy}'")).unwrap();
+        c.query(burn, &[]).unwrap();
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{light}'")).unwrap();
+        for _ in 0..5 {
+            c.query("SELECT 1", &[]).unwrap();
+        }
+    }
+    // a second connection: heavy only, then it exits (its last stretch is read at exit)
+    let mut d = connect(&db);
+    d.batch_execute(&format!("SET tenancy.workspace_id = '{heavy}'")).unwrap();
+    d.query(burn, &[]).unwrap();
+    drop(d);
+    c.batch_execute("RESET tenancy.workspace_id").unwrap();
+    c.query("SELECT 1", &[]).unwrap(); // no context: closes the light workspace's stretch
+    let mut h = None;
+    for _ in 0..100 {
+        let r = stats(&mut admin, &db, &heavy).expect("row for the heavy workspace");
+        if r.queries == 3 && r.cpu_ms >= 0.5 * r.exec_ms {
+            h = Some(r);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50)); // d's backend exits asynchronously
+    }
+    let h = h.expect("the heavy workspace's CPU time must cover most of its execution time");
+    let l = stats(&mut admin, &db, &light).expect("row for the light workspace");
+    assert_eq!(l.queries, 10);
+    assert!(l.cpu_ms < h.cpu_ms / 10.0, "light {} ms of CPU vs heavy {} ms", l.cpu_ms, h.cpu_ms);
+    assert!(h.cpu_ms <= h.exec_ms * 1.5 + 50.0, "heavy: {} ms of CPU for {} ms of execution", h.cpu_ms, h.exec_ms);
+}
