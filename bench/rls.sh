@@ -20,8 +20,8 @@
 # tenancy.index_advice() to it, and with an index tailored to the query.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_PER_RUN=${BENCH_SECONDS:-5}
-ROUNDS=${BENCH_ROUNDS:-5}
+SECONDS_PER_RUN=${BENCH_SECONDS:-4}
+ROUNDS=${BENCH_ROUNDS:-7}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 DB=bench_rls
 APP=bench_rls_app
@@ -132,16 +132,22 @@ for r in $(seq 1 "$ROUNDS"); do
     for g in "${groups[@]}"; do
         read -ra vs <<<"$g"
         k=$((r % ${#vs[@]}))
-        for v in "${vs[@]:k}" "${vs[@]:0:k}"; do echo "$v $(tps_of "$v")" >>"$results"; done
+        for v in "${vs[@]:k}" "${vs[@]:0:k}"; do echo "$v $(tps_of "$v") $r" >>"$results"; done
     done
     echo "   round $r/$ROUNDS done" >&2
 done
 med() { awk -v v="$1" '$1 == v {print $2}' "$results" | median; }
+# The ratio to the baseline within each round (variants of a group run back to back), then the
+# median over rounds: slow drifts of the shared machine cancel out within a round.
+paired() { # variant baseline
+    awk -v v="$1" -v b="$2" '$1 == v {x[$3] = $2} $1 == b {y[$3] = $2}
+        END {for (r in x) if (y[r] > 0) printf "%.4f\n", x[r] / y[r]}' "$results" | median
+}
 line() { # label variant baseline goal
-    printf '  %-58s %9.1f  %7s  %s\n' "$1" "$(med "$2")" "$(ratio "$(med "$2")" "$(med "$3")")" "$4"
+    printf '  %-62s %9.1f  %7.3f  %s\n' "$1" "$(med "$2")" "$(paired "$2" "$3")" "$4"
 }
 echo
-echo "median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s, 1 client; ratio = TPS / TPS of the group's baseline"
+echo "median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s, 1 client; ratio = median over rounds of TPS / TPS of the group's baseline in the same round"
 echo "indexed workspace-scoped list (ORDER BY name LIMIT 50 of a workspace's 204 rows):"
 line "baseline: explicit WHERE, no RLS" idx_where idx_where ""
 line "tenancy policy, no WHERE" idx_tenancy idx_where "(goal >= 0.95)"

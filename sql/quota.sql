@@ -210,6 +210,37 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.release_quota(regclass) IS
 'Removes quota enforcement from a table: its triggers, counters, limits and settings. Idempotent.';
 
+-- A dropped table takes its quota bookkeeping with it (an sql_drop event trigger). SECURITY
+-- DEFINER: whoever drops an enforced table (its owner) has no privilege on the bookkeeping.
+CREATE FUNCTION @extschema@._quota_on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    dropped oid[];
+BEGIN
+    -- DROP EXTENSION drops the bookkeeping tables themselves
+    IF to_regclass('@extschema@.quota_table') IS NULL OR to_regclass('@extschema@.quota_counter') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(d.objid) INTO dropped
+      FROM pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type IN ('table', 'partitioned table');
+    IF dropped IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl::oid = ANY (dropped);
+    DELETE FROM @extschema@.quota_table q WHERE q.tbl::oid = ANY (dropped); -- cascades to quota_limit
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._quota_on_drop() IS
+'Internal: sql_drop event trigger function removing the quota settings, limits and counters of dropped tables.';
+REVOKE ALL ON FUNCTION @extschema@._quota_on_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER tenancy_quota_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._quota_on_drop();
+COMMENT ON EVENT TRIGGER tenancy_quota_on_drop IS 'Removes the quota bookkeeping of dropped tables (tenancy).';
+
 -- quota_usage: every (workspace, table) that has counted rows or a limit of its own.
 CREATE VIEW @extschema@.quota_usage AS
 WITH pairs AS (

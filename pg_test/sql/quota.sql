@@ -146,3 +146,26 @@ SELECT workspace_id = :r1 AS is_r1, used, max_rows FROM tenancy.quota_usage
 SELECT * FROM tenancy.quota_drift('"Tenant ""Data""; DROP TABLE x"');
 SELECT tenancy.release_quota('"Tenant ""Data""; DROP TABLE x"');
 DROP TABLE "Tenant ""Data""; DROP TABLE x";
+
+-- 14. Dropping an enforced table removes its bookkeeping, also when its owner is no superuser.
+CREATE ROLE tenancy_regress_quota_owner LOGIN;
+GRANT CREATE ON SCHEMA public TO tenancy_regress_quota_owner;
+SET ROLE tenancy_regress_quota_owner;
+CREATE TABLE quota_dropped ("workspaceId" uuid NOT NULL);
+RESET ROLE;
+SELECT tenancy.enforce_quota('quota_dropped');
+SELECT tenancy.set_quota('quota_dropped', 5);
+SELECT tenancy.set_quota('quota_dropped', 7, :r1);
+INSERT INTO quota_dropped VALUES (:r1), (:r2);
+SELECT (SELECT count(*) FROM tenancy.quota_table WHERE tbl = 'quota_dropped'::regclass) AS settings,
+       (SELECT count(*) FROM tenancy.quota_limit WHERE tbl = 'quota_dropped'::regclass) AS limits,
+       (SELECT count(*) FROM tenancy.quota_counter WHERE tbl = 'quota_dropped'::regclass) AS counters;
+SELECT 'quota_dropped'::regclass::oid AS dropped_oid \gset
+SET ROLE tenancy_regress_quota_owner;
+DROP TABLE quota_dropped;
+RESET ROLE;
+SELECT (SELECT count(*) FROM tenancy.quota_table WHERE tbl::oid = :dropped_oid) AS settings,
+       (SELECT count(*) FROM tenancy.quota_limit WHERE tbl::oid = :dropped_oid) AS limits,
+       (SELECT count(*) FROM tenancy.quota_counter WHERE tbl::oid = :dropped_oid) AS counters;
+REVOKE CREATE ON SCHEMA public FROM tenancy_regress_quota_owner;
+DROP ROLE tenancy_regress_quota_owner;
