@@ -208,8 +208,9 @@ fn parent_reads_active_children_and_follows_registry_changes() {
 
 /// Identifiers with quotes, spaces, semicolons, comment and dollar-quote markers, format()
 /// directives, mixed case and non-ASCII letters, generated at random (fixed seed, so a failure
-/// reproduces): the emitted DDL names exactly the object it was given, applying it creates
-/// exactly the expected policies and nothing else, and the policy isolates as it should.
+/// reproduces): index_advice() and audit() name the table exactly and their DDL and fixes run
+/// and settle it; the emitted policy DDL names exactly the object it was given, applying it
+/// creates exactly the expected policies and nothing else, and the policy isolates as it should.
 #[test]
 fn hostile_identifiers_fuzz() {
     let db = fresh_db("rls_fuzz");
@@ -268,6 +269,41 @@ fn hostile_identifiers_fuzz() {
                  GRANT SELECT, INSERT, UPDATE, DELETE ON {target} TO tenancy_it_rls;"
             ))
             .unwrap_or_else(|e| panic!("{ctx}: setup: {e}"));
+
+        // index advice names the table and column exactly; its DDL runs and settles it
+        let advice: Vec<String> = admin
+            .query("SELECT ddl FROM tenancy.index_advice($1::text::name) WHERE table_name = $2::text::regclass", &[&column, &target])
+            .unwrap_or_else(|e| panic!("{ctx}: index_advice: {e}"))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(advice, vec![format!("CREATE INDEX CONCURRENTLY ON {target} ({qc});")], "{ctx}");
+        admin.batch_execute(&advice[0]).unwrap_or_else(|e| panic!("{ctx}: advice DDL: {e}"));
+        let left: i64 = admin
+            .query_one("SELECT count(*) FROM tenancy.index_advice($1::text::name) WHERE table_name = $2::text::regclass", &[&column, &target])
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{ctx}: advice left after applying it");
+        // the audit fails the unprotected table; its fixes run and protect it
+        let audit_fails = |c: &mut Client| -> Vec<(String, Option<String>)> {
+            c.query(
+                "SELECT \"check\", fix FROM tenancy.audit($1::text::name) WHERE severity = 'fail' AND object = 'table ' || $2",
+                &[&column, &target],
+            )
+            .unwrap_or_else(|e| panic!("{ctx}: audit: {e}"))
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+        };
+        let fails = audit_fails(&mut admin);
+        let checks: std::collections::BTreeSet<&str> = fails.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(checks.contains("rls_disabled") && checks.contains("policy_missing"), "{ctx}: audit found {checks:?}");
+        for (check, fix) in &fails {
+            let fix = fix.as_deref().unwrap_or_else(|| panic!("{ctx}: no fix for {check}"));
+            admin.batch_execute(fix).unwrap_or_else(|e| panic!("{ctx}: fix of {check} ({fix}): {e}"));
+        }
+        assert_eq!(audit_fails(&mut admin), vec![], "{ctx}: fails left after the fixes");
+        admin.execute("SELECT tenancy.disable_rls($1::text::regclass)", &[&target]).unwrap();
 
         let ddl: String = admin
             .query_one("SELECT tenancy.rls_policy_sql($1::text::regclass, $2::text::name, $3)", &[&target, &column, &hierarchy])
