@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cost of the isolation policy and value of the index advice, as ratios against baselines
 # measured in the same run (pgbench, 1 client, extended protocol like node-postgres: every query
-# parsed and planned; medians of interleaved rounds with rotating order).
+# parsed and planned; the variants of a group mixed in one pgbench run, medians over rounds).
 #
 # Population: 1,000 workspaces (900 roots, 10 parents with 9 active children each) x 200
 # Declarative segments (+ 4 Internal ones each), ~200k rows, in copies of Dittofeed's "Segment":
@@ -20,8 +20,8 @@
 # tenancy.index_advice() to it, and with an index tailored to the query.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_PER_RUN=${BENCH_SECONDS:-4}
-ROUNDS=${BENCH_ROUNDS:-7}
+SECONDS_PER_RUN=${BENCH_SECONDS:-4}  # per variant and round
+ROUNDS=${BENCH_ROUNDS:-5}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 DB=bench_rls
 APP=bench_rls_app
@@ -114,40 +114,43 @@ script hier_recent_tenancy parent "$(printf "$recent" seg_hier)"
 running="SELECT id, name FROM %s WHERE \"workspaceId\" = @WS@ AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50"
 for t in before after tailored; do script "adv_$t" root "$(printf "$running" "seg_adv_$t")"; done
 
-tps_of() { # script
-    local files=()
-    for f in "$work/$1".*.sql; do files+=(-f "$f"); done
-    "$PGBENCH" -n -h 127.0.0.1 -p "$BENCH_PORT" -U "$APP" -c 1 -j 1 -M extended -T "$SECONDS_PER_RUN" "${files[@]}" $DB 2>"$work/err" \
-        | awk '/^tps = / {print $3}' | grep . || { cat "$work/err" >&2; return 1; }
+# One pgbench run per group and round, every variant's scripts mixed at random: all variants of a
+# group meet the same moment of the shared machine, transaction by transaction. pgbench reports
+# each script's average latency; a variant's latency is the transaction-weighted mean of its 10.
+lat_of_group() { # variants...
+    local files=() v f
+    for v in "$@"; do for f in "$work/$v".*.sql; do files+=(-f "$f"); done; done
+    "$PGBENCH" -n -h 127.0.0.1 -p "$BENCH_PORT" -U "$APP" -c 1 -j 1 -M extended -T $((SECONDS_PER_RUN * $#)) "${files[@]}" $DB 2>"$work/err" \
+        | awk '/^SQL script [0-9]+:/ {n = split($4, p, "/"); v = p[n]; sub(/\.[0-9]+\.sql$/, "", v)}
+               /^ - [0-9]+ transactions/ {tx = $2}
+               /^ - latency average = / {s[v] += tx * $5; t[v] += tx}
+               END {for (v in s) if (t[v] > 0) printf "%s %.6f\n", v, s[v] / t[v]}' | grep . || { cat "$work/err" >&2; return 1; }
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 
 groups=("idx_where idx_tenancy idx_tenancy_where idx_setting" "seq_where seq_tenancy seq_setting"
         "hier_in hier_tenancy" "hier_recent_in hier_recent_tenancy" "adv_before adv_after adv_tailored")
 results="$work/results"
 : >"$results"
-for g in "${groups[@]}"; do for v in $g; do SECONDS_PER_RUN=1 tps_of "$v" >/dev/null; done; done # warm-up
+for g in "${groups[@]}"; do SECONDS_PER_RUN=1 lat_of_group $g >/dev/null; done # warm-up
 for r in $(seq 1 "$ROUNDS"); do
     for g in "${groups[@]}"; do
-        read -ra vs <<<"$g"
-        k=$((r % ${#vs[@]}))
-        for v in "${vs[@]:k}" "${vs[@]:0:k}"; do echo "$v $(tps_of "$v") $r" >>"$results"; done
+        lat_of_group $g | sed "s/\$/ $r/" >>"$results"
     done
     echo "   round $r/$ROUNDS done" >&2
 done
+# latency (ms) median over rounds; ratio: median over rounds of baseline latency / variant latency
 med() { awk -v v="$1" '$1 == v {print $2}' "$results" | median; }
-# The ratio to the baseline within each round (variants of a group run back to back), then the
-# median over rounds: slow drifts of the shared machine cancel out within a round.
 paired() { # variant baseline
     awk -v v="$1" -v b="$2" '$1 == v {x[$3] = $2} $1 == b {y[$3] = $2}
-        END {for (r in x) if (y[r] > 0) printf "%.4f\n", x[r] / y[r]}' "$results" | median
+        END {for (r in x) if (x[r] > 0) printf "%.4f\n", y[r] / x[r]}' "$results" | median
 }
 line() { # label variant baseline goal
-    printf '  %-62s %9.1f  %7.3f  %s\n' "$1" "$(med "$2")" "$(paired "$2" "$3")" "$4"
+    printf '  %-62s %9.3f  %7.3f  %s\n' "$1" "$(med "$2")" "$(paired "$2" "$3")" "$4"
 }
 echo
-echo "median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s, 1 client; ratio = median over rounds of TPS / TPS of the group's baseline in the same round"
+echo "$ROUNDS rounds; per round one pgbench run per group, its variants mixed transaction by transaction (1 client)"
+echo "columns: median transaction latency (ms: BEGIN, set context, the query, END); speed ratio = median over rounds of baseline latency / latency"
 echo "indexed workspace-scoped list (ORDER BY name LIMIT 50 of a workspace's 204 rows):"
 line "baseline: explicit WHERE, no RLS" idx_where idx_where ""
 line "tenancy policy, no WHERE" idx_tenancy idx_where "(goal >= 0.95)"
