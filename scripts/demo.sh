@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PORT=${TENANCY_DEMO_PORT:-55432}
+PORT=${TENANCY_DEMO_PORT:-25432}
 DB=dittofeed
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
 export TENANCY_RUN_DIR=$RUN_DIR

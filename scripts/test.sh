@@ -10,8 +10,12 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PGBIN=/usr/lib/postgresql/15/bin
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
 export TENANCY_RUN_DIR=$RUN_DIR
-REGRESS_PORT=${TENANCY_REGRESS_PORT:-55441}
-LIVE_PORT=${TENANCY_LIVE_PORT:-55442}
+# Fixed ports of this project (demo 25432, regress 25441, live 25442, live tests' own clusters and
+# pgbouncers 25443-25448, bench 25451-25453) lie below Linux's ephemeral range (32768-60999):
+# inside it, a burst of outgoing connections (the fuzz and pgbouncer tests open hundreds) can
+# hold a port a cluster is about to listen on ("Address already in use", seen in a CI run).
+REGRESS_PORT=${TENANCY_REGRESS_PORT:-25441}
+LIVE_PORT=${TENANCY_LIVE_PORT:-25442}
 what=${1:-all}
 
 declare -A RESULT

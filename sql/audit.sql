@@ -501,20 +501,20 @@ AS $fn$
                   concat_ws(' or ',
                             CASE WHEN has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE') THEN 'delete from' END,
                             CASE WHEN has_any_column_privilege(r.oid, reg.oid, 'UPDATE')
-                                      AND (has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_id_column'), 'UPDATE')
-                                           OR (current_setting('tenancy.registry_parent_column') <> ''
-                                               AND has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_parent_column'), 'UPDATE')))
+                                      AND (has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_id_column'), 'UPDATE')
+                                           OR (@extschema@._setting('tenancy.registry_parent_column') <> ''
+                                               AND has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_parent_column'), 'UPDATE')))
                                  THEN 'update the id or parent column of' END),
                   reg.oid::regclass),
            @extschema@._registry_restriction_sql(r.rolname), NULL
       FROM pg_roles r,
-           (SELECT c.oid FROM pg_class c WHERE c.oid = to_regclass(current_setting('tenancy.registry_table'))) AS reg
+           (SELECT c.oid FROM pg_class c WHERE c.oid = to_regclass(@extschema@._setting('tenancy.registry_table'))) AS reg
      WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls
        AND NOT pg_has_role(r.oid, (SELECT relowner FROM pg_class WHERE oid = reg.oid), 'MEMBER')
        AND (has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE')
-            OR has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_id_column'), 'UPDATE')
-            OR (current_setting('tenancy.registry_parent_column') <> ''
-                AND has_column_privilege(r.oid, reg.oid, current_setting('tenancy.registry_parent_column'), 'UPDATE')))
+            OR has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_id_column'), 'UPDATE')
+            OR (@extschema@._setting('tenancy.registry_parent_column') <> ''
+                AND has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_parent_column'), 'UPDATE')))
     UNION ALL
     SELECT 'info', 'application_role', 'role ' || @extschema@._quote_always(app.rolname),
            'login role subject to row-level security (not superuser, not BYPASSRLS, owns no tenant table) with SELECT, INSERT, UPDATE, DELETE on every tenant table',

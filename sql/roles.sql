@@ -46,6 +46,21 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@._require_arg(anyelement, text) IS 'Internal: 22004 when an argument is NULL.';
 
+-- A tenancy.* setting, for SQL-only functions. The library defines the settings when it loads;
+-- without shared_preload_libraries a session loads it at its first call of one of its C
+-- functions, so read through this, which makes one such call first.
+CREATE FUNCTION @extschema@._setting(setting_name text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.current_workspace_id(); -- loads the library, which defines the settings
+    RETURN current_setting(setting_name);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._setting(text) IS 'Internal: current_setting() of a tenancy.* setting, loading the library first (its settings exist once it is loaded).';
+
 -- The workspace registry ("Workspace") has no workspace column, so no isolation policy: an
 -- application role with DELETE on it could delete any workspace, and the foreign-key cascade
 -- removes that workspace's rows from every tenant table whatever the policies say; with UPDATE
@@ -64,10 +79,10 @@ AS $fn$
                   (SELECT string_agg(@extschema@._quote_always(a.attname), ', ' ORDER BY a.attnum)
                      FROM pg_attribute a
                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                      AND a.attname NOT IN (current_setting('tenancy.registry_id_column'),
-                                            current_setting('tenancy.registry_parent_column'))))
+                      AND a.attname NOT IN (@extschema@._setting('tenancy.registry_id_column'),
+                                            @extschema@._setting('tenancy.registry_parent_column'))))
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = to_regclass(current_setting('tenancy.registry_table'))
+     WHERE c.oid = to_regclass(@extschema@._setting('tenancy.registry_table'))
 $fn$;
 COMMENT ON FUNCTION @extschema@._registry_restriction_sql(name) IS 'Internal: REVOKE DELETE, TRUNCATE, UPDATE on the workspace registry and GRANT UPDATE of its columns but the id and parent columns, for a role.';
 
@@ -111,7 +126,7 @@ BEGIN
     PERFORM @extschema@._grant_data_privileges(role_name, schema_name);
     -- the registry, when it lives in this schema: no DELETE, no re-parenting (see above)
     IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.oid = to_regclass(current_setting('tenancy.registry_table')) AND n.nspname = schema_name) THEN
+                WHERE c.oid = to_regclass(@extschema@._setting('tenancy.registry_table')) AND n.nspname = schema_name) THEN
         EXECUTE @extschema@._registry_restriction_sql(role_name);
     END IF;
 END
@@ -206,3 +221,4 @@ REVOKE ALL ON FUNCTION @extschema@.create_app_role(name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.create_cross_workspace_role(name, name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._grant_data_privileges(name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._registry_restriction_sql(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._setting(text) FROM PUBLIC;

@@ -90,7 +90,7 @@ fn transaction_pooling_never_leaks_context() {
     let (db, mut admin, wss) = setup("pgbouncer_pool");
     let bouncer = Pgbouncer::start(
         "pool",
-        55447,
+        25447,
         port(),
         POOL_SIZE as u32,
         &[ROLE, "postgres"],
@@ -262,7 +262,7 @@ fn session_level_context_leaks_through_the_pool() {
     // One server connection for everybody: the next transaction of any client runs on it.
     let bouncer = Pgbouncer::start(
         "leak",
-        55448,
+        25448,
         port(),
         POOL_SIZE as u32,
         &[ROLE, "postgres"],

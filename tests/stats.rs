@@ -182,7 +182,7 @@ fn quota_activity_is_attributed_to_the_rows_workspace() {
 
 #[test]
 fn full_table_evicts_least_recently_active_and_counts_it() {
-    let cluster = Cluster::start("it-evict", 55443, &["--conf", "tenancy.max_workspaces = 100"]);
+    let cluster = Cluster::start("it-evict", 25443, &["--conf", "tenancy.max_workspaces = 100"]);
     let mut c = cluster.fixture_db("evict");
     let info: (i64, i64) = {
         let r = c.query_one("SELECT capacity, entries FROM tenancy.stats_info", &[]).unwrap();
@@ -204,7 +204,7 @@ fn full_table_evicts_least_recently_active_and_counts_it() {
 
 #[test]
 fn without_preload_the_extension_works_and_stats_say_how_to_enable_them() {
-    let cluster = Cluster::start("it-nopreload", 55444, &["--no-preload"]);
+    let cluster = Cluster::start("it-nopreload", 25444, &["--no-preload"]);
     let mut c = cluster.fixture_db("nopreload");
     // the rest of the extension works
     c.batch_execute(
@@ -229,11 +229,26 @@ fn without_preload_the_extension_works_and_stats_say_how_to_enable_them() {
         let msg = err.as_db_error().unwrap().message().to_string();
         assert!(msg.contains("shared_preload_libraries"), "{msg}");
     }
+    // SQL-only functions that read tenancy.* settings work in a fresh session, before anything
+    // loaded the library there (its settings exist only once it is loaded)
+    for q in [
+        "SELECT count(*) FROM tenancy.audit()",
+        "SELECT tenancy.create_app_role('tenancy_it_nopreload_app')",
+        "SELECT tenancy.enable_rls('\"Segment\"', hierarchy => true)",
+    ] {
+        let mut fresh = cluster.connect("nopreload");
+        fresh.batch_execute(q).unwrap_or_else(|e| panic!("{q} in a fresh session without preload: {e}"));
+    }
+    let registry_deletable: bool = c
+        .query_one("SELECT has_table_privilege('tenancy_it_nopreload_app', '\"Workspace\"', 'DELETE')", &[])
+        .unwrap()
+        .get(0);
+    assert!(!registry_deletable, "create_app_role must take back DELETE on the registry");
 }
 
 #[test]
 fn kill_9_of_a_backend_mid_workload_recovers_and_resets_statistics() {
-    let cluster = Cluster::start("it-crash", 55445, &[]);
+    let cluster = Cluster::start("it-crash", 25445, &[]);
     let mut c = cluster.fixture_db("crash");
     c.batch_execute("SELECT tenancy.enforce_quota('\"Journey\"')").unwrap();
     let ws = ws_id(&mut c, "root", 1);
@@ -288,7 +303,7 @@ fn kill_9_of_a_backend_mid_workload_recovers_and_resets_statistics() {
 
 #[test]
 fn statistics_survive_a_clean_restart_and_a_bad_file_is_ignored() {
-    let cluster = Cluster::start("it-persist", 55446, &[]);
+    let cluster = Cluster::start("it-persist", 25446, &[]);
     let mut c = cluster.fixture_db("persist");
     let ws = random_ws(&mut c);
     c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; SELECT 2; SELECT 3; RESET tenancy.workspace_id;"))
