@@ -130,7 +130,7 @@ for size in 1000 100000; do
             variants=(plain tenancy naive floor)
             k=$((r % 4))
             for t in "${variants[@]:k}" "${variants[@]:0:k}"; do
-                echo "$size $clients $t $(tps_of "$work/insert_$t.sql" "$clients")" >>"$results"
+                echo "$size $clients $t $(tps_of "$work/insert_$t.sql" "$clients") $r" >>"$results"
             done
         done
         echo "   round $r/$ROUNDS done" >&2
@@ -145,16 +145,22 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 med() { awk -v s="$1" -v c="$2" -v t="$3" '$1 == s && $2 == c && $3 == t {print $4}' "$results" | median; }
+# A variant's TPS over the no-trigger TPS of the same round (run within seconds of each other),
+# then the median over rounds: slow drifts of the shared machine cancel within a round.
+pratio() { # size clients variant
+    awk -v s="$1" -v c="$2" -v t="$3" '$1 == s && $2 == c && $3 == t {x[$5] = $4} $1 == s && $2 == c && $3 == "plain" {y[$5] = $4}
+        END {for (r in x) if (y[r] > 0) printf "%.4f\n", x[r] / y[r]}' "$results" | median
+}
 echo
-echo "single-row INSERT throughput (median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s; ratio = TPS / TPS without trigger)"
+echo "single-row INSERT throughput (median TPS of $ROUNDS runs of ${SECONDS_PER_RUN}s; ratio = median over rounds of TPS / TPS without trigger in the same round)"
 printf '%-10s %-8s %11s %11s %11s %11s %9s %9s %9s\n' rows/ws clients no-trigger tenancy naive floor tenancy naive floor
 declare -A R
 for size in 1000 100000; do
     for clients in 1 8; do
         p=$(med $size $clients plain); q=$(med $size $clients tenancy); n=$(med $size $clients naive); f=$(med $size $clients floor)
-        R[$size,$clients]=$(ratio "$q" "$p")
+        R[$size,$clients]=$(printf '%.3f' "$(pratio $size $clients tenancy)")
         printf '%-10s %-8s %11.1f %11.1f %11.1f %11.1f %9s %9s %9s\n' "$size" "$clients" "$p" "$q" "$n" "$f" \
-            "${R[$size,$clients]}" "$(ratio "$n" "$p")" "$(ratio "$f" "$p")"
+            "${R[$size,$clients]}" "$(printf '%.3f' "$(pratio $size $clients naive)")" "$(printf '%.3f' "$(pratio $size $clients floor)")"
     done
 done
 echo
