@@ -12,6 +12,7 @@
 # to 100k rows each. Every variant runs once per round, rounds interleave variants, medians win.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-6}
 ROUNDS=${BENCH_ROUNDS:-5}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
@@ -111,8 +112,6 @@ latency_of() {
     "$PGBENCH" -n -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -c 1 -t "$2" -f "$1" $DB 2>/dev/null \
         | awk '/^latency average = / {print $4}'
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 
 results="$work/results"
 : >"$results"

@@ -20,6 +20,7 @@
 # tenancy.index_advice() to it, and with an index tailored to the query.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-4}  # per variant and round
 ROUNDS=${BENCH_ROUNDS:-5}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
@@ -126,7 +127,6 @@ lat_of_group() { # variants...
                /^ - latency average = / {s[v] += tx * $5; t[v] += tx}
                END {for (v in s) if (t[v] > 0) printf "%s %.6f\n", v, s[v] / t[v]}' | grep . || { cat "$work/err" >&2; return 1; }
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 groups=("idx_where idx_tenancy idx_tenancy_where idx_setting" "seq_where seq_tenancy seq_setting"
         "hier_in hier_tenancy" "hier_recent_in hier_recent_tenancy" "adv_before adv_after adv_tailored")

@@ -9,6 +9,7 @@
 # reserved for tenancy.max_workspaces = 10000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-8}
 PGBENCH=/usr/lib/postgresql/15/bin/pgbench
@@ -50,7 +51,6 @@ run() { # port kind clients
         "$PGBENCH" -n -h 127.0.0.1 -p "$1" -U postgres -c "$3" -j "$3" -T "$SECONDS_PER_RUN" -M prepared "${opts[@]}" bench_stats 2>/dev/null \
         | awk '/^tps = / {print $3}'
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 results="$work/results"
 : >"$results"

@@ -10,18 +10,6 @@
 --
 -- Errors: 22004 NULL argument. A column name no table has gives an empty result.
 
--- The schema-qualified, always-quoted name of a relation.
-CREATE FUNCTION @extschema@._qualified_name(rel oid)
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname)
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = rel
-$fn$;
-COMMENT ON FUNCTION @extschema@._qualified_name(oid) IS 'Internal: "schema"."relation", always quoted.';
-
 -- The call of tenancy.enable_rls that (re)applies the isolation policy to a table.
 CREATE FUNCTION @extschema@._enable_rls_sql(qualified text, workspace_column name, hierarchy boolean DEFAULT false)
 RETURNS text
@@ -473,6 +461,19 @@ AS $fn$
            AND NOT EXISTS (SELECT 1 FROM t
                             WHERE NOT (has_table_privilege(r.oid, t.relid, 'SELECT') AND has_table_privilege(r.oid, t.relid, 'INSERT')
                                    AND has_table_privilege(r.oid, t.relid, 'UPDATE') AND has_table_privilege(r.oid, t.relid, 'DELETE')))),
+    registry_privileges AS (   -- what login roles subject to row-level security may do to the registry
+        SELECT r.rolname, reg.oid AS registry,
+               has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE') AS can_delete,
+               has_column_privilege(r.oid, reg.oid, reg.id_column, 'UPDATE')
+                   OR CASE WHEN reg.parent_column <> '' THEN has_column_privilege(r.oid, reg.oid, reg.parent_column, 'UPDATE')
+                           ELSE false END AS can_reparent
+          FROM (SELECT c.oid, c.relowner,
+                       @extschema@._setting('tenancy.registry_id_column') AS id_column,
+                       @extschema@._setting('tenancy.registry_parent_column') AS parent_column
+                  FROM pg_class c WHERE c.oid = to_regclass(@extschema@._setting('tenancy.registry_table'))) AS reg,
+               pg_roles r
+         WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls
+           AND NOT pg_has_role(r.oid, reg.relowner, 'MEMBER')),
     new_role AS (
         SELECT c.n
           FROM (SELECT 'app' AS n, 0 AS o UNION ALL SELECT 'app_' || g, g FROM generate_series(1, 1000) AS g) AS c
@@ -496,25 +497,14 @@ AS $fn$
            NULL, NULL
       FROM pg_roles r WHERE NOT r.rolcanlogin AND NOT r.rolsuper AND r.rolbypassrls
     UNION ALL
-    SELECT 'warn', 'registry_writable', 'role ' || @extschema@._quote_always(r.rolname),
+    SELECT 'warn', 'registry_writable', 'role ' || @extschema@._quote_always(p.rolname),
            format('login role subject to row-level security can %s the workspace registry %s: deleting a workspace cascades to its rows in every tenant table (foreign-key actions ignore row-level security); re-parenting a workspace hands its rows to another parent under the hierarchy option',
-                  concat_ws(' or ',
-                            CASE WHEN has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE') THEN 'delete from' END,
-                            CASE WHEN has_any_column_privilege(r.oid, reg.oid, 'UPDATE')
-                                      AND (has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_id_column'), 'UPDATE')
-                                           OR (@extschema@._setting('tenancy.registry_parent_column') <> ''
-                                               AND has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_parent_column'), 'UPDATE')))
-                                 THEN 'update the id or parent column of' END),
-                  reg.oid::regclass),
-           @extschema@._registry_restriction_sql(r.rolname), NULL
-      FROM pg_roles r,
-           (SELECT c.oid FROM pg_class c WHERE c.oid = to_regclass(@extschema@._setting('tenancy.registry_table'))) AS reg
-     WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls
-       AND NOT pg_has_role(r.oid, (SELECT relowner FROM pg_class WHERE oid = reg.oid), 'MEMBER')
-       AND (has_table_privilege(r.oid, reg.oid, 'DELETE') OR has_table_privilege(r.oid, reg.oid, 'TRUNCATE')
-            OR has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_id_column'), 'UPDATE')
-            OR (@extschema@._setting('tenancy.registry_parent_column') <> ''
-                AND has_column_privilege(r.oid, reg.oid, @extschema@._setting('tenancy.registry_parent_column'), 'UPDATE')))
+                  concat_ws(' or ', CASE WHEN p.can_delete THEN 'delete from' END,
+                                    CASE WHEN p.can_reparent THEN 'update the id or parent column of' END),
+                  p.registry::regclass),
+           @extschema@._registry_restriction_sql(p.rolname), NULL
+      FROM registry_privileges AS p
+     WHERE p.can_delete OR p.can_reparent
     UNION ALL
     SELECT 'info', 'application_role', 'role ' || @extschema@._quote_always(app.rolname),
            'login role subject to row-level security (not superuser, not BYPASSRLS, owns no tenant table) with SELECT, INSERT, UPDATE, DELETE on every tenant table',
@@ -700,7 +690,6 @@ COMMENT ON FUNCTION @extschema@.audit(name) IS
 'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
 
 REVOKE ALL ON FUNCTION @extschema@._tenant_tables(name) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@._qualified_name(oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._enable_rls_sql(text, name, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._policy_cmd("char") FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._policy_roles(oid[]) FROM PUBLIC;

@@ -15,6 +15,18 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT '"' || replace(ident, '"', '""') || '"' $$;
 COMMENT ON FUNCTION @extschema@._quote_always(text) IS 'Internal: identifier in double quotes, always.';
 
+-- The schema-qualified, always-quoted name of a relation.
+CREATE FUNCTION @extschema@._qualified_name(rel oid)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = rel
+$fn$;
+COMMENT ON FUNCTION @extschema@._qualified_name(oid) IS 'Internal: "schema"."relation", always quoted.';
+
 -- The schema-qualified, always-quoted name of a table after checking it can carry the policy.
 CREATE FUNCTION @extschema@._rls_target(tbl regclass, workspace_column name)
 RETURNS text
@@ -28,8 +40,7 @@ BEGIN
     IF tbl IS NULL OR workspace_column IS NULL THEN
         RAISE EXCEPTION 'table and workspace column must not be NULL' USING ERRCODE = '22004';
     END IF;
-    SELECT c.relkind, n.nspname, c.relname INTO r
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    SELECT c.relkind INTO r FROM pg_class c WHERE c.oid = tbl;
     IF r.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'cannot apply row-level security to % : it is not a table', tbl USING ERRCODE = '42809';
     END IF;
@@ -43,7 +54,7 @@ BEGIN
         RAISE EXCEPTION 'workspace column % of table % has type %, not uuid', @extschema@._quote_always(workspace_column), tbl, col_type
             USING ERRCODE = '42804';
     END IF;
-    RETURN @extschema@._quote_always(r.nspname) || '.' || @extschema@._quote_always(r.relname);
+    RETURN @extschema@._qualified_name(tbl);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._rls_target(regclass, name) IS 'Internal: validated, quoted name of a table for the isolation policy.';
@@ -156,8 +167,7 @@ BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
     END IF;
-    SELECT @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname) INTO target
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    target := @extschema@._qualified_name(tbl);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s', target);
@@ -171,3 +181,4 @@ COMMENT ON FUNCTION @extschema@.disable_rls(regclass) IS
 REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.disable_rls(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._qualified_name(oid) FROM PUBLIC;

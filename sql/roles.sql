@@ -74,14 +74,14 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT format(E'REVOKE DELETE, TRUNCATE, UPDATE ON %1$s FROM %2$s;\nGRANT UPDATE (%3$s) ON %1$s TO %2$s;',
-                  @extschema@._quote_always(n.nspname) || '.' || @extschema@._quote_always(c.relname),
+                  @extschema@._qualified_name(c.oid),
                   @extschema@._quote_always(role_name),
                   (SELECT string_agg(@extschema@._quote_always(a.attname), ', ' ORDER BY a.attnum)
                      FROM pg_attribute a
                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                       AND a.attname NOT IN (@extschema@._setting('tenancy.registry_id_column'),
                                             @extschema@._setting('tenancy.registry_parent_column'))))
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      FROM pg_class c
      WHERE c.oid = to_regclass(@extschema@._setting('tenancy.registry_table'))
 $fn$;
 COMMENT ON FUNCTION @extschema@._registry_restriction_sql(name) IS 'Internal: REVOKE DELETE, TRUNCATE, UPDATE on the workspace registry and GRANT UPDATE of its columns but the id and parent columns, for a role.';

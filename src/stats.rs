@@ -236,78 +236,71 @@ fn reset_if_top() {
 // its statements included; idle time costs no CPU). What a backend spent in its last
 // CPU_FLUSH_US shows once it runs its next statement or exits.
 const CPU_FLUSH_US: i64 = 100_000;
-static CPU_LAST_NS: AtomicU64 = AtomicU64::new(0);
-static CPU_LAST_AT_US: AtomicI64 = AtomicI64::new(0);
-static CPU_PENDING: AtomicBool = AtomicBool::new(false);
-static CPU_PENDING_HI: AtomicU64 = AtomicU64::new(0);
-static CPU_PENDING_LO: AtomicU64 = AtomicU64::new(0);
-static CPU_EXIT_REGISTERED: AtomicBool = AtomicBool::new(false);
 
-fn ws_halves(ws: &[u8; 16]) -> (u64, u64) {
-    (u64::from_be_bytes(ws[..8].try_into().unwrap()), u64::from_be_bytes(ws[8..].try_into().unwrap()))
+#[derive(Default)]
+struct Cpu {
+    /// getrusage() total (ns) at the last reading.
+    last_ns: u64,
+    /// Wall clock (us) of the last reading.
+    last_at_us: i64,
+    /// The workspace the CPU since the last reading belongs to; None: untracked.
+    pending: Option<[u8; 16]>,
+    exit_registered: bool,
 }
 
-fn cpu_pending() -> Option<[u8; 16]> {
-    if !CPU_PENDING.load(Relaxed) {
-        return None;
-    }
-    let mut ws = [0u8; 16];
-    ws[..8].copy_from_slice(&CPU_PENDING_HI.load(Relaxed).to_be_bytes());
-    ws[8..].copy_from_slice(&CPU_PENDING_LO.load(Relaxed).to_be_bytes());
-    Some(ws)
-}
+static CPU: BackendLocal<Cpu> =
+    BackendLocal::new(Cpu { last_ns: 0, last_at_us: 0, pending: None, exit_registered: false });
 
 /// Read the clock, add what was used since the last reading to the pending workspace.
-fn cpu_read() {
+fn cpu_read(cpu: &mut Cpu) {
     let now = now_ns();
-    if let Some(ws) = cpu_pending() {
-        let used = now.saturating_sub(CPU_LAST_NS.load(Relaxed));
+    if let Some(ws) = cpu.pending {
+        let used = now.saturating_sub(cpu.last_ns);
         record(ws, |e| {
             e.cpu_ns.fetch_add(used, Relaxed);
         });
     }
-    CPU_LAST_NS.store(now, Relaxed);
+    cpu.last_ns = now;
     // SAFETY: plain clock read (vDSO).
-    CPU_LAST_AT_US.store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+    cpu.last_at_us = unsafe { pg_sys::GetCurrentTimestamp() };
 }
 
 /// A top-level statement starts for `ws` (None: untracked, or a utility statement).
 fn cpu_enter(ws: Option<&[u8; 16]>) {
-    if cpu_pending().as_ref() == ws {
-        return; // same workspace, or still none: nothing to read
-    }
-    cpu_read();
-    match ws {
-        None => CPU_PENDING.store(false, Relaxed),
-        Some(ws) => {
-            let (hi, lo) = ws_halves(ws);
-            CPU_PENDING_HI.store(hi, Relaxed);
-            CPU_PENDING_LO.store(lo, Relaxed);
-            CPU_PENDING.store(true, Relaxed);
-            if !CPU_EXIT_REGISTERED.swap(true, Relaxed) {
-                // SAFETY: registering a 'static callback for this backend's exit.
-                unsafe { pg_sys::before_shmem_exit(Some(cpu_at_exit), pg_sys::Datum::from(0)) };
-            }
+    CPU.with(|c| {
+        let mut cpu = c.borrow_mut();
+        if cpu.pending.as_ref() == ws {
+            return; // same workspace, or still none: nothing to read
         }
-    }
+        cpu_read(&mut cpu);
+        cpu.pending = ws.copied();
+        if ws.is_some() && !std::mem::replace(&mut cpu.exit_registered, true) {
+            // SAFETY: registering a 'static callback for this backend's exit.
+            unsafe { pg_sys::before_shmem_exit(Some(cpu_at_exit), pg_sys::Datum::from(0)) };
+        }
+    })
 }
 
-/// A tracked top-level statement ended: read the clock if the last reading is old.
-fn cpu_tick() {
-    // SAFETY: plain clock read (vDSO).
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    if now - CPU_LAST_AT_US.load(Relaxed) >= CPU_FLUSH_US {
-        cpu_read();
-    }
+/// A tracked top-level statement ended at `now_us`: read the clock if the last reading is old.
+fn cpu_tick(now_us: i64) {
+    CPU.with(|c| {
+        let mut cpu = c.borrow_mut();
+        if now_us - cpu.last_at_us >= CPU_FLUSH_US {
+            cpu_read(&mut cpu);
+        }
+    })
 }
 
 /// Backend exit: account what the pending workspace used since the last reading.
 #[pg_guard]
 unsafe extern "C-unwind" fn cpu_at_exit(_code: c_int, _arg: pg_sys::Datum) {
-    if CPU_PENDING.load(Relaxed) {
-        cpu_read();
-        CPU_PENDING.store(false, Relaxed);
-    }
+    CPU.with(|c| {
+        let mut cpu = c.borrow_mut();
+        if cpu.pending.is_some() {
+            cpu_read(&mut cpu);
+            cpu.pending = None;
+        }
+    })
 }
 
 static PLANNED_AT_TOP: AtomicBool = AtomicBool::new(false);
@@ -592,6 +585,12 @@ fn tracking() -> Option<[u8; 16]> {
 
 /// Add to the entry of (current database, `ws`), creating it if needed. Never fails.
 pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
+    // SAFETY: plain clock read (vDSO).
+    record_at(ws, unsafe { pg_sys::GetCurrentTimestamp() }, f)
+}
+
+/// [`record`], with the entry's last activity set to `now` (us) the caller already read.
+fn record_at(ws: [u8; 16], now: i64, f: impl Fn(&Entry)) {
     let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return };
     if !TRACK.get() {
         return;
@@ -601,7 +600,6 @@ pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
     unsafe {
         let key = Key { dbid: pg_sys::MyDatabaseId, _pad: 0, ws };
         let keyp = (&key as *const Key).cast::<c_void>();
-        let now = pg_sys::GetCurrentTimestamp();
         pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
         let e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
         if let Some(e) = e.as_ref() {
@@ -867,7 +865,9 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
             let exec_ns = (total.total * 1e9) as u64;
             let rows = (*(*query_desc).estate).es_processed;
             let top = NESTING.load(Relaxed) == 0;
-            record(ws, |e| {
+            // one clock read serves the entry's last activity and the CPU reading's age
+            let now = pg_sys::GetCurrentTimestamp();
+            record_at(ws, now, |e| {
                 if top {
                     e.queries_top.fetch_add(1, Relaxed);
                 } else {
@@ -877,7 +877,7 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
                 e.exec_ns.fetch_add(exec_ns, Relaxed);
             });
             if top {
-                cpu_tick();
+                cpu_tick(now);
             }
         }
         match PREV_EXECUTOR_END {
