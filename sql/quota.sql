@@ -15,7 +15,11 @@ CREATE TABLE @extschema@.quota_table (
     tbl regclass PRIMARY KEY,
     workspace_column name NOT NULL,
     counted_when text,
-    enforced_at timestamptz NOT NULL DEFAULT now()
+    enforced_at timestamptz NOT NULL DEFAULT now(),
+    -- true once the table has been counted in shared memory (tenancy preloaded): from then on
+    -- tenancy.quota_counter is not kept, and the table path (no preload) refuses it until
+    -- enforce_quota() recounts
+    shared_counts boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE @extschema@.quota_table IS
 'Tables under quota enforcement (written by tenancy.enforce_quota / release_quota).';
@@ -111,17 +115,21 @@ BEGIN
     -- Block writers of the table while the triggers go in and the rows are counted, so the
     -- backfilled counts are exact (CREATE TRIGGER takes this lock too).
     EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+    -- shared-memory counters of the table are recounted after this transaction
+    PERFORM @extschema@._quota_forget(tbl);
 
     cond := format('%I IS NOT NULL', workspace_column)
             || CASE WHEN counted_when IS NULL THEN '' ELSE format(' AND (%s)', counted_when) END;
     -- Validates counted_when against the table (names, types) before anything is written.
     EXECUTE format('SELECT count(*) FROM %s WHERE %s', tbl, cond);
 
-    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
-    VALUES (tbl, workspace_column, counted_when)
+    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when, shared_counts)
+    VALUES (tbl, workspace_column, counted_when, @extschema@._quota_shared())
     ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
-        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
-        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
+        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when,
+            shared_counts = excluded.shared_counts
+        WHERE (q.workspace_column, q.counted_when, q.shared_counts)
+              IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when, excluded.shared_counts);
 
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
@@ -203,6 +211,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    PERFORM @extschema@._quota_forget(tbl);
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl = release_quota.tbl;
     DELETE FROM @extschema@.quota_table q WHERE q.tbl = release_quota.tbl; -- cascades to quota_limit
 END
@@ -231,6 +240,7 @@ BEGIN
     IF dropped IS NULL THEN
         RETURN;
     END IF;
+    PERFORM @extschema@._quota_forget(d) FROM unnest(dropped) d;
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl::oid = ANY (dropped);
     DELETE FROM @extschema@.quota_table q WHERE q.tbl::oid = ANY (dropped); -- cascades to quota_limit
 END
@@ -241,10 +251,62 @@ REVOKE ALL ON FUNCTION @extschema@._quota_on_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER tenancy_quota_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._quota_on_drop();
 COMMENT ON EVENT TRIGGER tenancy_quota_on_drop IS 'Removes the quota bookkeeping of dropped tables (tenancy).';
 
+-- quota_counters: the counters the quota trigger checks against, wherever they live. With
+-- tenancy preloaded they are in shared memory (one per table and workspace written since the
+-- server started; used = committed rows + rows reserved by transactions in progress, in_flight
+-- = those transactions); otherwise they are the rows of tenancy.quota_counter.
+CREATE FUNCTION @extschema@.quota_counters(tbl regclass DEFAULT NULL)
+RETURNS TABLE (table_name regclass, workspace_id uuid, used bigint, in_flight bigint, location text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT e.tbl::regclass, e.workspace_id, e.used, e.in_flight, 'shared memory'
+      FROM @extschema@._quota_entries() e
+     WHERE @extschema@._quota_shared() AND (quota_counters.tbl IS NULL OR e.tbl = quota_counters.tbl)
+    UNION ALL
+    SELECT c.tbl, c.workspace_id, c.used, 0, 'table'
+      FROM @extschema@.quota_counter c
+     WHERE NOT @extschema@._quota_shared() AND (quota_counters.tbl IS NULL OR c.tbl = quota_counters.tbl)
+    ORDER BY 1, 2
+$fn$;
+COMMENT ON FUNCTION @extschema@.quota_counters(regclass) IS
+'The quota counters the trigger checks: in shared memory when tenancy is preloaded (used = committed rows + rows reserved by transactions in progress; in_flight = those transactions; absent until first written after a start), else the rows of tenancy.quota_counter.';
+
+-- _quota_counts: rows counted per (table, workspace), committed. With tenancy preloaded the
+-- tables are counted (the shared counters include transactions in progress and exist only for
+-- workspaces written since the start); otherwise tenancy.quota_counter is exact already.
+-- SECURITY DEFINER: counts must see every workspace's rows whatever the caller's privileges or
+-- row-level security.
+CREATE FUNCTION @extschema@._quota_counts()
+RETURNS TABLE (tbl regclass, workspace_id uuid, used bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    q record;
+BEGIN
+    IF NOT @extschema@._quota_shared() THEN
+        RETURN QUERY SELECT c.tbl, c.workspace_id, c.used FROM @extschema@.quota_counter c;
+        RETURN;
+    END IF;
+    FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t LOOP
+        RETURN QUERY EXECUTE format('SELECT $1, %I, count(*) FROM %s WHERE %I IS NOT NULL %s GROUP BY 2',
+            q.workspace_column, q.tbl, q.workspace_column,
+            CASE WHEN q.counted_when IS NULL THEN '' ELSE format('AND (%s)', q.counted_when) END)
+        USING q.tbl;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._quota_counts() IS
+'Internal: committed counted rows per (table, workspace), for tenancy.quota_usage.';
+REVOKE ALL ON FUNCTION @extschema@._quota_counts() FROM PUBLIC;
+
 -- quota_usage: every (workspace, table) that has counted rows or a limit of its own.
 CREATE VIEW @extschema@.quota_usage AS
-WITH pairs AS (
-    SELECT c.tbl, c.workspace_id FROM @extschema@.quota_counter c WHERE c.used <> 0
+WITH counts AS (
+    SELECT c.tbl, c.workspace_id, c.used FROM @extschema@._quota_counts() c
+), pairs AS (
+    SELECT c.tbl, c.workspace_id FROM counts c WHERE c.used <> 0
     UNION
     SELECT l.tbl, l.workspace_id FROM @extschema@.quota_limit l WHERE l.workspace_id IS NOT NULL
 )
@@ -257,38 +319,41 @@ SELECT p.workspace_id,
              / NULLIF(CASE WHEN o.tbl IS NOT NULL THEN o.max_rows ELSE d.max_rows END, 0), 1) AS pct
   FROM pairs p
   JOIN @extschema@.quota_table t ON t.tbl = p.tbl
-  LEFT JOIN @extschema@.quota_counter c ON c.tbl = p.tbl AND c.workspace_id = p.workspace_id
+  LEFT JOIN counts c ON c.tbl = p.tbl AND c.workspace_id = p.workspace_id
   LEFT JOIN @extschema@.quota_limit o ON o.tbl = p.tbl AND o.workspace_id = p.workspace_id
   LEFT JOIN @extschema@.quota_limit d ON d.tbl = p.tbl AND d.workspace_id IS NULL;
 COMMENT ON VIEW @extschema@.quota_usage IS
-'Per workspace and enforced table: used (counted rows), max_rows (effective limit, NULL: none), source (''workspace'' override or ''default''), pct (used as a percentage of max_rows).';
-COMMENT ON COLUMN @extschema@.quota_usage.used IS 'rows counted (matching counted_when), exact';
+'Per workspace and enforced table: used (committed counted rows), max_rows (effective limit, NULL: none), source (''workspace'' override or ''default''), pct (used as a percentage of max_rows).';
+COMMENT ON COLUMN @extschema@.quota_usage.used IS 'rows counted (matching counted_when), committed, exact';
 COMMENT ON COLUMN @extschema@.quota_usage.max_rows IS 'effective limit in rows; NULL: unlimited';
 COMMENT ON COLUMN @extschema@.quota_usage.pct IS 'used as a percentage of max_rows';
 
--- quota_drift: counters that differ from the true count (none, unless someone wrote the
--- counters by hand or the triggers were disabled). enforce_quota() recounts.
+-- quota_drift: counters that differ from the true count (none, unless the triggers were
+-- disabled or the counters written by hand). enforce_quota() recounts. With tenancy preloaded
+-- only shared counters no transaction in progress holds are compared (the others include
+-- reservations; workspaces without a counter are counted when first written).
 CREATE FUNCTION @extschema@.quota_drift(tbl regclass DEFAULT NULL)
 RETURNS TABLE (table_name regclass, workspace_id uuid, counted bigint, actual bigint)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     q record;
+    shared boolean := @extschema@._quota_shared();
 BEGIN
     FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t
               WHERE quota_drift.tbl IS NULL OR t.tbl = quota_drift.tbl ORDER BY t.tbl::text
     LOOP
         RETURN QUERY EXECUTE format(
             'SELECT $1, COALESCE(c.workspace_id, a.ws), COALESCE(c.used, 0), COALESCE(a.n, 0)
-               FROM (SELECT workspace_id, used FROM @extschema@.quota_counter WHERE tbl = $1) c
+               FROM (SELECT k.workspace_id, k.used FROM @extschema@.quota_counters($1) k WHERE k.in_flight = 0) c
                FULL JOIN (SELECT %I AS ws, count(*) AS n FROM %s WHERE %I IS NOT NULL %s GROUP BY 1) a
                  ON a.ws = c.workspace_id
-              WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0)
+              WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0) AND (NOT $2 OR c.workspace_id IS NOT NULL)
               ORDER BY 2',
             q.workspace_column, q.tbl, q.workspace_column,
             CASE WHEN q.counted_when IS NULL THEN '' ELSE format('AND (%s)', q.counted_when) END)
-        USING q.tbl;
+        USING q.tbl, shared;
     END LOOP;
 END
 $fn$;
@@ -301,3 +366,9 @@ REVOKE ALL ON FUNCTION @extschema@.set_quota(regclass, bigint, uuid) FROM PUBLIC
 REVOKE ALL ON FUNCTION @extschema@.clear_quota(regclass, uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.release_quota(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.quota_drift(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.quota_counters(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._quota_forget(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._quota_entries() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._quota_forget(oid) IS 'Internal: the table''s rows change wholesale in this transaction (under a lock excluding writers): count it directly until the end, then drop its shared counters.';
+COMMENT ON FUNCTION @extschema@._quota_entries() IS 'Internal: the shared-memory quota counters of this database.';
+COMMENT ON FUNCTION @extschema@._quota_shared() IS 'Internal: true when quota counters live in shared memory (tenancy in shared_preload_libraries).';

@@ -42,6 +42,8 @@ use pgrx::WhoAllocated;
 use crate::error::TenancyError;
 use crate::uuid_text;
 
+mod shared;
+
 /// Names the transition tables get in the triggers `enforce_quota` creates.
 const NEW_TABLE: &str = "tenancy_new";
 const OLD_TABLE: &str = "tenancy_old";
@@ -62,6 +64,9 @@ struct TableQuota {
     default_limit: Option<i64>,
     /// Per-workspace overrides; `Some(None)`: explicitly unlimited.
     overrides: HashMap<[u8; 16], Option<i64>>,
+    /// tenancy.quota_table.shared_counts: the counters in tenancy.quota_counter are stale
+    /// because the table has been counted in shared memory.
+    shared_counts: bool,
 }
 
 impl TableQuota {
@@ -78,6 +83,8 @@ struct Caches {
     /// `None`: looked up, not enforced.
     tables: HashMap<pg_sys::Oid, Option<TableQuota>>,
     plans: HashMap<(pg_sys::Oid, Event), OwnedPreparedStatement>,
+    /// Per table: `SELECT count(*) ... WHERE workspace = $1 AND counted` (shared-memory path).
+    counts: HashMap<pg_sys::Oid, KeptPlan>,
     /// The extension's config tables, whose invalidations drop the caches.
     watched: Vec<pg_sys::Oid>,
     /// Owner of tenancy.quota_counter: the delta statements run as this role.
@@ -89,6 +96,7 @@ thread_local! {
 }
 
 pub(crate) fn init() {
+    shared::init();
     // SAFETY: registers a callback with a 'static function; at most once per process (this
     // runs from _PG_init, which PostgreSQL calls once per process that loads the library).
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
@@ -103,9 +111,7 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
         // (lock acquisition inside SPI processes invalidations); clear what we can later.
         if let Ok(mut c) = c.try_borrow_mut() {
             if relid == pg_sys::InvalidOid || c.watched.contains(&relid) {
-                c.tables.clear();
-                c.plans.clear();
-                c.counter_owner = None;
+                c.clear();
             }
         } else {
             PENDING_CLEAR.with(|p| p.set(true));
@@ -119,9 +125,78 @@ thread_local! {
 
 fn take_pending_clear(c: &mut Caches) {
     if PENDING_CLEAR.with(|p| p.replace(false)) {
-        c.tables.clear();
-        c.plans.clear();
-        c.counter_owner = None;
+        c.clear();
+    }
+}
+
+impl Caches {
+    fn clear(&mut self) {
+        self.tables.clear();
+        self.plans.clear();
+        self.counts.clear();
+        self.counter_owner = None;
+    }
+}
+
+/// A plan prepared with SPI_prepare and kept (SPI_keepplan) for the life of the backend, or
+/// until the caches are dropped. Raw SPI because it runs with a snapshot of our own
+/// (SPI_execute_snapshot), which pgrx's prepared statements do not offer.
+struct KeptPlan(pg_sys::SPIPlanPtr);
+
+impl KeptPlan {
+    /// Prepare `sql` with one uuid parameter. Must run inside an SPI connection.
+    fn prepare_uuid(sql: &str) -> Result<KeptPlan, TenancyError> {
+        let text = CString::new(sql).expect("no NUL in generated SQL");
+        let mut types = [pg_sys::UUIDOID];
+        // SAFETY: SPI is connected (caller); SPI_prepare raises an ERROR on a bad statement.
+        unsafe {
+            let plan = pg_sys::SPI_prepare(text.as_ptr(), 1, types.as_mut_ptr());
+            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: could not prepare a quota count")
+                    .detail(sql.to_string()));
+            }
+            Ok(KeptPlan(plan))
+        }
+    }
+
+    /// Run the count for workspace `ws`: with `snapshot` (None: a fresh snapshot that sees this
+    /// transaction's changes). Returns the count.
+    fn count(&self, ws: &[u8; 16], snapshot: Option<pg_sys::Snapshot>) -> Result<i64, TenancyError> {
+        let uuid = pgrx::Uuid::from_bytes(*ws);
+        // SAFETY: SPI is connected (caller); the uuid datum points into `uuid`, alive for the
+        // call; the result is read before the next SPI call.
+        unsafe {
+            let mut values = [uuid.into_datum().expect("uuid datum")];
+            let nulls = [b' ' as std::ffi::c_char];
+            let rc = match snapshot {
+                Some(snap) => pg_sys::SPI_execute_snapshot(
+                    self.0,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    snap,
+                    std::ptr::null_mut(),
+                    true,
+                    false,
+                    0,
+                ),
+                None => pg_sys::SPI_execute_plan(self.0, values.as_mut_ptr(), nulls.as_ptr(), false, 0),
+            };
+            let table = pg_sys::SPI_tuptable;
+            if rc != pg_sys::SPI_OK_SELECT as i32 || table.is_null() || pg_sys::SPI_processed != 1 {
+                return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: quota count failed")
+                    .detail(format!("SPI result {rc}")));
+            }
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut isnull);
+            Ok(if isnull { 0 } else { d.value() as i64 })
+        }
+    }
+}
+
+impl Drop for KeptPlan {
+    fn drop(&mut self) {
+        // SAFETY: frees a plan kept by SPI_keepplan; never used afterwards.
+        unsafe { pg_sys::SPI_freeplan(self.0) };
     }
 }
 
@@ -168,16 +243,22 @@ fn quota_trigger<'a>(
     Ok(None::<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>)
 }
 
-/// Per-workspace deltas of one statement: (workspace, used, delta), or the first workspace that
-/// went over its limit and the error to raise.
+/// Per-workspace changes of one statement: (workspace, used after, delta), or the first
+/// workspace that went over its limit and the error to raise. (`used` is the table counter's
+/// value on the table path, 0 on the shared-memory path, where nothing reads it.)
 type Deltas = Result<Vec<([u8; 16], i64, i64)>, ([u8; 16], TenancyError)>;
 
 /// Apply the statement's deltas; return the error to raise when a workspace went over its limit.
 fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<TenancyError> {
+    let shared_path = shared::enabled();
+    if shared_path && event == Event::Truncate {
+        shared::forget_table(relid);
+        return None;
+    }
     let outcome = CACHES.with(|cell| {
         let mut caches = cell.borrow_mut();
         take_pending_clear(&mut caches);
-        crate::stats::internal(|| Spi::connect(|client| {
+        crate::stats::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
             // opened, as PL/pgSQL does; the TriggerData outlives the connection.
             unsafe {
@@ -185,16 +266,25 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 pg_sys::SPI_register_trigger_data(td);
             }
             ensure_loaded(&mut caches, client, relid)?;
+            let owner = caches.counter_owner.expect("loaded with the table");
             let key = (relid, event);
-            if !caches.plans.contains_key(&key) {
+            if !caches.plans.contains_key(&key) || (shared_path && !caches.counts.contains_key(&relid)) {
                 let Some(Some(quota)) = caches.tables.get(&relid) else {
                     return Ok(Ok(Vec::new())); // not (or no longer) enforced: nothing to count
                 };
-                let sql = delta_sql(relid, event, quota);
-                let plan = client.prepare_mut(sql.as_str(), &[])?.keep();
+                let delta = delta_sql(relid, event, quota, shared_path);
+                let count = shared_path.then(|| count_sql(relid, quota));
+                let plan = client.prepare_mut(delta.as_str(), &[])?.keep();
                 caches.plans.insert(key, plan);
+                if let Some(count) = count {
+                    let plan = as_user(owner, || KeptPlan::prepare_uuid(&count))?;
+                    caches.counts.insert(relid, plan);
+                }
             }
-            let owner = caches.counter_owner.expect("loaded with the table");
+            let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
+            if !shared_path && quota.shared_counts {
+                return Err(stale_counters(relid, quota));
+            }
             let plan = caches.plans.get(&key).expect("just inserted");
             let rows = as_user(owner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
                 let table = client.select(plan, None, &[])?;
@@ -202,12 +292,15 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 for row in table {
                     let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
                     let used: i64 = row.get(2)?.expect("used");
-                    let added: i64 = row.get(3)?.expect("last_delta");
+                    let added: i64 = row.get(3)?.expect("delta");
                     out.push((*ws.as_bytes(), used, added));
                 }
                 Ok(out)
             })?;
-            let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
+            if shared_path {
+                let counter = caches.counts.get(&relid).expect("prepared with the plans");
+                return apply_shared(relid, quota, counter, owner, rows);
+            }
             for &(ws, used, added) in &rows {
                 if added <= 0 {
                     continue;
@@ -218,7 +311,7 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                     }
                 }
             }
-            Ok::<Deltas, pgrx::spi::Error>(Ok(rows))
+            Ok(Ok(rows))
         }))
     });
     // Usage statistics: the rows' workspaces, not the session's context.
@@ -241,8 +334,68 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             });
             Some(err)
         }
-        Err(e) => Some(TenancyError::from(e)),
+        Err(e) => Some(e),
     }
+}
+
+/// The shared-memory path (see [`shared`]): apply each workspace's delta to its counter in
+/// shared memory, counting the table for a counter not there yet.
+fn apply_shared(
+    relid: pg_sys::Oid,
+    quota: &TableQuota,
+    counter: &KeptPlan,
+    owner: pg_sys::Oid,
+    rows: Vec<([u8; 16], i64, i64)>,
+) -> Result<Deltas, TenancyError> {
+    let exclusive = shared::is_exclusive(relid);
+    for &(ws, _, n) in &rows {
+        let limit = quota.limit_for(&ws);
+        if exclusive {
+            // Nobody else can write the table until this transaction ends: count what it sees.
+            if let (true, Some(limit)) = (n > 0, limit) {
+                let used = as_user(owner, || counter.count(&ws, None))?;
+                if used > limit {
+                    return Ok(Err((ws, over_quota(relid, &ws, limit, used, n))));
+                }
+            }
+            continue;
+        }
+        let mut count = || as_user(owner, || counter.count(&ws, Some(snapshot_of_others())));
+        if let Err(over) = shared::apply(shared::key(relid, ws), n, limit, &mut count)? {
+            let limit = limit.expect("only a limit rejects");
+            return Ok(Err((ws, over_quota(relid, &ws, limit, over.would_be, over.would_be - over.used))));
+        }
+    }
+    Ok(Ok(rows))
+}
+
+/// A fresh snapshot that sees what other transactions committed and nothing of this one (its
+/// command id is 0, so every row this transaction inserted is "not yet" visible and every row
+/// it deleted still is): the count a shared counter starts from, to which this transaction's
+/// statements then add their own deltas.
+fn snapshot_of_others() -> pg_sys::Snapshot {
+    // SAFETY: GetLatestSnapshot returns the static secondary snapshot; SPI_execute_snapshot
+    // copies it when pushing it, so changing its command id affects only this use.
+    unsafe {
+        let snap = pg_sys::GetLatestSnapshot();
+        (*snap).curcid = 0;
+        snap
+    }
+}
+
+fn stale_counters(relid: pg_sys::Oid, quota: &TableQuota) -> TenancyError {
+    let table = regclass_text(relid);
+    let mut call = format!("SELECT tenancy.enforce_quota('{}', '{}'", table.replace('\'', "''"), quota.workspace_column.replace('\'', "''"));
+    if let Some(cond) = &quota.counted_when {
+        call.push_str(&format!(", '{}'", cond.replace('\'', "''")));
+    }
+    call.push(')');
+    TenancyError::new(
+        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("quota counters of table {table} are out of date"),
+    )
+    .detail("The table was counted in shared memory while tenancy was in shared_preload_libraries; tenancy.quota_counter was not kept up to date meanwhile.")
+    .hint(format!("Recount it: {call}; (or add tenancy to shared_preload_libraries again)."))
 }
 
 /// Run `f` as `role` (the owner of the counter table), as PostgreSQL's RI triggers do, so that
@@ -254,7 +407,10 @@ fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // SAFETY: plain reads/writes of the backend's current user id and security context.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_NOFORCE_RLS) as i32,
+        );
     }
     let r = f();
     // SAFETY: restores exactly what was saved above.
@@ -286,8 +442,21 @@ fn regclass_text(relid: pg_sys::Oid) -> String {
         .unwrap_or_else(|| format!("relation {}", u32::from(relid)))
 }
 
+/// The table's schema-qualified, quoted name (plans kept across search_path changes must not
+/// resolve it again).
+fn qualified_name(relid: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[DatumWithOid::from(relid)],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| format!("pg_catalog.pg_class_{}", u32::from(relid)))
+}
+
 /// Load the table's settings and limits (and the watched oids) into the cache if absent.
-fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid) -> Result<(), pgrx::spi::Error> {
+fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid) -> Result<(), TenancyError> {
     if caches.counter_owner.is_none() {
         let mut watched = Vec::new();
         let rows = client.select(
@@ -311,6 +480,7 @@ fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: 
         caches.counter_owner = Some(owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)));
         caches.tables.clear();
         caches.plans.clear();
+        caches.counts.clear();
     }
     if caches.tables.contains_key(&relid) {
         return Ok(());
@@ -321,7 +491,7 @@ fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: 
     let entry = as_user(owner, || -> Result<Option<TableQuota>, pgrx::spi::Error> {
         let args = [DatumWithOid::from(relid)];
         let cfg = client.select(
-            "SELECT workspace_column::text, counted_when FROM tenancy.quota_table WHERE tbl = $1",
+            "SELECT workspace_column::text, counted_when, shared_counts FROM tenancy.quota_table WHERE tbl = $1",
             Some(1),
             &args,
         )?;
@@ -331,7 +501,20 @@ fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: 
             let row = cfg.first();
             let workspace_column: String = row.get(1)?.expect("workspace_column");
             let counted_when: Option<String> = row.get(2)?;
-            let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new() };
+            let mut shared_counts: bool = row.get(3)?.unwrap_or(false);
+            if shared::enabled() && !shared_counts {
+                // From now on tenancy.quota_counter goes stale: say so, for the day the server
+                // runs without preloading tenancy (the table path refuses stale counters).
+                client.update("UPDATE tenancy.quota_table SET shared_counts = true WHERE tbl = $1", None, &args)?;
+                shared_counts = true;
+            }
+            let mut q = TableQuota {
+                workspace_column,
+                counted_when,
+                default_limit: None,
+                overrides: HashMap::new(),
+                shared_counts,
+            };
             for row in client.select(
                 "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
                 None,
@@ -357,12 +540,9 @@ fn ensure_loaded(caches: &mut Caches, client: &pgrx::spi::SpiClient<'_>, relid: 
 /// The delta statement for one event: per workspace, rows counted after minus before, applied
 /// to the counters in workspace order; returns (workspace_id, used, delta) for every workspace
 /// that changed (only those with delta > 0 can go over a limit).
-fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota) -> String {
+fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota, shared_path: bool) -> String {
     let col = quote_identifier(&q.workspace_column);
-    let cond = match &q.counted_when {
-        Some(expr) => format!("({col}) IS NOT NULL AND ({expr})"),
-        None => format!("({col}) IS NOT NULL"),
-    };
+    let cond = counted_condition(q);
     let source = match event {
         Event::Insert => format!("SELECT {col} AS ws, count(*) AS n FROM {NEW_TABLE} WHERE {cond} GROUP BY 1"),
         Event::Delete => format!("SELECT {col} AS ws, -count(*) AS n FROM {OLD_TABLE} WHERE {cond} GROUP BY 1"),
@@ -375,6 +555,10 @@ fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota) -> String {
         ),
         Event::Truncate => return format!("DELETE FROM tenancy.quota_counter WHERE tbl = {}::oid", u32::from(relid)),
     };
+    if shared_path {
+        // the shared-memory path applies the deltas itself (same columns as below)
+        return format!("SELECT ws, 0::bigint, n::bigint FROM ({source}) d WHERE n <> 0 ORDER BY ws");
+    }
     // The table's oid is a literal, not a parameter: a statement without parameters is planned
     // once and kept (a parameterised one would be re-planned for its first executions, and
     // planning costs more than running it for a one-row INSERT). `last_delta` hands each
@@ -385,6 +569,26 @@ fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota) -> String {
          SELECT {relid}::oid, ws, n, n FROM ({source}) d WHERE n <> 0 ORDER BY ws
          ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used, last_delta = excluded.used
          RETURNING workspace_id, used, last_delta"
+    )
+}
+
+/// `(col) IS NOT NULL AND (counted_when)`: which rows count.
+fn counted_condition(q: &TableQuota) -> String {
+    let col = quote_identifier(&q.workspace_column);
+    match &q.counted_when {
+        Some(expr) => format!("({col}) IS NOT NULL AND ({expr})"),
+        None => format!("({col}) IS NOT NULL"),
+    }
+}
+
+/// One workspace's counted rows (the shared-memory path's first count, and the check while the
+/// table is counted directly).
+fn count_sql(relid: pg_sys::Oid, q: &TableQuota) -> String {
+    let col = quote_identifier(&q.workspace_column);
+    format!(
+        "SELECT count(*) FROM {} WHERE {col} = $1 AND {}",
+        qualified_name(relid),
+        counted_condition(q)
     )
 }
 
@@ -422,6 +626,6 @@ fn assert_expression(expr: &str) -> Result<bool, pgrx::pg_sys::panic::ErrorRepor
 pgrx::extension_sql_file!(
     "../sql/quota.sql",
     name = "quota_sql",
-    requires = ["context_sql", quota_trigger, quota_config_changed, assert_expression]
+    requires = ["context_sql", quota_trigger, quota_config_changed, assert_expression, shared::quota_entries, shared::quota_shared, shared::quota_forget]
 );
 

@@ -4,6 +4,32 @@
 use std::sync::{Arc, Barrier};
 use tenancy_it::*;
 
+/// A test database: on the suite's cluster (tenancy preloaded: counters in shared memory), or on
+/// a cluster of the test's own started without preloading (counters in tenancy.quota_counter).
+#[derive(Clone)]
+struct Db {
+    port: u16,
+    name: String,
+}
+
+impl Db {
+    /// A fresh fixture database on the suite's cluster.
+    fn fresh(test: &str) -> Db {
+        Db { port: port(), name: fresh_db(test) }
+    }
+
+    /// A fresh fixture database on `cluster`.
+    fn on(cluster: &Cluster, name: &str) -> Db {
+        cluster.fixture_db(name);
+        Db { port: cluster.port, name: name.to_string() }
+    }
+
+    fn connect(&self) -> Client {
+        let conn = format!("host=127.0.0.1 port={} user=postgres dbname={}", self.port, self.name);
+        Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e}"))
+    }
+}
+
 const DECLARATIVE: &str = "\"resourceType\" = ''Declarative''";
 
 fn enforce_all(c: &mut Client) {
@@ -17,7 +43,7 @@ fn enforce_all(c: &mut Client) {
 
 fn used(c: &mut Client, table: &str, ws: &str) -> i64 {
     c.query_one(
-        "SELECT COALESCE((SELECT used FROM tenancy.quota_counter WHERE tbl = $1::text::regclass AND workspace_id = $2::text::uuid), 0)",
+        "SELECT COALESCE((SELECT used FROM tenancy.quota_counters($1::text::regclass) WHERE workspace_id = $2::text::uuid), 0)",
         &[&table, &ws],
     )
     .unwrap()
@@ -43,9 +69,8 @@ fn drift(c: &mut Client) -> Vec<String> {
 
 /// 16 sessions insert into one workspace that has room for exactly 40 more rows: exactly 40
 /// inserts succeed, every other one fails with 53400, and the final count equals the limit.
-fn hammer_at_limit(isolation: &'static str) {
-    let db = fresh_db(&format!("quota_hammer_{}", isolation.replace(' ', "_").to_lowercase()));
-    let mut admin = connect(&db);
+fn hammer_at_limit(db: &Db, isolation: &'static str) {
+    let mut admin = db.connect();
     enforce_all(&mut admin);
     let ws = ws_id(&mut admin, "root", 1);
     let before = declarative_segments(&mut admin, &ws);
@@ -58,7 +83,7 @@ fn hammer_at_limit(isolation: &'static str) {
         .map(|s| {
             let (db, ws, barrier) = (db.clone(), ws.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let mut c = connect(&db);
+                let mut c = db.connect();
                 barrier.wait();
                 let (mut ok, mut over, mut retry) = (0, 0, 0);
                 for i in 0..10 {
@@ -104,27 +129,49 @@ fn hammer_at_limit(isolation: &'static str) {
     assert!(drift(&mut admin).is_empty(), "{:?}", drift(&mut admin));
 }
 
+fn hammer_db(isolation: &str) -> Db {
+    Db::fresh(&format!("quota_hammer_{}", isolation.replace(' ', "_").to_lowercase()))
+}
+
 #[test]
 fn sixteen_sessions_at_the_limit_read_committed() {
-    hammer_at_limit("READ COMMITTED");
+    hammer_at_limit(&hammer_db("READ COMMITTED"), "READ COMMITTED");
 }
 
 #[test]
 fn sixteen_sessions_at_the_limit_repeatable_read() {
-    hammer_at_limit("REPEATABLE READ");
+    hammer_at_limit(&hammer_db("REPEATABLE READ"), "REPEATABLE READ");
 }
 
 #[test]
 fn sixteen_sessions_at_the_limit_serializable() {
-    hammer_at_limit("SERIALIZABLE");
+    hammer_at_limit(&hammer_db("SERIALIZABLE"), "SERIALIZABLE");
+}
+
+/// The same contract without shared_preload_libraries: counters are rows of
+/// tenancy.quota_counter (the table path). One cluster of its own for all of it.
+#[test]
+fn table_path_without_preload() {
+    let cluster = Cluster::start("it-quota-nopreload", 25449, &["--no-preload"]);
+    for (i, isolation) in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"].into_iter().enumerate() {
+        let db = Db::on(&cluster, &format!("hammer_{i}"));
+        let shared: bool = db.connect().query_one("SELECT tenancy._quota_shared()", &[]).unwrap().get(0);
+        assert!(!shared, "a cluster without preload must use the table path");
+        hammer_at_limit(&db, isolation);
+    }
+    multi_workspace_statements(&Db::on(&cluster, "deadlock"));
+    randomized_workload(&Db::on(&cluster, "random"));
 }
 
 /// Multi-row statements spanning several workspaces in opposite orders never deadlock:
 /// counters are locked in workspace order.
 #[test]
 fn multi_workspace_statements_do_not_deadlock() {
-    let db = fresh_db("quota_deadlock");
-    let mut admin = connect(&db);
+    multi_workspace_statements(&Db::fresh("quota_deadlock"));
+}
+
+fn multi_workspace_statements(db: &Db) {
+    let mut admin = db.connect();
     enforce_all(&mut admin);
     let wss: Vec<String> = (1..=3).map(|n| ws_id(&mut admin, "root", n)).collect();
     let barrier = Arc::new(Barrier::new(8));
@@ -135,7 +182,7 @@ fn multi_workspace_statements_do_not_deadlock() {
                 if t % 2 == 1 {
                     wss.reverse();
                 }
-                let mut c = connect(&db);
+                let mut c = db.connect();
                 barrier.wait();
                 for i in 0..25 {
                     let values: Vec<String> = wss
@@ -215,8 +262,11 @@ impl Rng {
 /// make some statements fail. Afterwards every counter equals count(*).
 #[test]
 fn randomized_workload_never_drifts() {
-    let db = fresh_db("quota_random");
-    let mut admin = connect(&db);
+    randomized_workload(&Db::fresh("quota_random"));
+}
+
+fn randomized_workload(db: &Db) {
+    let mut admin = db.connect();
     enforce_all(&mut admin);
     admin
         .batch_execute(
@@ -235,7 +285,7 @@ fn randomized_workload_never_drifts() {
             let (db, wss, victims) = (db.clone(), wss.clone(), victims.clone());
             std::thread::spawn(move || {
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1) * 0x1000_0001);
-                let mut c = connect(&db);
+                let mut c = db.connect();
                 let tables = ["Segment", "Journey", "MessageTemplate"];
                 let mut errors = std::collections::BTreeMap::<String, u32>::new();
                 for i in 0..150 {
@@ -336,11 +386,113 @@ fn randomized_workload_never_drifts() {
     let d = drift(&mut admin);
     assert!(d.is_empty(), "counters drifted: {d:?}");
     // and the counters are non-negative and no workspace is above its limit except by lowering
-    let neg: i64 = admin.query_one("SELECT count(*) FROM tenancy.quota_counter WHERE used < 0", &[]).unwrap().get(0);
+    let neg: i64 = admin.query_one("SELECT count(*) FROM tenancy.quota_counters() WHERE used < 0", &[]).unwrap().get(0);
     assert_eq!(neg, 0);
+    // the counters compared above exist (in shared memory they appear on first write)
+    let counters: i64 = admin
+        .query_one("SELECT count(*) FROM tenancy.quota_counters() WHERE in_flight = 0", &[])
+        .unwrap()
+        .get(0);
+    assert!(counters >= 10, "only {counters} counters to compare");
     let over: i64 = admin
         .query_one("SELECT count(*) FROM tenancy.quota_usage WHERE used > max_rows", &[])
         .unwrap()
         .get(0);
     assert_eq!(over, 0, "a workspace went over its limit");
+}
+
+fn insert_q(c: &mut Client, ws: &str, n: i64) -> Result<u64, postgres::Error> {
+    c.execute("INSERT INTO q SELECT $1::text::uuid FROM generate_series(1, $2::bigint)", &[&ws, &n])
+}
+
+fn count_q(c: &mut Client, ws: &str) -> i64 {
+    c.query_one("SELECT count(*) FROM q WHERE ws = $1::text::uuid", &[&ws]).unwrap().get(0)
+}
+
+fn reconnect(db: &Db) -> Client {
+    (0..150)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let conn = format!("host=127.0.0.1 port={} user=postgres dbname={}", db.port, db.name);
+            Client::connect(&conn, NoTls).ok()
+        })
+        .expect("server accepts connections again")
+}
+
+/// Shared counters are never saved: after a clean restart, after a crash (kill -9 of a backend
+/// holding a reservation) and after evictions they are recounted from the table on first use,
+/// and limits stay exact. A server restarted without preload finds tenancy.quota_counter stale
+/// and refuses (55000) until enforce_quota() recounts; going back to preload needs nothing.
+#[test]
+fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
+    let cluster = Cluster::start("it-quota-restart", 25450, &[]);
+    let db = Db::on(&cluster, "restart");
+    let mut c = db.connect();
+    c.batch_execute("CREATE TABLE q (ws uuid NOT NULL); SELECT tenancy.enforce_quota('q', 'ws'); SELECT tenancy.set_quota('q', 5);")
+        .unwrap();
+    let ws = random_ws(&mut c);
+    insert_q(&mut c, &ws, 3).unwrap();
+
+    // clean restart: the counter is gone from shared memory and recounted on first use
+    cluster.restart();
+    let mut c = reconnect(&db);
+    let counters: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_counters('q')", &[]).unwrap().get(0);
+    assert_eq!(counters, 0, "shared counters are not saved");
+    insert_q(&mut c, &ws, 2).unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
+    assert_eq!(count_q(&mut c, &ws), 5);
+
+    // crash while a transaction holds a reservation: it is neither committed nor counted
+    c.execute("DELETE FROM q WHERE ctid IN (SELECT ctid FROM q WHERE ws = $1::text::uuid LIMIT 2)", &[&ws]).unwrap();
+    let mut victim = db.connect();
+    victim.batch_execute("BEGIN").unwrap();
+    insert_q(&mut victim, &ws, 2).unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400", "the reservation holds the room");
+    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    drop(victim);
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut c = reconnect(&db);
+    assert_eq!(count_q(&mut c, &ws), 3);
+    insert_q(&mut c, &ws, 2).unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
+    assert_eq!(count_q(&mut c, &ws), 5);
+    let shared: bool = c.query_one("SELECT shared_counts FROM tenancy.quota_table WHERE tbl = 'q'::regclass", &[]).unwrap().get(0);
+    assert!(shared, "the table is marked as counted in shared memory");
+
+    // without preload: tenancy.quota_counter is stale, so the table path refuses it
+    cluster.stop();
+    cluster.start_again(&["--no-preload"]);
+    let mut c = reconnect(&db);
+    let err = insert_q(&mut c, &ws, 1).unwrap_err();
+    assert_eq!(sqlstate(&err), "55000", "{err}");
+    let hint = err.as_db_error().unwrap().hint().unwrap_or_default().to_string();
+    assert!(hint.contains("tenancy.enforce_quota('q', 'ws')"), "hint: {hint}");
+    c.batch_execute("SELECT tenancy.enforce_quota('q', 'ws')").unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
+    c.execute("DELETE FROM q WHERE ctid IN (SELECT ctid FROM q WHERE ws = $1::text::uuid LIMIT 1)", &[&ws]).unwrap();
+    insert_q(&mut c, &ws, 1).unwrap();
+    assert_eq!(count_q(&mut c, &ws), 5);
+    assert!(drift(&mut c).is_empty());
+
+    // back to preload, with room for 100 counters only: 250 workspaces evict most of them
+    cluster.stop();
+    cluster.start_again(&["--conf", "tenancy.max_quota_entries = 100"]);
+    let mut c = reconnect(&db);
+    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
+    let others: Vec<String> = (0..250).map(|_| random_ws(&mut c)).collect();
+    for w in &others {
+        insert_q(&mut c, w, 1).unwrap();
+    }
+    let counters: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_counters('q')", &[]).unwrap().get(0);
+    assert!(counters <= 101, "{counters} counters for a capacity of 100");
+    // the first workspaces' counters were evicted: recounted, still exact
+    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
+    for w in others.iter().take(20) {
+        insert_q(&mut c, w, 4).unwrap();
+        assert_eq!(sqlstate(&insert_q(&mut c, w, 1).unwrap_err()), "53400");
+        assert_eq!(count_q(&mut c, w), 5);
+    }
+    assert!(drift(&mut c).is_empty(), "{:?}", drift(&mut c));
 }
