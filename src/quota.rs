@@ -43,13 +43,14 @@ use crate::error::TenancyError;
 use crate::uuid_text;
 
 mod shared;
+mod transition;
 
 /// Names the transition tables get in the triggers `enforce_quota` creates.
 const NEW_TABLE: &str = "tenancy_new";
 const OLD_TABLE: &str = "tenancy_old";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Event {
+pub(crate) enum Event {
     Insert,
     Delete,
     Update,
@@ -85,6 +86,9 @@ struct Caches {
     plans: HashMap<(pg_sys::Oid, Event), OwnedPreparedStatement>,
     /// Per table: `SELECT count(*) ... WHERE workspace = $1 AND counted` (shared-memory path).
     counts: HashMap<pg_sys::Oid, KeptPlan>,
+    /// Per table: the compiled transition-table reader (shared-memory path); `None`: its
+    /// counted_when needs the SPI query.
+    readers: HashMap<pg_sys::Oid, Option<transition::Deltas>>,
     /// The extension's config tables, whose invalidations drop the caches.
     watched: Vec<pg_sys::Oid>,
     /// Owner of tenancy.quota_counter: the delta statements run as this role.
@@ -112,6 +116,10 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
         if let Ok(mut c) = c.try_borrow_mut() {
             if relid == pg_sys::InvalidOid || c.watched.contains(&relid) {
                 c.clear();
+            } else if c.tables.contains_key(&relid) {
+                // the enforced table itself changed (ALTER TABLE, ...): column numbers and the
+                // compiled counted_when may be stale
+                c.forget(relid);
             }
         } else {
             PENDING_CLEAR.with(|p| p.set(true));
@@ -134,7 +142,15 @@ impl Caches {
         self.tables.clear();
         self.plans.clear();
         self.counts.clear();
+        self.readers.clear();
         self.counter_owner = None;
+    }
+
+    fn forget(&mut self, relid: pg_sys::Oid) {
+        self.tables.remove(&relid);
+        self.plans.retain(|(r, _), _| *r != relid);
+        self.counts.remove(&relid);
+        self.readers.remove(&relid);
     }
 }
 
@@ -258,6 +274,14 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
     let outcome = CACHES.with(|cell| {
         let mut caches = cell.borrow_mut();
         take_pending_clear(&mut caches);
+        if let (true, Some(Some(reader))) = (shared_path, caches.readers.get(&relid)) {
+            // the common case: no SPI at all unless a counter must be counted first
+            let rows = reader.deltas(t.trigger_data(), event).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
+            let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
+            let counter = caches.counts.get(&relid).expect("prepared with the reader");
+            let owner = caches.counter_owner.expect("loaded with the reader");
+            return crate::stats::internal(|| apply_shared(relid, quota, counter, owner, rows));
+        }
         crate::stats::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
             // opened, as PL/pgSQL does; the TriggerData outlives the connection.
@@ -274,11 +298,20 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 };
                 let delta = delta_sql(relid, event, quota, shared_path);
                 let count = shared_path.then(|| count_sql(relid, quota));
+                let compile = (shared_path && !caches.readers.contains_key(&relid))
+                    .then(|| (quota.workspace_column.clone(), quota.counted_when.clone()));
                 let plan = client.prepare_mut(delta.as_str(), &[])?.keep();
                 caches.plans.insert(key, plan);
                 if let Some(count) = count {
                     let plan = as_user(owner, || KeptPlan::prepare_uuid(&count))?;
                     caches.counts.insert(relid, plan);
+                }
+                if let Some((column, cond)) = compile {
+                    let rel = t.relation().expect("trigger relation");
+                    let reader = as_user(owner, || {
+                        transition::Deltas::compile(rel.as_ptr(), &column, cond.as_deref(), &qualified_name(relid))
+                    })?;
+                    caches.readers.insert(relid, reader);
                 }
             }
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
@@ -353,14 +386,14 @@ fn apply_shared(
         if exclusive {
             // Nobody else can write the table until this transaction ends: count what it sees.
             if let (true, Some(limit)) = (n > 0, limit) {
-                let used = as_user(owner, || counter.count(&ws, None))?;
+                let used = Spi::connect(|_| as_user(owner, || counter.count(&ws, None)))?;
                 if used > limit {
                     return Ok(Err((ws, over_quota(relid, &ws, limit, used, n))));
                 }
             }
             continue;
         }
-        let mut count = || as_user(owner, || counter.count(&ws, Some(snapshot_of_others())));
+        let mut count = || Spi::connect(|_| as_user(owner, || counter.count(&ws, Some(snapshot_of_others()))));
         if let Err(over) = shared::apply(shared::key(relid, ws), n, limit, &mut count)? {
             let limit = limit.expect("only a limit rejects");
             return Ok(Err((ws, over_quota(relid, &ws, limit, over.would_be, over.would_be - over.used))));
