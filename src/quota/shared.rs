@@ -61,7 +61,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::TenancyError;
-use crate::stats::BackendLocal;
+use crate::stats::{raw, BackendLocal};
 
 const TRANCHE: &std::ffi::CStr = c"tenancy quota";
 /// `locktag_field4` of the per-(table, workspace) initialisation lock (user advisory locks
@@ -234,11 +234,11 @@ fn with_entry<R>(key: &Key, f: impl FnOnce(&Entry) -> R) -> Option<R> {
     let hash = HASH.load(Relaxed);
     // SAFETY: the entry pointer is used only while the lock keeping it alive is held.
     unsafe {
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
-        let e = pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
+        raw::lwlock_acquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
+        let e = raw::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
             .cast::<Entry>();
         let r = e.as_ref().map(f);
-        pg_sys::LWLockRelease(shared.lock);
+        raw::lwlock_release(shared.lock);
         r
     }
 }
@@ -274,7 +274,7 @@ pub(crate) fn apply(
 fn try_apply(key: &Key, n: i64, limit: Option<i64>) -> Option<Result<(), Over>> {
     let lvl = level();
     // SAFETY: plain clock read (vDSO).
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let now = unsafe { raw::now() };
     LOCAL.with(|l| {
         let mut local = l.borrow_mut();
         let credit: i64 = local
