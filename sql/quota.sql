@@ -15,14 +15,24 @@ CREATE TABLE @extschema@.quota_table (
     tbl regclass PRIMARY KEY,
     workspace_column name NOT NULL,
     counted_when text,
-    enforced_at timestamptz NOT NULL DEFAULT now(),
-    -- true once the table has been counted in shared memory (tenancy preloaded): from then on
-    -- tenancy.quota_counter is not kept, and the table path (no preload) refuses it until
-    -- enforce_quota() recounts
-    shared_counts boolean NOT NULL DEFAULT false
+    enforced_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE @extschema@.quota_table IS
 'Tables under quota enforcement (written by tenancy.enforce_quota / release_quota).';
+
+-- Tables counted in shared memory (tenancy preloaded) since their last recount: their rows in
+-- tenancy.quota_counter are stale, and the table path (no preload) refuses them until
+-- enforce_quota() recounts. Rows are inserted by the quota trigger in the writing transaction
+-- (no unique key: an insert never waits for another session) and deleted by enforce_quota,
+-- release_quota and the drop event trigger.
+CREATE TABLE @extschema@.quota_shared_mark (
+    tbl regclass NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX quota_shared_mark_tbl ON @extschema@.quota_shared_mark (tbl);
+COMMENT ON TABLE @extschema@.quota_shared_mark IS
+'Tables counted in shared memory since their last recount (their tenancy.quota_counter rows are stale). Written by the quota trigger and enforce_quota.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_shared_mark', '');
 
 -- Limits: a NULL workspace_id row is the table's default; a workspace's row overrides it
 -- (max_rows NULL there means: this workspace is unlimited).
@@ -92,7 +102,12 @@ BEGIN
         RAISE EXCEPTION 'workspace_column must not be NULL' USING ERRCODE = '22004';
     END IF;
     SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
-    IF relkind NOT IN ('r', 'p') THEN
+    IF relkind = 'p' THEN
+        RAISE EXCEPTION 'cannot enforce a quota on partitioned table %', tbl USING ERRCODE = '0A000',
+            DETAIL = 'Statement triggers on a partitioned table do not see rows written to a partition directly, nor partitions attached or detached.',
+            HINT = 'Enforce the quota on each partition.';
+    END IF;
+    IF relkind IS DISTINCT FROM 'r' THEN
         RAISE EXCEPTION 'cannot enforce a quota on % : it is not a table', tbl USING ERRCODE = '42809',
             DETAIL = format('relkind is %L.', relkind);
     END IF;
@@ -123,13 +138,16 @@ BEGIN
     -- Validates counted_when against the table (names, types) before anything is written.
     EXECUTE format('SELECT count(*) FROM %s WHERE %s', tbl, cond);
 
-    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when, shared_counts)
-    VALUES (tbl, workspace_column, counted_when, @extschema@._quota_shared())
+    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
+    VALUES (tbl, workspace_column, counted_when)
     ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
-        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when,
-            shared_counts = excluded.shared_counts
-        WHERE (q.workspace_column, q.counted_when, q.shared_counts)
-              IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when, excluded.shared_counts);
+        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
+        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
+    -- the counters below are fresh; with tenancy preloaded they go stale from now on
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = enforce_quota.tbl;
+    IF @extschema@._quota_shared() THEN
+        INSERT INTO @extschema@.quota_shared_mark (tbl) VALUES (tbl);
+    END IF;
 
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
@@ -213,6 +231,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
     PERFORM @extschema@._quota_forget(tbl);
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl = release_quota.tbl;
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = release_quota.tbl;
     DELETE FROM @extschema@.quota_table q WHERE q.tbl = release_quota.tbl; -- cascades to quota_limit
 END
 $fn$;
@@ -242,6 +261,7 @@ BEGIN
     END IF;
     PERFORM @extschema@._quota_forget(d) FROM unnest(dropped) d;
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl::oid = ANY (dropped);
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl::oid = ANY (dropped);
     DELETE FROM @extschema@.quota_table q WHERE q.tbl::oid = ANY (dropped); -- cascades to quota_limit
 END
 $fn$;

@@ -65,8 +65,8 @@ struct TableQuota {
     default_limit: Option<i64>,
     /// Per-workspace overrides; `Some(None)`: explicitly unlimited.
     overrides: HashMap<[u8; 16], Option<i64>>,
-    /// tenancy.quota_table.shared_counts: the counters in tenancy.quota_counter are stale
-    /// because the table has been counted in shared memory.
+    /// A tenancy.quota_shared_mark row exists: the counters in tenancy.quota_counter are stale
+    /// because the table has been counted in shared memory since its last recount.
     shared_counts: bool,
 }
 
@@ -132,7 +132,8 @@ thread_local! {
 }
 
 fn take_pending_clear(c: &mut Caches) {
-    if PENDING_CLEAR.with(|p| p.replace(false)) {
+    let mark_lost = shared::MARK_LOST.swap(false, std::sync::atomic::Ordering::Relaxed);
+    if PENDING_CLEAR.with(|p| p.replace(false)) || mark_lost {
         c.clear();
     }
 }
@@ -175,8 +176,9 @@ impl KeptPlan {
         }
     }
 
-    /// Run the count for workspace `ws`: with `snapshot` (None: a fresh snapshot that sees this
-    /// transaction's changes). Returns the count.
+    /// Run the count for workspace `ws`: with `snapshot`, or (None) with a fresh snapshot that
+    /// sees everything committed and every change of this transaction, the triggering
+    /// statement's included. Returns the count.
     fn count(&self, ws: &[u8; 16], snapshot: Option<pg_sys::Snapshot>) -> Result<i64, TenancyError> {
         let uuid = pgrx::Uuid::from_bytes(*ws);
         // SAFETY: SPI is connected (caller); the uuid datum points into `uuid`, alive for the
@@ -184,19 +186,15 @@ impl KeptPlan {
         unsafe {
             let mut values = [uuid.into_datum().expect("uuid datum")];
             let nulls = [b' ' as std::ffi::c_char];
-            let rc = match snapshot {
-                Some(snap) => pg_sys::SPI_execute_snapshot(
-                    self.0,
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    snap,
-                    std::ptr::null_mut(),
-                    true,
-                    false,
-                    0,
-                ),
-                None => pg_sys::SPI_execute_plan(self.0, values.as_mut_ptr(), nulls.as_ptr(), false, 0),
+            let snap = match snapshot {
+                Some(snap) => snap,
+                None => {
+                    pg_sys::CommandCounterIncrement();
+                    pg_sys::GetLatestSnapshot()
+                }
             };
+            let rc =
+                pg_sys::SPI_execute_snapshot(self.0, values.as_mut_ptr(), nulls.as_ptr(), snap, std::ptr::null_mut(), true, false, 0);
             let table = pg_sys::SPI_tuptable;
             if rc != pg_sys::SPI_OK_SELECT as i32 || table.is_null() || pg_sys::SPI_processed != 1 {
                 return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: quota count failed")
@@ -300,7 +298,7 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 let count = shared_path.then(|| count_sql(relid, quota));
                 let compile = (shared_path && !caches.readers.contains_key(&relid))
                     .then(|| (quota.workspace_column.clone(), quota.counted_when.clone()));
-                let plan = client.prepare_mut(delta.as_str(), &[])?.keep();
+                let plan = as_user(owner, || client.prepare_mut(delta.as_str(), &[]))?.keep();
                 caches.plans.insert(key, plan);
                 if let Some(count) = count {
                     let plan = as_user(owner, || KeptPlan::prepare_uuid(&count))?;
@@ -432,22 +430,40 @@ fn stale_counters(relid: pg_sys::Oid, quota: &TableQuota) -> TenancyError {
 }
 
 /// Run `f` as `role` (the owner of the counter table), as PostgreSQL's RI triggers do, so that
-/// application roles need no privilege on the bookkeeping tables. An error raised inside is
-/// cleaned up by transaction or subtransaction abort, which restores the user id.
+/// application roles need no privilege on the bookkeeping tables and row-level security hides no
+/// row from a count; as a security-restricted operation, and with `search_path` fixed to
+/// `pg_catalog` alone so that no function or operator of the session's own
+/// schemas can be picked up by what runs with the owner's rights (kept plans are re-analysed
+/// when the search path differs, so it is fixed both when they are prepared and when they run).
+/// An error raised inside is cleaned up by transaction or subtransaction abort, which restores
+/// the user id and pops the search path.
 fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
-    // SAFETY: plain reads/writes of the backend's current user id and security context.
+    // SAFETY: plain reads/writes of the backend's current user id and security context; the
+    // override search path is allocated by PostgreSQL and popped below (or at abort).
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
         pg_sys::SetUserIdAndSecContext(
             role,
-            saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_NOFORCE_RLS) as i32,
+            saved_ctx
+                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS)
+                    as i32,
         );
+        let mut path = pg_sys::OverrideSearchPath {
+            schemas: std::ptr::null_mut(),
+            addCatalog: true,
+            addTemp: false,
+            generation: 0,
+        };
+        pg_sys::PushOverrideSearchPath(&mut path);
     }
     let r = f();
     // SAFETY: restores exactly what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    unsafe {
+        pg_sys::PopOverrideSearchPath();
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+    }
     r
 }
 
@@ -475,17 +491,68 @@ fn regclass_text(relid: pg_sys::Oid) -> String {
         .unwrap_or_else(|| format!("relation {}", u32::from(relid)))
 }
 
-/// The table's schema-qualified, quoted name (plans kept across search_path changes must not
-/// resolve it again).
+/// Run a read-only query with a fresh snapshot (everything committed, and this transaction's
+/// earlier commands), whatever the isolation level. Returns each row's datums (None for NULL),
+/// valid until the SPI connection closes. Must run inside an SPI connection.
+fn select_latest(sql: &str, args: &[(pg_sys::Oid, pg_sys::Datum)]) -> Result<Vec<Vec<Option<pg_sys::Datum>>>, TenancyError> {
+    let text = CString::new(sql).expect("no NUL in our SQL");
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+    let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
+    let nulls = vec![b' ' as std::ffi::c_char; args.len()];
+    // SAFETY: SPI is connected (caller); the plan is freed before returning; the snapshot is
+    // copied by SPI when pushed.
+    unsafe {
+        let plan = pg_sys::SPI_prepare(text.as_ptr(), args.len() as i32, types.as_mut_ptr());
+        if plan.is_null() {
+            return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: could not prepare a settings query"));
+        }
+        let snap = pg_sys::GetLatestSnapshot();
+        let rc = pg_sys::SPI_execute_snapshot(plan, values.as_mut_ptr(), nulls.as_ptr(), snap, std::ptr::null_mut(), true, false, 0);
+        pg_sys::SPI_freeplan(plan);
+        let table = pg_sys::SPI_tuptable;
+        if rc != pg_sys::SPI_OK_SELECT as i32 || table.is_null() {
+            return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: settings query failed")
+                .detail(format!("SPI result {rc}")));
+        }
+        let desc = (*table).tupdesc;
+        let mut rows = Vec::with_capacity(pg_sys::SPI_processed as usize);
+        for i in 0..pg_sys::SPI_processed as usize {
+            let tuple = *(*table).vals.add(i);
+            let row = (1..=(*desc).natts)
+                .map(|col| {
+                    let mut isnull = false;
+                    let d = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
+                    (!isnull).then_some(d)
+                })
+                .collect();
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
+
+/// A text datum as a Rust string.
+fn text_of(d: Option<pg_sys::Datum>) -> Option<String> {
+    // SAFETY: callers pass datums of text columns.
+    d.and_then(|d| unsafe { String::from_datum(d, false) })
+}
+
+/// The table's schema-qualified, quoted name, from the catalog caches (no SQL: nothing the
+/// session's search path could redirect). Plans kept across search_path changes must not
+/// resolve the name again.
 fn qualified_name(relid: pg_sys::Oid) -> String {
-    Spi::get_one_with_args::<String>(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[DatumWithOid::from(relid)],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| format!("pg_catalog.pg_class_{}", u32::from(relid)))
+    // SAFETY: lsyscache lookups of an existing relation (the trigger's, or an enforced one);
+    // the returned C strings are palloc'd copies, read at once.
+    unsafe {
+        let rel = pg_sys::get_rel_name(relid);
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        if rel.is_null() || nsp.is_null() {
+            return format!("pg_catalog.\"relation {}\"", u32::from(relid));
+        }
+        let rel = std::ffi::CStr::from_ptr(rel).to_string_lossy();
+        let nsp = std::ffi::CStr::from_ptr(nsp).to_string_lossy();
+        format!("{}.{}", quote_identifier(&nsp), quote_identifier(&rel))
+    }
 }
 
 /// Load the table's settings and limits (and the watched oids) into the cache if absent.
@@ -518,53 +585,45 @@ fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClient<'_>, rel
     if caches.tables.contains_key(&relid) {
         return Ok(());
     }
-    // Read the settings as the owner of the bookkeeping tables: application roles have no
-    // privilege on them (the catalog query above needs none).
+    // Read the settings as the owner of the bookkeeping tables (application roles have no
+    // privilege on them, the catalog query above needs none), with a fresh snapshot: what is
+    // cached outlives this transaction, so it must not come from a REPEATABLE READ
+    // transaction's old snapshot.
     let owner = caches.counter_owner.expect("set above");
-    let entry = as_user(owner, || -> Result<Option<TableQuota>, pgrx::spi::Error> {
-        let args = [DatumWithOid::from(relid)];
-        let cfg = client.select(
-            "SELECT workspace_column::text, counted_when, shared_counts FROM tenancy.quota_table WHERE tbl = $1",
-            Some(1),
-            &args,
+    let entry = as_user(owner, || -> Result<Option<TableQuota>, TenancyError> {
+        let arg = [(pg_sys::OIDOID, pg_sys::Datum::from(relid))];
+        let cfg = select_latest(
+            "SELECT workspace_column::text, counted_when,
+                    EXISTS (SELECT FROM tenancy.quota_shared_mark m WHERE m.tbl = t.tbl)
+               FROM tenancy.quota_table t WHERE t.tbl = $1",
+            &arg,
         )?;
-        let entry = if cfg.is_empty() {
-            None
-        } else {
-            let row = cfg.first();
-            let workspace_column: String = row.get(1)?.expect("workspace_column");
-            let counted_when: Option<String> = row.get(2)?;
-            let mut shared_counts: bool = row.get(3)?.unwrap_or(false);
-            if shared::enabled() && !shared_counts {
-                // From now on tenancy.quota_counter goes stale: say so, for the day the server
-                // runs without preloading tenancy (the table path refuses stale counters).
-                client.update("UPDATE tenancy.quota_table SET shared_counts = true WHERE tbl = $1", None, &args)?;
-                shared_counts = true;
-            }
-            let mut q = TableQuota {
-                workspace_column,
-                counted_when,
-                default_limit: None,
-                overrides: HashMap::new(),
-                shared_counts,
-            };
-            for row in client.select(
-                "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
-                None,
-                &args,
-            )? {
-                let ws: Option<pgrx::Uuid> = row.get(1)?;
-                let max: Option<i64> = row.get(2)?;
-                match ws {
-                    None => q.default_limit = max,
-                    Some(ws) => {
-                        q.overrides.insert(*ws.as_bytes(), max);
-                    }
+        let Some(row) = cfg.first() else { return Ok(None) };
+        let workspace_column = text_of(row[0]).expect("workspace_column");
+        let counted_when = text_of(row[1]);
+        let mut shared_counts = row[2].is_some_and(|d| d.value() != 0);
+        if shared::enabled() && !shared_counts {
+            // From now on tenancy.quota_counter goes stale: say so, for the day the server runs
+            // without preloading tenancy (the table path refuses stale counters). An INSERT into
+            // a table without unique keys never waits for anybody; if this (sub)transaction
+            // rolls back, the mark goes with it and the caches are dropped, to mark again.
+            client.update("INSERT INTO tenancy.quota_shared_mark (tbl) VALUES ($1)", None, &[DatumWithOid::from(relid)])?;
+            shared::mark_inserted();
+            shared_counts = true;
+        }
+        let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new(), shared_counts };
+        for row in select_latest("SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1", &arg)? {
+            // SAFETY: datums of a uuid and a bigint column of the row just read.
+            let max = row[1].map(|d| d.value() as i64);
+            match row[0] {
+                None => q.default_limit = max,
+                Some(d) => {
+                    let ws = unsafe { *d.cast_mut_ptr::<[u8; 16]>() };
+                    q.overrides.insert(ws, max);
                 }
             }
-            Some(q)
-        };
-        Ok(entry)
+        }
+        Ok(Some(q))
     })?;
     caches.tables.insert(relid, entry);
     Ok(())

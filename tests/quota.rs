@@ -458,7 +458,7 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     insert_q(&mut c, &ws, 2).unwrap();
     assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
     assert_eq!(count_q(&mut c, &ws), 5);
-    let shared: bool = c.query_one("SELECT shared_counts FROM tenancy.quota_table WHERE tbl = 'q'::regclass", &[]).unwrap().get(0);
+    let shared: bool = c.query_one("SELECT EXISTS (SELECT FROM tenancy.quota_shared_mark WHERE tbl = 'q'::regclass)", &[]).unwrap().get(0);
     assert!(shared, "the table is marked as counted in shared memory");
 
     // without preload: tenancy.quota_counter is stale, so the table path refuses it
@@ -495,4 +495,64 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
         assert_eq!(count_q(&mut c, w), 5);
     }
     assert!(drift(&mut c).is_empty(), "{:?}", drift(&mut c));
+}
+
+/// Settings and limits changed after a REPEATABLE READ transaction took its snapshot are seen by
+/// its next write (they are read with a fresh snapshot, never cached from an old one), and a
+/// table put under enforcement after that snapshot counts that transaction's rows.
+#[test]
+fn repeatable_read_sees_limits_and_enforcement_committed_after_its_snapshot() {
+    let db = Db::fresh("quota_rr_settings");
+    let mut admin = db.connect();
+    admin.batch_execute("CREATE TABLE q (ws uuid NOT NULL)").unwrap();
+    let ws = random_ws(&mut admin);
+    let mut rr = db.connect();
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM q;").unwrap();
+    admin.batch_execute("SELECT tenancy.enforce_quota('q', 'ws'); SELECT tenancy.set_quota('q', 3);").unwrap();
+    insert_q(&mut rr, &ws, 3).unwrap();
+    let err = insert_q(&mut rr, &ws, 1).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    rr.batch_execute("ROLLBACK").unwrap();
+
+    // a limit lowered after the snapshot
+    let mut rr = db.connect();
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM q;").unwrap();
+    insert_q(&mut rr, &ws, 1).unwrap(); // the limit (3) is cached now
+    admin.batch_execute("SELECT tenancy.set_quota('q', 1)").unwrap();
+    let err = insert_q(&mut rr, &ws, 1).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    rr.batch_execute("ROLLBACK").unwrap();
+    // and a later transaction of that connection still sees the new limit
+    insert_q(&mut rr, &ws, 1).unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut rr, &ws, 1).unwrap_err()), "53400");
+    assert!(drift(&mut admin).is_empty());
+}
+
+/// A statement rejected inside a savepoint, rolled back to it, leaves nothing that outlives the
+/// savepoint: another session's TRUNCATE meanwhile resets the counter (before, the entry stayed
+/// held by the open transaction and kept its old count).
+#[test]
+fn savepoint_rollback_lets_go_of_the_counter() {
+    let db = Db::fresh("quota_savepoint");
+    let mut admin = db.connect();
+    admin
+        .batch_execute("CREATE TABLE q (ws uuid NOT NULL); SELECT tenancy.enforce_quota('q', 'ws'); SELECT tenancy.set_quota('q', 3);")
+        .unwrap();
+    let ws = random_ws(&mut admin);
+    insert_q(&mut admin, &ws, 3).unwrap();
+    let mut t1 = db.connect();
+    t1.batch_execute("BEGIN; SAVEPOINT s;").unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut t1, &ws, 1).unwrap_err()), "53400");
+    t1.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    let held: i64 = admin
+        .query_one("SELECT COALESCE(sum(in_flight), 0)::bigint FROM tenancy.quota_counters('q')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "the rolled-back savepoint still holds the counter");
+    admin.batch_execute("TRUNCATE q").unwrap();
+    t1.batch_execute("COMMIT").unwrap();
+    insert_q(&mut admin, &ws, 3).unwrap();
+    assert_eq!(sqlstate(&insert_q(&mut admin, &ws, 1).unwrap_err()), "53400");
+    assert_eq!(count_q(&mut admin, &ws), 3);
+    assert!(drift(&mut admin).is_empty());
 }

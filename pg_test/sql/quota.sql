@@ -266,3 +266,36 @@ SELECT used FROM tenancy.quota_usage WHERE table_name = 'quota_tx'::regclass AND
 SELECT * FROM tenancy.quota_drift('quota_tx');
 SELECT count(*) AS still_in_flight FROM tenancy.quota_counters() WHERE in_flight <> 0;
 DROP TABLE quota_tx;
+
+-- 16. Partitioned tables are refused: statement triggers on them miss rows written to a
+--     partition directly.
+CREATE TABLE quota_parted ("workspaceId" uuid NOT NULL) PARTITION BY HASH ("workspaceId");
+SELECT tenancy.enforce_quota('quota_parted');
+\echo :LAST_ERROR_SQLSTATE
+DROP TABLE quota_parted;
+
+-- 17. The bookkeeping runs with the counter owner's rights under a fixed search_path: an
+--     operator planted in a schema of the session's search path is never used by it.
+CREATE ROLE tenancy_regress_planter LOGIN;
+CREATE SCHEMA planted AUTHORIZATION tenancy_regress_planter;
+CREATE TABLE quota_sp ("workspaceId" uuid NOT NULL, kind text NOT NULL DEFAULT 'counted');
+GRANT SELECT, INSERT ON quota_sp TO tenancy_regress_planter;
+SELECT tenancy.enforce_quota('quota_sp', counted_when => 'kind = ''counted''');
+SELECT tenancy.set_quota('quota_sp', 2);
+SET ROLE tenancy_regress_planter;
+CREATE FUNCTION planted.eq(uuid, uuid) RETURNS boolean LANGUAGE plpgsql AS
+$$ BEGIN RAISE EXCEPTION 'planted operator ran as %', current_user; END $$;
+CREATE OPERATOR planted.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = planted.eq);
+CREATE FUNCTION planted.texteq(text, text) RETURNS boolean LANGUAGE plpgsql AS
+$$ BEGIN RAISE EXCEPTION 'planted operator ran as %', current_user; END $$;
+CREATE OPERATOR planted.= (LEFTARG = text, RIGHTARG = text, FUNCTION = planted.texteq);
+SET search_path = planted, public, pg_catalog;
+INSERT INTO quota_sp VALUES (:r1), (:r1);
+INSERT INTO quota_sp VALUES (:r1);
+\echo :LAST_ERROR_SQLSTATE
+RESET search_path;
+RESET ROLE;
+SELECT used, max_rows FROM tenancy.quota_usage WHERE table_name = 'quota_sp'::regclass;
+DROP TABLE quota_sp;
+DROP SCHEMA planted CASCADE;
+DROP ROLE tenancy_regress_planter;

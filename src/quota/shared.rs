@@ -120,13 +120,33 @@ struct Op {
 #[derive(Default)]
 struct Local {
     ops: Vec<Op>,
-    /// entries whose in_flight this transaction incremented
-    touched: Vec<Key>,
+    /// entries whose in_flight this transaction incremented, with the level of the first touch:
+    /// a savepoint rollback lets go of those it touched first (its ops are undone, and the table
+    /// lock that kept other transactions' TRUNCATE or recount away goes with it)
+    touched: Vec<(Key, i32)>,
     /// tables in "counted by this backend" mode (see forget_table), with the level of the call
     exclusive: Vec<(pg_sys::Oid, i32)>,
+    /// level at which this transaction inserted a tenancy.quota_shared_mark row, if it did
+    mark: Option<i32>,
 }
 
-static LOCAL: BackendLocal<Local> = BackendLocal::new(Local { ops: Vec::new(), touched: Vec::new(), exclusive: Vec::new() });
+static LOCAL: BackendLocal<Local> =
+    BackendLocal::new(Local { ops: Vec::new(), touched: Vec::new(), exclusive: Vec::new(), mark: None });
+
+/// Set when a transaction that inserted a quota_shared_mark row rolled it back: the quota caches
+/// (which remember the table as marked) must be dropped. Read by the quota trigger.
+pub(crate) static MARK_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This (sub)transaction inserted a tenancy.quota_shared_mark row.
+pub(crate) fn mark_inserted() {
+    let lvl = level();
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.mark.is_none() {
+            l.mark = Some(lvl);
+        }
+    });
+}
 
 pub(crate) fn init() {
     // SAFETY: reading a PostgreSQL global flag in _PG_init.
@@ -287,7 +307,7 @@ fn try_apply(key: &Key, n: i64, limit: Option<i64>) -> Option<Result<(), Over>> 
                 Kind::Reserve => 0,
             })
             .sum();
-        let first_touch = !local.touched.contains(key);
+        let first_touch = !local.touched.iter().any(|(k, _)| k == key);
         let outcome = with_entry(key, |e| {
             if first_touch {
                 e.in_flight.fetch_add(1, Relaxed);
@@ -316,7 +336,7 @@ fn try_apply(key: &Key, n: i64, limit: Option<i64>) -> Option<Result<(), Over>> 
             (Ok(()), reserve, offset)
         })?;
         if first_touch {
-            local.touched.push(*key);
+            local.touched.push((*key, lvl));
         }
         let (result, reserve, offset) = outcome;
         if result.is_ok() {
@@ -468,6 +488,9 @@ pub(crate) fn forget_table(relid: pg_sys::Oid) {
 /// Settle the notes at the end of the top-level transaction.
 fn settle(commit: bool) {
     let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    if !commit && local.mark.is_some() {
+        MARK_LOST.store(true, Relaxed);
+    }
     if local.ops.is_empty() && local.touched.is_empty() && local.exclusive.is_empty() {
         return;
     }
@@ -480,7 +503,7 @@ fn settle(commit: bool) {
         };
         with_entry(&op.key, |e| e.used.fetch_add(delta, Relaxed));
     }
-    for key in &local.touched {
+    for (key, _) in &local.touched {
         with_entry(key, |e| e.in_flight.fetch_sub(1, Relaxed));
     }
     for (relid, _) in &local.exclusive {
@@ -524,15 +547,26 @@ unsafe extern "C-unwind" fn subxact_callback(
     let lvl = level();
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            let undo: Vec<Op> = LOCAL.with(|l| {
+            let (undo, released) = LOCAL.with(|l| {
                 let mut l = l.borrow_mut();
                 l.exclusive.retain(|(_, at)| *at < lvl);
+                if l.mark.is_some_and(|at| at >= lvl) {
+                    l.mark = None;
+                    MARK_LOST.store(true, Relaxed);
+                }
                 let (undo, keep): (Vec<Op>, Vec<Op>) = l.ops.drain(..).partition(|o| o.level >= lvl);
                 l.ops = keep;
-                undo
+                // every op on a key first touched at this level or deeper is in `undo`
+                let (released, kept): (Vec<(Key, i32)>, Vec<(Key, i32)>) =
+                    l.touched.drain(..).partition(|(_, at)| *at >= lvl);
+                l.touched = kept;
+                (undo, released)
             });
             for op in undo.iter().filter(|o| o.kind == Kind::Reserve) {
                 with_entry(&op.key, |e| e.used.fetch_sub(op.n, Relaxed));
+            }
+            for (key, _) in &released {
+                with_entry(key, |e| e.in_flight.fetch_sub(1, Relaxed));
             }
         }
         SUBXACT_EVENT_COMMIT_SUB => LOCAL.with(|l| {
@@ -540,7 +574,13 @@ unsafe extern "C-unwind" fn subxact_callback(
             for op in l.ops.iter_mut().filter(|o| o.level >= lvl) {
                 op.level = lvl - 1;
             }
+            for (_, at) in l.touched.iter_mut().filter(|(_, at)| *at >= lvl) {
+                *at = lvl - 1;
+            }
             for (_, at) in l.exclusive.iter_mut().filter(|(_, at)| *at >= lvl) {
+                *at = lvl - 1;
+            }
+            if let Some(at) = l.mark.as_mut().filter(|at| **at >= lvl) {
                 *at = lvl - 1;
             }
         }),
