@@ -278,7 +278,8 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
             let counter = caches.counts.get(&relid).expect("prepared with the reader");
             let owner = caches.counter_owner.expect("loaded with the reader");
-            return crate::stats::internal(|| apply_shared(relid, quota, counter, owner, rows));
+            let new_here = storage_new_in_this_transaction(t.trigger_data().tg_relation);
+            return crate::stats::internal(|| apply_shared(relid, quota, counter, owner, rows, new_here));
         }
         crate::stats::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
@@ -330,7 +331,8 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             })?;
             if shared_path {
                 let counter = caches.counts.get(&relid).expect("prepared with the plans");
-                return apply_shared(relid, quota, counter, owner, rows);
+                let new_here = storage_new_in_this_transaction(t.trigger_data().tg_relation);
+                return apply_shared(relid, quota, counter, owner, rows, new_here);
             }
             for &(ws, used, added) in &rows {
                 if added <= 0 {
@@ -377,7 +379,14 @@ fn apply_shared(
     counter: &KeptPlan,
     owner: pg_sys::Oid,
     rows: Vec<([u8; 16], i64, i64)>,
+    new_here: bool,
 ) -> Result<Deltas, TenancyError> {
+    // A table created or rewritten in this transaction is as good as locked against other
+    // writers, and its rows may be frozen (COPY FREEZE), visible to the first count's
+    // command-id-0 snapshot: count it directly.
+    if new_here {
+        shared::forget_table(relid); // and drop its counters when the transaction ends
+    }
     let exclusive = shared::is_exclusive(relid);
     for &(ws, _, n) in &rows {
         let limit = quota.limit_for(&ws);
@@ -398,6 +407,16 @@ fn apply_shared(
         }
     }
     Ok(Ok(rows))
+}
+
+/// Was the relation created, or given new storage (TRUNCATE, a rewriting ALTER TABLE), in this
+/// transaction?
+fn storage_new_in_this_transaction(rel: pg_sys::Relation) -> bool {
+    const INVALID_SUBTRANSACTION_ID: pg_sys::SubTransactionId = 0;
+    // SAFETY: the trigger's open relation.
+    unsafe {
+        (*rel).rd_createSubid != INVALID_SUBTRANSACTION_ID || (*rel).rd_firstRelfilenodeSubid != INVALID_SUBTRANSACTION_ID
+    }
 }
 
 /// A fresh snapshot that sees what other transactions committed and nothing of this one (its
@@ -711,6 +730,41 @@ fn assert_expression(expr: &str) -> Result<bool, pgrx::pg_sys::panic::ErrorRepor
     };
     if n != 1 {
         return Err(bad("it ends the statement (a ';' outside a string?)"));
+    }
+    // Its parentheses must balance on their own: `a) OR (b` parses once wrapped in parentheses,
+    // but would change the meaning of the conditions it is combined with. PostgreSQL's own
+    // scanner tells parentheses from those inside strings, quoted names and comments.
+    // SAFETY: the scanner reads `alone` (alive for the whole loop) and is finished before
+    // return; the input already parsed, so the scanner raises no error.
+    let alone = CString::new(expr).expect("checked above: no NUL");
+    let balanced = unsafe {
+        let mut extra: pg_sys::core_yy_extra_type = std::mem::zeroed();
+        let scanner = pg_sys::scanner_init(
+            alone.as_ptr(),
+            &mut extra,
+            &raw const pg_sys::ScanKeywords,
+            pg_sys::ScanKeywordTokens.as_ptr(),
+        );
+        let mut depth = 0i32;
+        let mut never_negative = true;
+        loop {
+            let mut lval: pg_sys::core_YYSTYPE = std::mem::zeroed();
+            let mut lloc: std::ffi::c_int = 0;
+            match pg_sys::core_yylex(&mut lval, &mut lloc, scanner) {
+                0 => break,
+                t if t == b'(' as i32 => depth += 1,
+                t if t == b')' as i32 => {
+                    depth -= 1;
+                    never_negative &= depth >= 0;
+                }
+                _ => {}
+            }
+        }
+        pg_sys::scanner_finish(scanner);
+        never_negative && depth == 0
+    };
+    if !balanced {
+        return Err(bad("its parentheses do not balance"));
     }
     Ok(true)
 }

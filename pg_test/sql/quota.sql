@@ -299,3 +299,35 @@ SELECT used, max_rows FROM tenancy.quota_usage WHERE table_name = 'quota_sp'::re
 DROP TABLE quota_sp;
 DROP SCHEMA planted CASCADE;
 DROP ROLE tenancy_regress_planter;
+
+-- 18. counted_when's parentheses must balance on their own; strings and quoted names may hold any.
+SELECT tenancy.enforce_quota('"Segment"', counted_when => '"resourceType" = ''Declarative'') OR (true');
+\echo :LAST_ERROR_SQLSTATE
+SELECT tenancy._assert_expression('name <> '')('' AND "resourceType" = ''Declarative''');
+SELECT tenancy._assert_expression('(name = ''a'') AND (("resourceType") = ''Declarative'')');
+
+-- 19. A table rewritten in this transaction is counted directly: COPY FREEZE writes frozen
+--     rows, which a count blind to this transaction's own rows would still see.
+CREATE TABLE quota_new ("workspaceId" uuid NOT NULL, extra int);
+SELECT tenancy.enforce_quota('quota_new');
+SELECT tenancy.set_quota('quota_new', 2);
+INSERT INTO quota_new VALUES (:r2, 1);
+BEGIN;
+ALTER TABLE quota_new ALTER COLUMN extra TYPE bigint;
+COPY quota_new FROM STDIN WITH (FREEZE);
+b094544e-e377-7a92-7abe-70ec1195aff9	1
+b094544e-e377-7a92-7abe-70ec1195aff9	2
+\.
+SAVEPOINT at_limit;
+INSERT INTO quota_new VALUES (:r1, 3);
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO SAVEPOINT at_limit;
+COMMIT;
+INSERT INTO quota_new VALUES (:r1, 4);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO quota_new VALUES (:r2, 5);
+INSERT INTO quota_new VALUES (:r2, 6);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS rows_in_quota_new FROM quota_new;
+SELECT * FROM tenancy.quota_drift('quota_new');
+DROP TABLE quota_new;
