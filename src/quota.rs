@@ -1,32 +1,37 @@
 //! Per-workspace row quotas: the trigger that keeps counters exact, and the backend-local
 //! caches that keep it cheap. The SQL surface (tables, `enforce_quota`, `set_quota`,
-//! `release_quota`, `quota_usage`) is in `sql/quota.sql`.
+//! `release_quota`, `quota_usage`, `quota_counters`) is in `sql/quota.sql`.
 //!
 //! # How it stays exact
 //! `enforce_quota(tbl)` installs four statement-level AFTER triggers on `tbl` (INSERT and
 //! DELETE and UPDATE with transition tables, TRUNCATE) that all call [`quota_trigger`]. Each
 //! firing computes, from the transition tables, one delta per workspace (rows counted after
-//! minus rows counted before, with `counted_when` applied) and applies all deltas in one
-//! statement, `INSERT ... ON CONFLICT DO UPDATE SET used = used + delta`, ordered by workspace:
-//! - transition tables hold only the rows really inserted, deleted or updated, so
-//!   `ON CONFLICT DO NOTHING` on an existing row counts nothing and COPY counts every row;
-//! - the counter row's lock is held to the end of the transaction: concurrent writers of one
-//!   workspace serialize on it, and under READ COMMITTED the second one re-reads the committed
-//!   count before checking the limit (no overshoot). Under REPEATABLE READ / SERIALIZABLE the
-//!   second writer gets a serialization failure (40001) instead. Locks are taken in workspace
-//!   order, so writers of one table do not deadlock;
-//! - the counters are ordinary rows written in the user's transaction: rollbacks and
-//!   savepoints undo them with the data.
-//! A delta that grows a workspace past its effective limit raises 53400 and the whole
-//! statement is undone.
+//! minus rows counted before, with `counted_when` applied): transition tables hold only the
+//! rows really inserted, deleted or updated, so `ON CONFLICT DO NOTHING` on an existing row
+//! counts nothing and COPY counts every row. The deltas are then applied on one of two paths:
+//! - **shared memory** (tenancy preloaded; [`shared`], with the transition tables read
+//!   directly by [`transition`]): compare-and-swap reservations settled at commit or abort; no
+//!   row is written or locked, no limit overshot at any isolation level;
+//! - **counter rows** (not preloaded): one `INSERT ... ON CONFLICT DO UPDATE SET used = used +
+//!   delta` on `tenancy.quota_counter`, ordered by workspace. The counter row's lock is held to
+//!   the end of the transaction: concurrent writers of one workspace serialize on it, and under
+//!   READ COMMITTED the second re-reads the committed count before checking the limit (no
+//!   overshoot); under REPEATABLE READ / SERIALIZABLE it gets a serialization failure (40001)
+//!   instead. Locks are taken in workspace order, so writers of one table do not deadlock;
+//!   rollbacks and savepoints undo the counters with the data.
+//!
+//! A delta that grows a workspace past its effective limit raises 53400 and the whole statement
+//! is undone. Everything the trigger runs through SPI runs as the owner of the bookkeeping
+//! tables, as a security-restricted operation under `search_path = pg_catalog` ([`as_user`]).
 //!
 //! # Caches (per backend)
-//! Limits and table settings are read once per table and kept; the plans of the delta
-//! statements are prepared once per (table, event) and kept. Any change to
-//! `tenancy.quota_limit` or `tenancy.quota_table` fires a statement trigger that queues a
-//! relcache invalidation for that table; PostgreSQL delivers it to this backend at the next
-//! command and to every other backend at its next transaction start, where
-//! [`relcache_callback`] drops the caches.
+//! Limits and table settings are read once per table (with a fresh snapshot) and kept; the
+//! plans of the delta statements and counts, and the compiled transition readers, are prepared
+//! once per table and kept. Any change to `tenancy.quota_limit` or `tenancy.quota_table` fires
+//! a statement trigger that queues a relcache invalidation; PostgreSQL delivers it to this
+//! backend at the next command and to every other backend at its next transaction start, where
+//! [`relcache_callback`] drops the caches (an invalidation of an enforced table itself drops
+//! that table's entries).
 
 use std::cell::RefCell;
 use std::collections::HashMap;

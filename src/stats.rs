@@ -399,7 +399,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let addin_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        let addin_lock = addin_shmem_init_lock();
         pg_sys::LWLockAcquire(addin_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
         let shared = pg_sys::ShmemInitStruct(c"tenancy stats".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
@@ -422,17 +422,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if !found {
             std::ptr::write_bytes(slots, 0, n as usize);
         }
-        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
-        info.keysize = std::mem::size_of::<Key>();
-        info.entrysize = std::mem::size_of::<Entry>();
-        let max = MAX_WORKSPACES.get() as c_long;
-        let hash = pg_sys::ShmemInitHash(
-            c"tenancy stats hash".as_ptr(),
-            max,
-            max,
-            &mut info,
-            (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int,
-        );
+        let hash = shmem_hash::<Key, Entry>(c"tenancy stats hash", MAX_WORKSPACES.get() as c_long);
         pg_sys::LWLockRelease(addin_lock);
         SHARED.store(shared, Relaxed);
         HASH.store(hash, Relaxed);
@@ -628,16 +618,36 @@ fn record_at(ws: [u8; 16], now: i64, f: impl Fn(&Entry)) {
     }
 }
 
-/// Visit every entry. Caller holds the lock (SHARED to read, EXCLUSIVE if `f` collects keys to
-/// remove afterwards), or is the postmaster at start/exit with no backend left.
-unsafe fn each_entry(hash: *mut pg_sys::HTAB, mut f: impl FnMut(&Entry)) {
+/// Visit every entry of a shared hash table whose entries are `E`. Caller holds the table's lock
+/// (SHARED to read, EXCLUSIVE if `f` collects keys to remove afterwards), or is the postmaster
+/// at start/exit with no backend left.
+pub(crate) unsafe fn each_entry<E>(hash: *mut pg_sys::HTAB, mut f: impl FnMut(&E)) {
     // SAFETY: see the caller's obligations above.
     unsafe {
         let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
         pg_sys::hash_seq_init(&mut seq, hash);
-        while let Some(e) = pg_sys::hash_seq_search(&mut seq).cast::<Entry>().as_ref() {
+        while let Some(e) = pg_sys::hash_seq_search(&mut seq).cast::<E>().as_ref() {
             f(e);
         }
+    }
+}
+
+/// PostgreSQL's AddinShmemInitLock, held while a shmem_startup_hook creates or attaches its
+/// structures.
+pub(crate) unsafe fn addin_shmem_init_lock() -> *mut pg_sys::LWLock {
+    // SAFETY: MainLWLockArray is initialised before any shmem_startup_hook runs.
+    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(21)).lock }
+}
+
+/// Create or attach the shared hash table `name` of `max` entries `E`, keyed by the bytes of
+/// `K` (the first field of `E`). Caller holds AddinShmemInitLock, in a shmem_startup_hook.
+pub(crate) unsafe fn shmem_hash<K, E>(name: &std::ffi::CStr, max: c_long) -> *mut pg_sys::HTAB {
+    // SAFETY: see the caller's obligations above.
+    unsafe {
+        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
+        info.keysize = std::mem::size_of::<K>();
+        info.entrysize = std::mem::size_of::<E>();
+        pg_sys::ShmemInitHash(name.as_ptr(), max, max, &mut info, (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int)
     }
 }
 
@@ -646,7 +656,7 @@ unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
     // SAFETY: caller holds the lock exclusively, so entries cannot change membership.
     unsafe {
         let mut all: Vec<(i64, Key)> = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
-        each_entry(hash, |e| all.push((e.last_activity.load(Relaxed), e.key)));
+        each_entry(hash, |e: &Entry| all.push((e.last_activity.load(Relaxed), e.key)));
         all.sort_by_key(|(t, _)| *t);
         let n = (all.len() / 20).max(1);
         for (_, key) in all.iter().take(n) {
@@ -939,7 +949,7 @@ fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
             pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
         }
         out.reserve(pg_sys::hash_get_num_entries(hash) as usize);
-        each_entry(hash, |e| {
+        each_entry(hash, |e: &Entry| {
             out.push(Snapshot {
                 key: e.key,
                 v: [
@@ -1091,7 +1101,7 @@ fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pg
     unsafe {
         pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut keys = Vec::new();
-        each_entry(hash, |e| {
+        each_entry(hash, |e: &Entry| {
             if target.is_none() || target == Some(e.key.ws) {
                 keys.push(e.key);
             }

@@ -52,7 +52,7 @@
 //! One LWLock guards the hash table's membership: SHARED to look an entry up and change its
 //! atomics, EXCLUSIVE to insert or remove entries. Never held across anything that can wait.
 
-use std::ffi::{c_int, c_long, c_void};
+use std::ffi::{c_long, c_void};
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -61,7 +61,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::TenancyError;
-use crate::stats::{raw, BackendLocal};
+use crate::stats::{addin_shmem_init_lock, each_entry, raw, shmem_hash, BackendLocal};
 
 const TRANCHE: &std::ffi::CStr = c"tenancy quota";
 /// `locktag_field4` of the per-(table, workspace) initialisation lock (user advisory locks
@@ -199,7 +199,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let addin_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        let addin_lock = addin_shmem_init_lock();
         pg_sys::LWLockAcquire(addin_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
         let shared = pg_sys::ShmemInitStruct(c"tenancy quota".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
@@ -211,17 +211,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 evictions: AtomicU64::new(0),
             });
         }
-        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
-        info.keysize = std::mem::size_of::<Key>();
-        info.entrysize = std::mem::size_of::<Entry>();
-        let max = MAX_ENTRIES.get() as c_long;
-        let hash = pg_sys::ShmemInitHash(
-            c"tenancy quota hash".as_ptr(),
-            max,
-            max,
-            &mut info,
-            (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int,
-        );
+        let hash = shmem_hash::<Key, Entry>(c"tenancy quota hash", MAX_ENTRIES.get() as c_long);
         pg_sys::LWLockRelease(addin_lock);
         SHARED.store(shared, Relaxed);
         HASH.store(hash, Relaxed);
@@ -423,7 +413,7 @@ unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
     // SAFETY: caller holds the lock exclusively.
     unsafe {
         let mut idle: Vec<(i64, Key)> = Vec::new();
-        each_entry(hash, |e| {
+        each_entry(hash, |e: &Entry| {
             if e.in_flight.load(Relaxed) == 0 {
                 idle.push((e.last_used.load(Relaxed), e.key));
             }
@@ -437,17 +427,6 @@ unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
     }
 }
 
-unsafe fn each_entry(hash: *mut pg_sys::HTAB, mut f: impl FnMut(&Entry)) {
-    // SAFETY: caller holds the lock.
-    unsafe {
-        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
-        pg_sys::hash_seq_init(&mut seq, hash);
-        while let Some(e) = pg_sys::hash_seq_search(&mut seq).cast::<Entry>().as_ref() {
-            f(e);
-        }
-    }
-}
-
 /// Remove every entry of (this database, `relid`) that no transaction holds.
 fn remove_table(relid: pg_sys::Oid) {
     let Some(shared) = shared() else { return };
@@ -457,7 +436,7 @@ fn remove_table(relid: pg_sys::Oid) {
         pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut keys = Vec::new();
         let db = pg_sys::MyDatabaseId;
-        each_entry(hash, |e| {
+        each_entry(hash, |e: &Entry| {
             if e.key.dbid == db && e.key.relid == relid && e.in_flight.load(Relaxed) == 0 {
                 keys.push(e.key);
             }
@@ -603,7 +582,7 @@ fn quota_entries() -> TableIterator<
         unsafe {
             let db = pg_sys::MyDatabaseId;
             pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
-            each_entry(hash, |e| {
+            each_entry(hash, |e: &Entry| {
                 if e.key.dbid == db {
                     rows.push((e.key.relid, e.key.ws, e.used.load(Relaxed), e.in_flight.load(Relaxed)));
                 }
