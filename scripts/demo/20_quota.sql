@@ -31,3 +31,7 @@ SELECT w.name AS workspace, u.table_name, u.used, u.max_rows, u.source, u.pct
  WHERE w.name = 'Root 1' ORDER BY 2;
 \echo '-- and the counters never drift from the real counts'
 SELECT count(*) AS drifting_counters FROM tenancy.quota_drift();
+\echo '-- the counters the trigger checks: in shared memory (tenancy is preloaded), no row locked'
+SELECT w.name AS workspace, c.table_name, c.used, c.in_flight, c.location
+  FROM tenancy.quota_counters() c JOIN "Workspace" w ON w.id = c.workspace_id
+ WHERE w.name = 'Root 1' ORDER BY 2;
