@@ -7,7 +7,8 @@
 //!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
 //! - [`hierarchy`]: `readable_workspace_ids()`, a parent workspace's read scope over its
 //!   active children (the hierarchy option of the isolation policy).
-//! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; SQL in
+//! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; counters in shared
+//!   memory when preloaded, `quota::shared`, fed by `quota::transition`; SQL in
 //!   `sql/quota.sql`).
 //! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
 //! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
