@@ -108,7 +108,16 @@ pub(crate) fn init() {
     shared::init();
     // SAFETY: registers a callback with a 'static function; at most once per process (this
     // runs from _PG_init, which PostgreSQL calls once per process that loads the library).
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+        // a compiled counted_when has SQL functions inlined: redefining a function drops the
+        // compiled readers (kept SPI plans revalidate themselves)
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            Some(syscache_callback),
+            pg_sys::Datum::from(0),
+        );
+    }
 }
 
 /// Relcache invalidation callback: an invalidation of a config table (or of all relations)
@@ -126,6 +135,19 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
                 // compiled counted_when may be stale
                 c.forget(relid);
             }
+        } else {
+            PENDING_CLEAR.with(|p| p.set(true));
+        }
+    });
+}
+
+/// Syscache invalidation callback (pg_proc): drop the compiled transition readers.
+/// Must not raise errors or run queries.
+#[pg_guard]
+unsafe extern "C-unwind" fn syscache_callback(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    CACHES.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.readers.clear();
         } else {
             PENDING_CLEAR.with(|p| p.set(true));
         }
@@ -279,10 +301,10 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
         take_pending_clear(&mut caches);
         if let (true, Some(Some(reader))) = (shared_path, caches.readers.get(&relid)) {
             // the common case: no SPI at all unless a counter must be counted first
-            let rows = reader.deltas(t.trigger_data(), event).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
+            let owner = caches.counter_owner.expect("loaded with the reader");
+            let rows = reader.deltas(t.trigger_data(), event, owner).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
             let counter = caches.counts.get(&relid).expect("prepared with the reader");
-            let owner = caches.counter_owner.expect("loaded with the reader");
             let new_here = storage_new_in_this_transaction(t.trigger_data().tg_relation);
             return crate::stats::internal(|| apply_shared(relid, quota, counter, owner, rows, new_here));
         }
@@ -296,7 +318,9 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             ensure_loaded(&mut caches, client, relid)?;
             let owner = caches.counter_owner.expect("loaded with the table");
             let key = (relid, event);
-            if !caches.plans.contains_key(&key) || (shared_path && !caches.counts.contains_key(&relid)) {
+            if !caches.plans.contains_key(&key)
+                || (shared_path && !(caches.counts.contains_key(&relid) && caches.readers.contains_key(&relid)))
+            {
                 let Some(Some(quota)) = caches.tables.get(&relid) else {
                     return Ok(Ok(Vec::new())); // not (or no longer) enforced: nothing to count
                 };

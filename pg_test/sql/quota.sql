@@ -331,3 +331,18 @@ INSERT INTO quota_new VALUES (:r2, 6);
 SELECT count(*) AS rows_in_quota_new FROM quota_new;
 SELECT * FROM tenancy.quota_drift('quota_new');
 DROP TABLE quota_new;
+
+-- 20. counted_when is compiled once per table and backend, with SQL functions inlined: redefining
+--     a function it calls is seen by the next statement. (Rows already there count by the old
+--     definition until enforce_quota() recounts: only r2, written afterwards, is checked.)
+CREATE FUNCTION quota_counts_kind(k text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT k = 'a' $$;
+CREATE TABLE quota_fn ("workspaceId" uuid NOT NULL, k text NOT NULL);
+SELECT tenancy.enforce_quota('quota_fn', counted_when => 'public.quota_counts_kind(k)');
+INSERT INTO quota_fn VALUES (:r1, 'a');
+INSERT INTO quota_fn VALUES (:r1, 'b');
+CREATE OR REPLACE FUNCTION quota_counts_kind(k text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT k = 'b' $$;
+INSERT INTO quota_fn VALUES (:r2, 'b');
+SELECT counted, actual FROM tenancy.quota_drift('quota_fn') WHERE workspace_id = :r2;
+SELECT used FROM tenancy.quota_counters('quota_fn') WHERE workspace_id = :r2;
+DROP TABLE quota_fn;
+DROP FUNCTION quota_counts_kind(text);

@@ -126,12 +126,12 @@ struct Local {
     touched: Vec<(Key, i32)>,
     /// tables in "counted by this backend" mode (see forget_table), with the level of the call
     exclusive: Vec<(pg_sys::Oid, i32)>,
-    /// level at which this transaction inserted a tenancy.quota_shared_mark row, if it did
-    mark: Option<i32>,
+    /// levels at which this transaction inserted tenancy.quota_shared_mark rows
+    marks: Vec<i32>,
 }
 
 static LOCAL: BackendLocal<Local> =
-    BackendLocal::new(Local { ops: Vec::new(), touched: Vec::new(), exclusive: Vec::new(), mark: None });
+    BackendLocal::new(Local { ops: Vec::new(), touched: Vec::new(), exclusive: Vec::new(), marks: Vec::new() });
 
 /// Set when a transaction that inserted a quota_shared_mark row rolled it back: the quota caches
 /// (which remember the table as marked) must be dropped. Read by the quota trigger.
@@ -140,12 +140,7 @@ pub(crate) static MARK_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::
 /// This (sub)transaction inserted a tenancy.quota_shared_mark row.
 pub(crate) fn mark_inserted() {
     let lvl = level();
-    LOCAL.with(|l| {
-        let mut l = l.borrow_mut();
-        if l.mark.is_none() {
-            l.mark = Some(lvl);
-        }
-    });
+    LOCAL.with(|l| l.borrow_mut().marks.push(lvl));
 }
 
 pub(crate) fn init() {
@@ -467,7 +462,7 @@ pub(crate) fn forget_table(relid: pg_sys::Oid) {
 /// Settle the notes at the end of the top-level transaction.
 fn settle(commit: bool) {
     let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut()));
-    if !commit && local.mark.is_some() {
+    if !commit && !local.marks.is_empty() {
         MARK_LOST.store(true, Relaxed);
     }
     if local.ops.is_empty() && local.touched.is_empty() && local.exclusive.is_empty() {
@@ -497,7 +492,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_PRE_PREPARE => {
             let holds = LOCAL.with(|l| {
                 let l = l.borrow();
-                !(l.ops.is_empty() && l.touched.is_empty() && l.exclusive.is_empty())
+                !(l.ops.is_empty() && l.touched.is_empty() && l.exclusive.is_empty() && l.marks.is_empty())
             });
             if holds {
                 TenancyError::new(
@@ -529,8 +524,8 @@ unsafe extern "C-unwind" fn subxact_callback(
             let (undo, released) = LOCAL.with(|l| {
                 let mut l = l.borrow_mut();
                 l.exclusive.retain(|(_, at)| *at < lvl);
-                if l.mark.is_some_and(|at| at >= lvl) {
-                    l.mark = None;
+                if l.marks.iter().any(|at| *at >= lvl) {
+                    l.marks.retain(|at| *at < lvl);
                     MARK_LOST.store(true, Relaxed);
                 }
                 let (undo, keep): (Vec<Op>, Vec<Op>) = l.ops.drain(..).partition(|o| o.level >= lvl);
@@ -559,7 +554,7 @@ unsafe extern "C-unwind" fn subxact_callback(
             for (_, at) in l.exclusive.iter_mut().filter(|(_, at)| *at >= lvl) {
                 *at = lvl - 1;
             }
-            if let Some(at) = l.mark.as_mut().filter(|at| **at >= lvl) {
+            for at in l.marks.iter_mut().filter(|at| **at >= lvl) {
                 *at = lvl - 1;
             }
         }),

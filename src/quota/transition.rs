@@ -27,6 +27,16 @@ pub(super) struct Deltas {
     cond: Option<(*mut pg_sys::ExprState, *mut pg_sys::ExprContext)>,
 }
 
+/// Switches back to a memory context when dropped.
+struct RestoreContext(pg_sys::MemoryContext);
+
+impl Drop for RestoreContext {
+    fn drop(&mut self) {
+        // SAFETY: the context saved before switching away from it; still alive.
+        unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
+    }
+}
+
 impl Drop for Deltas {
     fn drop(&mut self) {
         // SAFETY: the context was created by `compile` and nothing else refers to it.
@@ -92,6 +102,9 @@ impl Deltas {
                 return Ok(None);
             }
             let old = pg_sys::MemoryContextSwitchTo(ctx);
+            // declared after `out`, so dropped before it when an ERROR unwinds from here: the
+            // context is never deleted while it is the current one
+            let _restore = RestoreContext(old);
             let copied = pg_sys::copyObjectImpl(expr.cast()).cast::<pg_sys::Expr>();
             let planned = pg_sys::expression_planner(copied);
             let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
@@ -105,8 +118,27 @@ impl Deltas {
 
     /// Per-workspace net change of counted rows of one statement (new rows +1, old rows -1),
     /// in workspace order, zeros left out.
-    pub(super) fn deltas(&self, td: &pg_sys::TriggerData, event: Event) -> Vec<([u8; 16], i64)> {
+    /// `counted_when` is evaluated as `owner` in a security-restricted operation (as the SPI
+    /// path runs it; its operators and functions were resolved when it was compiled, under
+    /// `search_path = pg_catalog`).
+    pub(super) fn deltas(&self, td: &pg_sys::TriggerData, event: Event, owner: pg_sys::Oid) -> Vec<([u8; 16], i64)> {
         let mut map = BTreeMap::<[u8; 16], i64>::new();
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_ctx: i32 = 0;
+        if self.cond.is_some() {
+            // SAFETY: plain reads/writes of the current user id and security context, restored
+            // below, or by (sub)transaction abort when an ERROR unwinds from the evaluation.
+            unsafe {
+                pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+                pg_sys::SetUserIdAndSecContext(
+                    owner,
+                    saved_ctx
+                        | (pg_sys::SECURITY_LOCAL_USERID_CHANGE
+                            | pg_sys::SECURITY_RESTRICTED_OPERATION
+                            | pg_sys::SECURITY_NOFORCE_RLS) as i32,
+                );
+            }
+        }
         let stores: &[(*mut pg_sys::Tuplestorestate, i64)] = match event {
             Event::Insert => &[(td.tg_newtable, 1)],
             Event::Delete => &[(td.tg_oldtable, -1)],
@@ -151,6 +183,10 @@ impl Deltas {
                 }
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
+        }
+        if self.cond.is_some() {
+            // SAFETY: restores exactly what was saved above.
+            unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
         }
         map.into_iter().filter(|&(_, n)| n != 0).collect()
     }
