@@ -208,29 +208,57 @@ impl KeptPlan {
     /// statement's included. Returns the count.
     fn count(&self, ws: &[u8; 16], snapshot: Option<pg_sys::Snapshot>) -> Result<i64, TenancyError> {
         let uuid = pgrx::Uuid::from_bytes(*ws);
-        // SAFETY: SPI is connected (caller); the uuid datum points into `uuid`, alive for the
-        // call; the result is read before the next SPI call.
-        unsafe {
-            let mut values = [uuid.into_datum().expect("uuid datum")];
-            let nulls = [b' ' as std::ffi::c_char];
-            let snap = match snapshot {
-                Some(snap) => snap,
-                None => {
-                    pg_sys::CommandCounterIncrement();
-                    pg_sys::GetLatestSnapshot()
-                }
-            };
-            let rc =
-                pg_sys::SPI_execute_snapshot(self.0, values.as_mut_ptr(), nulls.as_ptr(), snap, std::ptr::null_mut(), true, false, 0);
-            let table = pg_sys::SPI_tuptable;
-            if rc != pg_sys::SPI_OK_SELECT as i32 || table.is_null() || pg_sys::SPI_processed != 1 {
-                return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: quota count failed")
-                    .detail(format!("SPI result {rc}")));
+        let value = uuid.into_datum().expect("uuid datum");
+        let snap = snapshot.unwrap_or_else(|| {
+            // SAFETY: makes the triggering statement's rows visible to the snapshot taken next.
+            unsafe {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::GetLatestSnapshot()
             }
-            let mut isnull = false;
-            let d = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut isnull);
-            Ok(if isnull { 0 } else { d.value() as i64 })
+        });
+        // SAFETY: SPI is connected (caller); the uuid datum points into `uuid`, alive for the call.
+        let rows = unsafe { execute_with_snapshot(self.0, &mut [value], snap)? };
+        match rows.as_slice() {
+            [row] => Ok(row[0].map_or(0, |d| d.value() as i64)),
+            _ => Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: quota count failed")
+                .detail(format!("{} rows", rows.len()))),
         }
+    }
+}
+
+/// Run `plan` read-only with `snapshot` and `values` (none NULL); each row's datums (None for
+/// NULL), valid until the SPI connection closes.
+///
+/// # Safety
+/// SPI is connected; `values` match the plan's parameter types.
+unsafe fn execute_with_snapshot(
+    plan: pg_sys::SPIPlanPtr,
+    values: &mut [pg_sys::Datum],
+    snapshot: pg_sys::Snapshot,
+) -> Result<Vec<Vec<Option<pg_sys::Datum>>>, TenancyError> {
+    let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+    // SAFETY: see the function's obligations; SPI copies the snapshot when it pushes it.
+    unsafe {
+        let rc = pg_sys::SPI_execute_snapshot(plan, values.as_mut_ptr(), nulls.as_ptr(), snapshot, std::ptr::null_mut(), true, false, 0);
+        let table = pg_sys::SPI_tuptable;
+        if rc != pg_sys::SPI_OK_SELECT as i32 || table.is_null() {
+            return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: internal query failed")
+                .detail(format!("SPI result {rc}")));
+        }
+        let desc = (*table).tupdesc;
+        let rows = (0..pg_sys::SPI_processed as usize)
+            .map(|i| {
+                let tuple = *(*table).vals.add(i);
+                (1..=(*desc).natts)
+                    .map(|col| {
+                        let mut isnull = false;
+                        let d = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
+                        (!isnull).then_some(d)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(rows)
     }
 }
 
@@ -305,8 +333,8 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             let rows = reader.deltas(t.trigger_data(), event, owner).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
             let counter = caches.counts.get(&relid).expect("prepared with the reader");
-            let new_here = storage_new_in_this_transaction(t.trigger_data().tg_relation);
-            return crate::stats::internal(|| apply_shared(relid, quota, counter, owner, rows, new_here));
+            let rel = t.trigger_data().tg_relation;
+            return crate::stats::internal(|| apply_shared(rel, relid, quota, counter, owner, rows));
         }
         crate::stats::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
@@ -360,8 +388,7 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             })?;
             if shared_path {
                 let counter = caches.counts.get(&relid).expect("prepared with the plans");
-                let new_here = storage_new_in_this_transaction(t.trigger_data().tg_relation);
-                return apply_shared(relid, quota, counter, owner, rows, new_here);
+                return apply_shared(t.trigger_data().tg_relation, relid, quota, counter, owner, rows);
             }
             for &(ws, used, added) in &rows {
                 if added <= 0 {
@@ -403,17 +430,17 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
 /// The shared-memory path (see [`shared`]): apply each workspace's delta to its counter in
 /// shared memory, counting the table for a counter not there yet.
 fn apply_shared(
+    rel: pg_sys::Relation,
     relid: pg_sys::Oid,
     quota: &TableQuota,
     counter: &KeptPlan,
     owner: pg_sys::Oid,
     rows: Vec<([u8; 16], i64, i64)>,
-    new_here: bool,
 ) -> Result<Deltas, TenancyError> {
     // A table created or rewritten in this transaction is as good as locked against other
     // writers, and its rows may be frozen (COPY FREEZE), visible to the first count's
     // command-id-0 snapshot: count it directly.
-    if new_here {
+    if storage_new_in_this_transaction(rel) {
         shared::forget_table(relid); // and drop its counters when the transaction ends
     }
     let exclusive = shared::is_exclusive(relid);
@@ -546,36 +573,16 @@ fn select_latest(sql: &str, args: &[(pg_sys::Oid, pg_sys::Datum)]) -> Result<Vec
     let text = CString::new(sql).expect("no NUL in our SQL");
     let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
     let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
-    let nulls = vec![b' ' as std::ffi::c_char; args.len()];
-    // SAFETY: SPI is connected (caller); the plan is freed before returning; the snapshot is
-    // copied by SPI when pushed.
+    // SAFETY: SPI is connected (caller); the plan is freed before returning (the rows live in
+    // SPI's tuple table, not in the plan).
     unsafe {
         let plan = pg_sys::SPI_prepare(text.as_ptr(), args.len() as i32, types.as_mut_ptr());
         if plan.is_null() {
             return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: could not prepare a settings query"));
         }
-        let snap = pg_sys::GetLatestSnapshot();
-        let rc = pg_sys::SPI_execute_snapshot(plan, values.as_mut_ptr(), nulls.as_ptr(), snap, std::ptr::null_mut(), true, false, 0);
+        let rows = execute_with_snapshot(plan, &mut values, pg_sys::GetLatestSnapshot());
         pg_sys::SPI_freeplan(plan);
-        let table = pg_sys::SPI_tuptable;
-        if rc != pg_sys::SPI_OK_SELECT as i32 || table.is_null() {
-            return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: settings query failed")
-                .detail(format!("SPI result {rc}")));
-        }
-        let desc = (*table).tupdesc;
-        let mut rows = Vec::with_capacity(pg_sys::SPI_processed as usize);
-        for i in 0..pg_sys::SPI_processed as usize {
-            let tuple = *(*table).vals.add(i);
-            let row = (1..=(*desc).natts)
-                .map(|col| {
-                    let mut isnull = false;
-                    let d = pg_sys::SPI_getbinval(tuple, desc, col, &mut isnull);
-                    (!isnull).then_some(d)
-                })
-                .collect();
-            rows.push(row);
-        }
-        Ok(rows)
+        rows
     }
 }
 

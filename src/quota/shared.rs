@@ -325,18 +325,25 @@ fn try_apply(key: &Key, n: i64, limit: Option<i64>) -> Option<Result<(), Over>> 
         }
         let (result, reserve, offset) = outcome;
         if result.is_ok() {
-            if n < 0 {
-                local.ops.push(Op { key: *key, level: lvl, kind: Kind::Release, n: -n });
-            }
-            if reserve > 0 {
-                local.ops.push(Op { key: *key, level: lvl, kind: Kind::Reserve, n: reserve });
-            }
-            if offset > 0 {
-                local.ops.push(Op { key: *key, level: lvl, kind: Kind::Offset, n: offset });
+            for (kind, amount) in [(Kind::Release, -n), (Kind::Reserve, reserve), (Kind::Offset, offset)] {
+                if amount > 0 {
+                    local.note(Op { key: *key, level: lvl, kind, n: amount });
+                }
             }
         }
         Some(result)
     })
+}
+
+impl Local {
+    /// Add `op` to the note of the same key, level and kind, if any: a transaction of many
+    /// statements keeps one note per (key, level, kind), so the scans above stay short.
+    fn note(&mut self, op: Op) {
+        match self.ops.iter_mut().find(|o| o.key == op.key && o.level == op.level && o.kind == op.kind) {
+            Some(o) => o.n += op.n,
+            None => self.ops.push(op),
+        }
+    }
 }
 
 fn init_locktag(key: &Key) -> pg_sys::LOCKTAG {
@@ -531,7 +538,7 @@ unsafe extern "C-unwind" fn subxact_callback(
                 let (undo, keep): (Vec<Op>, Vec<Op>) = l.ops.drain(..).partition(|o| o.level >= lvl);
                 l.ops = keep;
                 // every op on a key first touched at this level or deeper is in `undo`
-                let (released, kept): (Vec<(Key, i32)>, Vec<(Key, i32)>) =
+                let (released, kept): (Vec<_>, Vec<_>) =
                     l.touched.drain(..).partition(|(_, at)| *at >= lvl);
                 l.touched = kept;
                 (undo, released)
