@@ -454,9 +454,59 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     WITH t AS MATERIALIZED (SELECT * FROM @extschema@._tenant_tables(workspace_column)),
-    app AS MATERIALIZED (   -- login roles row-level security applies to, with DML on every tenant table
-        SELECT r.rolname FROM pg_roles r
-         WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls
+    subject AS MATERIALIZED (   -- login roles row-level security applies to
+        SELECT r.oid, r.rolname, r.rolcreaterole, r.rolreplication FROM pg_roles r
+         WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls),
+    escalation AS MATERIALIZED (   -- ways such a role can leave row-level security behind
+        -- CREATEROLE held: in PostgreSQL 15 it can grant itself any non-superuser role
+        SELECT s.oid, s.rolname, 'createrole_login' AS chk,
+               'login role subject to row-level security has CREATEROLE: in PostgreSQL 15 it can grant itself any non-superuser role, a BYPASSRLS (cross-workspace) role included, and then SET ROLE to it, unlogged; it can also change the password of other roles, the migration role included' AS detail,
+               format('ALTER ROLE %s NOCREATEROLE;', @extschema@._quote_always(s.rolname)) AS fix
+          FROM subject s WHERE s.rolcreaterole
+        UNION ALL
+        -- CREATEROLE or superuser reached by SET ROLE (membership, direct or through other roles;
+        -- attributes are never inherited, SET ROLE is allowed whatever INHERIT says)
+        SELECT s.oid, s.rolname, CASE WHEN x.super THEN 'superuser_member' ELSE 'createrole_login' END,
+               format('login role subject to row-level security is a member of %s, which %s: it can SET ROLE to it %s',
+                      x.roles, CASE WHEN x.super THEN 'is a superuser' ELSE 'has CREATEROLE' END,
+                      CASE WHEN x.super THEN 'and then ignores row-level security'
+                           ELSE 'and, in PostgreSQL 15, grant itself any non-superuser role, a BYPASSRLS (cross-workspace) role included' END),
+               (SELECT string_agg(format('REVOKE %s FROM %s;', @extschema@._quote_always(g.rolname), @extschema@._quote_always(s.rolname)),
+                                  E'\n' ORDER BY g.rolname COLLATE "C")
+                  FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid
+                 WHERE am.member = s.oid AND (x.super OR NOT g.rolsuper)   -- a superuser is a member of every role
+                   AND EXISTS (SELECT 1 FROM pg_roles c
+                                WHERE (CASE WHEN x.super THEN c.rolsuper ELSE c.rolcreaterole AND NOT c.rolsuper END)
+                                  AND pg_has_role(g.oid, c.oid, 'MEMBER')))
+          FROM subject s
+          CROSS JOIN LATERAL (
+              SELECT c.rolsuper AS super,
+                     string_agg(@extschema@._quote_always(c.rolname), ', ' ORDER BY c.rolname COLLATE "C") AS roles
+                FROM pg_roles c
+               WHERE (c.rolsuper OR c.rolcreaterole) AND c.oid <> s.oid AND pg_has_role(s.oid, c.oid, 'MEMBER')
+               GROUP BY c.rolsuper) AS x
+        UNION ALL
+        -- ADMIN OPTION (its own or of a role it can SET ROLE to) on a BYPASSRLS role, or on a
+        -- role that is a member of one: it can hand cross-workspace access to any role
+        SELECT s.oid, s.rolname, 'bypassrls_grantable',
+               format('login role subject to row-level security can grant %s, which %s, to any role (ADMIN OPTION%s): cross-workspace access is meant for the application role only, through tenancy.begin_cross_workspace()',
+                      string_agg(DISTINCT @extschema@._quote_always(g.rolname), ', '),
+                      CASE WHEN bool_and(g.rolbypassrls) THEN 'bypasses row-level security' ELSE 'leads to a BYPASSRLS role' END,
+                      CASE WHEN bool_and(am.member = s.oid) THEN ''
+                           ELSE ' held by ' || string_agg(DISTINCT @extschema@._quote_always(h.rolname), ', ') END),
+               string_agg(DISTINCT format('REVOKE ADMIN OPTION FOR %s FROM %s;', @extschema@._quote_always(g.rolname),
+                                          @extschema@._quote_always(h.rolname)), E'\n')
+          FROM subject s
+          JOIN pg_auth_members am ON am.admin_option AND pg_has_role(s.oid, am.member, 'MEMBER')
+          JOIN pg_roles g ON g.oid = am.roleid AND NOT g.rolsuper
+          JOIN pg_roles h ON h.oid = am.member
+         WHERE EXISTS (SELECT 1 FROM pg_roles b WHERE b.rolbypassrls AND NOT b.rolsuper AND pg_has_role(g.oid, b.oid, 'MEMBER'))
+         GROUP BY s.oid, s.rolname),
+    app AS MATERIALIZED (   -- login roles row-level security applies to, with DML on every tenant table,
+                            -- no way out of it and no REPLICATION
+        SELECT r.rolname FROM subject r
+         WHERE NOT r.rolreplication
+           AND NOT EXISTS (SELECT 1 FROM escalation e WHERE e.oid = r.oid)
            AND NOT EXISTS (SELECT 1 FROM t WHERE pg_has_role(r.oid, t.relowner, 'MEMBER'))
            AND NOT EXISTS (SELECT 1 FROM t
                             WHERE NOT (has_table_privilege(r.oid, t.relid, 'SELECT') AND has_table_privilege(r.oid, t.relid, 'INSERT')
@@ -489,6 +539,14 @@ AS $fn$
            format('ALTER ROLE %s NOBYPASSRLS;', @extschema@._quote_always(r.rolname)), NULL
       FROM pg_roles r WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolbypassrls
     UNION ALL
+    SELECT 'fail', e.chk, 'role ' || @extschema@._quote_always(e.rolname), e.detail, e.fix, NULL
+      FROM escalation e
+    UNION ALL
+    SELECT 'warn', 'replication_login', 'role ' || @extschema@._quote_always(s.rolname),
+           'login role has REPLICATION: through streaming replication, a base backup or logical decoding it reads every workspace''s rows, row-level security aside (fine for a replica''s role, never for the application)',
+           format('ALTER ROLE %s NOREPLICATION;', @extschema@._quote_always(s.rolname)), NULL
+      FROM subject s WHERE s.rolreplication
+    UNION ALL
     SELECT 'info', 'bypassrls_role', 'role ' || @extschema@._quote_always(r.rolname),
            format('NOLOGIN role with BYPASSRLS (cross-workspace access by SET ROLE); members: %s',
                   coalesce((SELECT string_agg(@extschema@._quote_always(m.rolname), ', ' ORDER BY m.rolname COLLATE "C")
@@ -507,12 +565,12 @@ AS $fn$
      WHERE p.can_delete OR p.can_reparent
     UNION ALL
     SELECT 'info', 'application_role', 'role ' || @extschema@._quote_always(app.rolname),
-           'login role subject to row-level security (not superuser, not BYPASSRLS, owns no tenant table) with SELECT, INSERT, UPDATE, DELETE on every tenant table',
+           'login role subject to row-level security (not superuser, not BYPASSRLS, owns no tenant table, no CREATEROLE, REPLICATION or other way to a superuser or BYPASSRLS role) with SELECT, INSERT, UPDATE, DELETE on every tenant table',
            NULL, NULL
       FROM app
     UNION ALL
     SELECT 'fail', 'no_application_role', 'database ' || @extschema@._quote_always(current_database()),
-           'no login role that is neither superuser nor BYPASSRLS nor a table owner has SELECT, INSERT, UPDATE and DELETE on every tenant table: the application connects as a role row-level security does not apply to',
+           'no login role that is neither superuser nor BYPASSRLS nor a table owner (nor able to become one of these: CREATEROLE, REPLICATION, ADMIN OPTION on a BYPASSRLS role) has SELECT, INSERT, UPDATE and DELETE on every tenant table: the application connects as a role row-level security does not apply to',
            format(E'-- Connect the application as this role (set its password); keep the owner for migrations.\n%s',
                   (SELECT string_agg(format('SELECT %s.create_app_role(%L, %L);', @extschema@._quote_always('@extschema@'),
                                             nr.n, s.nspname), E'\n' ORDER BY s.nspname)
@@ -522,7 +580,27 @@ AS $fn$
      WHERE NOT EXISTS (SELECT 1 FROM app) AND EXISTS (SELECT 1 FROM t)
 $fn$;
 COMMENT ON FUNCTION @extschema@._audit_roles(name) IS
-'Internal: audit() checks on roles: superuser_login, bypassrls_login, bypassrls_role, registry_writable, application_role, no_application_role.';
+'Internal: audit() checks on roles: superuser_login, bypassrls_login, createrole_login, superuser_member, bypassrls_grantable, replication_login, bypassrls_role, registry_writable, application_role, no_application_role.';
+
+-- Whether a function's source names a relation as an identifier, not as a substring of a longer
+-- one ("Segment" in "SegmentAssignment"): quoted ("Segment", embedded quotes doubled), as a
+-- string literal ('Segment', for dynamic SQL), or as a word between characters that cannot
+-- continue an identifier (unquoted, schema-qualified, inside a literal); an unquoted name folds to lower case, so an all-lower-case
+-- name matches in any case. For SQL-standard bodies (BEGIN ATOMIC, prosrc empty) audit uses
+-- pg_depend instead.
+CREATE FUNCTION @extschema@._mentions_name(src text, relname name)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT strpos(src, @extschema@._quote_always(relname)) > 0
+        OR strpos(src, quote_literal(relname)) > 0
+        OR CASE WHEN relname::text = lower(relname) THEN src ~* w.pattern ELSE src ~ w.pattern END
+      FROM (SELECT '(^|[^[:alnum:]_$])' || regexp_replace(relname, '([^[:alnum:]_])', '\\\1', 'g') || '($|[^[:alnum:]_$])'
+                   AS pattern) AS w
+$fn$;
+COMMENT ON FUNCTION @extschema@._mentions_name(text, name) IS
+'Internal: whether source text names a relation as an identifier (quoted, as a string literal, or as a whole word; case-insensitively when the name is all lower case), not as part of a longer name.';
 
 -- Audit checks on objects around the tenant tables: views, materialized views, SECURITY DEFINER
 -- functions, foreign keys.
@@ -566,7 +644,14 @@ AS $fn$
           JOIN pg_namespace n ON n.oid = p.pronamespace
           JOIN pg_language l ON l.oid = p.prolang
           JOIN pg_roles o ON o.oid = p.proowner
-          JOIN t ON strpos(p.prosrc, t.relname) > 0
+          -- a SQL-standard body (BEGIN ATOMIC, RETURN) records its tables, and the views it reads,
+          -- in pg_depend; other bodies are text, searched for the table's name as an identifier
+          JOIN t ON EXISTS (SELECT 1 FROM pg_depend d
+                             WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                               AND d.refclassid = 'pg_class'::regclass
+                               AND (d.refobjid = t.relid
+                                    OR EXISTS (SELECT 1 FROM reads WHERE reads.viewid = d.refobjid AND reads.baseid = t.relid)))
+                 OR (p.prosqlbody IS NULL AND @extschema@._mentions_name(p.prosrc, t.relname))
          WHERE p.prosecdef AND l.lanname NOT IN ('internal', 'c')
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
@@ -687,7 +772,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.audit(name) IS
-'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
 
 REVOKE ALL ON FUNCTION @extschema@._tenant_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._enable_rls_sql(text, name, boolean) FROM PUBLIC;
@@ -704,5 +789,6 @@ REVOKE ALL ON FUNCTION @extschema@._audit_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._audit_policies(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._audit_roles(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._audit_dependents(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._mentions_name(text, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.index_advice(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.audit(name) FROM PUBLIC;

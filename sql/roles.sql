@@ -102,7 +102,7 @@ BEGIN
     IF NOT FOUND THEN
         -- NOINHERIT: the privileges of a role it is granted (the cross-workspace role's, on the
         -- registry) stay behind SET ROLE
-        EXECUTE format('CREATE ROLE %s LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE',
+        EXECUTE format('CREATE ROLE %s LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION',
                        @extschema@._quote_always(role_name));
     ELSIF r.rolsuper OR r.rolbypassrls THEN
         RAISE EXCEPTION 'role % cannot be the application role: it is %', @extschema@._quote_always(role_name),
@@ -110,8 +110,15 @@ BEGIN
             USING ERRCODE = '42501',
                   DETAIL = 'Row-level security does not apply to superusers and BYPASSRLS roles.',
                   HINT = 'Choose a new role name; tenancy.create_app_role() creates it.';
-    ELSIF r.rolinherit THEN
-        EXECUTE format('ALTER ROLE %s NOINHERIT', @extschema@._quote_always(role_name));
+    ELSIF r.rolinherit OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication THEN
+        -- CREATEROLE (PostgreSQL 15) grants itself any non-superuser role, the cross-workspace
+        -- (BYPASSRLS) role included, and resets other roles' passwords; REPLICATION streams
+        -- every workspace's rows out of the WAL; CREATEDB has no use here
+        EXECUTE format('ALTER ROLE %s%s%s%s%s', @extschema@._quote_always(role_name),
+                       CASE WHEN r.rolinherit THEN ' NOINHERIT' ELSE '' END,
+                       CASE WHEN r.rolcreaterole THEN ' NOCREATEROLE' ELSE '' END,
+                       CASE WHEN r.rolcreatedb THEN ' NOCREATEDB' ELSE '' END,
+                       CASE WHEN r.rolreplication THEN ' NOREPLICATION' ELSE '' END);
     END IF;
     SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.relname) INTO owned
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -132,7 +139,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.create_app_role(name, name) IS
-'Creates (if missing) the application role, or brings an existing one to that shape: LOGIN, NOINHERIT, not superuser, not BYPASSRLS, owning nothing, with SELECT, INSERT, UPDATE, DELETE on the tables of the schema (also those the calling role creates later) and USAGE on its sequences. No TRUNCATE (it ignores row-level security). On the workspace registry (tenancy.registry_table, when in the schema): no DELETE (the cascade would ignore row-level security) and no UPDATE of the id and parent columns. Set its password separately. Errors: 42501 when the role is a superuser, BYPASSRLS or owns tables; 22004 NULL argument; 3F000 missing schema. Idempotent.';
+'Creates (if missing) the application role, or brings an existing one to that shape: LOGIN, NOINHERIT, NOCREATEROLE, NOCREATEDB, NOREPLICATION (an existing role loses these attributes: in PostgreSQL 15 a CREATEROLE role can grant itself the cross-workspace BYPASSRLS role), not superuser, not BYPASSRLS, owning nothing, with SELECT, INSERT, UPDATE, DELETE on the tables of the schema (also those the calling role creates later) and USAGE on its sequences. No TRUNCATE (it ignores row-level security). On the workspace registry (tenancy.registry_table, when in the schema): no DELETE (the cascade would ignore row-level security) and no UPDATE of the id and parent columns. Set its password separately. Errors: 42501 when the role is a superuser, BYPASSRLS or owns tables; 22004 NULL argument; 3F000 missing schema. Idempotent.';
 
 CREATE FUNCTION @extschema@.create_cross_workspace_role(role_name name, member name,
                                                          schema_name name DEFAULT 'public')
@@ -187,6 +194,9 @@ LANGUAGE plpgsql
 AS $fn$
 DECLARE
     target pg_catalog.pg_roles;
+    logged text[];
+    ch text;
+    i int;
 BEGIN
     IF reason IS NULL OR pg_catalog.btrim(reason) = '' THEN
         RAISE EXCEPTION 'a reason is required for cross-workspace access'
@@ -208,14 +218,26 @@ BEGIN
                   HINT = pg_catalog.format('A superuser grants it with tenancy.create_cross_workspace_role(%L, %L).',
                                            role_name, session_user);
     END IF;
-    RAISE LOG 'tenancy: cross-workspace access: session user %, role %, application "%", reason: %',
-        session_user, role_name, pg_catalog.current_setting('application_name'), reason;
+    -- The reason and application_name come from the client, and role names may hold any
+    -- character: each value is logged as a JSON string (quotes, backslashes and control
+    -- characters escaped, also DEL, C1 controls and U+2028/U+2029), so a line break cannot
+    -- forge a log line and a reader can decode the exact value.
+    logged := ARRAY[session_user::text, role_name::text, pg_catalog.current_setting('application_name'), reason];
+    FOR i IN 1 .. 4 LOOP
+        logged[i] := pg_catalog.to_json(logged[i])::text;
+        FOR ch IN SELECT DISTINCT m[1] FROM pg_catalog.regexp_matches(logged[i], '([\u007f-\u009f\u2028\u2029])', 'g') AS m LOOP
+            logged[i] := pg_catalog.replace(logged[i], ch,
+                                            '\u' || pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.ascii(ch)), 4, '0'));
+        END LOOP;
+    END LOOP;
+    RAISE LOG 'tenancy: cross-workspace access: session user %, role %, application %, reason: %',
+        logged[1], logged[2], logged[3], logged[4];
     PERFORM pg_catalog.set_config('role', role_name, true);
     RETURN role_name;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.begin_cross_workspace(text, name) IS
-'Assumes the cross-workspace role (BYPASSRLS) until the end of the transaction, like SET LOCAL ROLE, after logging session user, role, application_name and reason to the server log. For the code paths that legitimately span workspaces. RESET ROLE ends it early. Errors: 22023 missing reason, 42501 not a cross-workspace role or not a member.';
+'Assumes the cross-workspace role (BYPASSRLS) until the end of the transaction, like SET LOCAL ROLE, after logging session user, role, application_name and reason to the server log, on one line: each value is written as a JSON string (quotes, backslashes, line breaks and other control characters escaped), since the reason and application_name come from the client and could otherwise forge log lines. For the code paths that legitimately span workspaces. RESET ROLE ends it early. Errors: 22023 missing reason, 42501 not a cross-workspace role or not a member.';
 
 REVOKE ALL ON FUNCTION @extschema@.create_app_role(name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.create_cross_workspace_role(name, name, name) FROM PUBLIC;

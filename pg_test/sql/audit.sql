@@ -123,7 +123,96 @@ SELECT count(*) FROM tenancy.index_advice();
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
--- 8. Clean up.
+-- 8. Roles that can leave row-level security behind (roles named audit_sec_*; rows about other
+--    roles are left out). A login role with CREATEROLE and DML on every table: in PostgreSQL 15
+--    it grants itself the cross-workspace (BYPASSRLS) role and reads every workspace, unlogged.
+CREATE ROLE audit_sec_creator LOGIN NOINHERIT CREATEROLE CREATEDB REPLICATION;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO audit_sec_creator;
+CREATE FUNCTION pg_temp.audit_sec()
+RETURNS TABLE (severity text, "check" text, object text, detail text, fix text)
+LANGUAGE sql AS $$
+    SELECT a.* FROM tenancy.audit() AS a
+     WHERE (a.object LIKE 'role "audit\_sec\_%' OR a.object = 'role "tenancy_regress_audit_cross"')
+       AND a."check" <> 'registry_writable'
+$$;
+\x on
+SELECT * FROM pg_temp.audit_sec();
+\x off
+SET SESSION AUTHORIZATION audit_sec_creator;
+SELECT count(*) AS visible_without_context FROM "Segment";
+GRANT tenancy_regress_audit_cross TO audit_sec_creator;
+SET ROLE tenancy_regress_audit_cross;
+SELECT current_user, count(DISTINCT "workspaceId") > 3 AS sees_every_workspace FROM "Segment";
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+-- audit: still a fail, and now a member of the cross-workspace role
+SELECT severity, "check", object, detail FROM pg_temp.audit_sec() WHERE "check" IN ('createrole_login', 'bypassrls_role');
+-- create_app_role takes CREATEROLE, CREATEDB and REPLICATION away (and INHERIT, as before)
+REVOKE tenancy_regress_audit_cross FROM audit_sec_creator;
+ALTER ROLE audit_sec_creator INHERIT;
+SELECT tenancy.create_app_role('audit_sec_creator');
+SELECT rolcanlogin, rolinherit, rolcreaterole, rolcreatedb, rolreplication, rolsuper, rolbypassrls
+  FROM pg_roles WHERE rolname = 'audit_sec_creator';
+SELECT severity, "check", object FROM pg_temp.audit_sec();
+SET SESSION AUTHORIZATION audit_sec_creator;
+GRANT tenancy_regress_audit_cross TO audit_sec_creator;
+\echo :LAST_ERROR_SQLSTATE
+RESET SESSION AUTHORIZATION;
+-- the same power reached by SET ROLE: a member of a role with CREATEROLE or of a superuser role,
+-- a member of a group holding ADMIN OPTION on the cross-workspace role; REPLICATION (warn)
+CREATE ROLE audit_sec_admins NOLOGIN CREATEROLE;
+CREATE ROLE audit_sec_supers NOLOGIN SUPERUSER;
+CREATE ROLE audit_sec_ops NOLOGIN;
+CREATE ROLE audit_sec_member LOGIN NOINHERIT IN ROLE audit_sec_admins, audit_sec_supers;
+CREATE ROLE audit_sec_granter LOGIN NOINHERIT IN ROLE audit_sec_ops;
+CREATE ROLE audit_sec_replica LOGIN REPLICATION;
+GRANT tenancy_regress_audit_cross TO audit_sec_ops WITH ADMIN OPTION;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO audit_sec_member, audit_sec_granter, audit_sec_replica;
+\x on
+SELECT * FROM pg_temp.audit_sec() WHERE severity <> 'info';
+\x off
+SELECT fix FROM pg_temp.audit_sec() WHERE fix IS NOT NULL \gexec
+SELECT severity, "check", object, detail FROM pg_temp.audit_sec();
+
+-- 9. SECURITY DEFINER functions: a SQL-standard body (BEGIN ATOMIC: no source text) found through
+--    its dependencies, also through a view; dynamic SQL naming the table in a string; a function
+--    reading only "SegmentAssignment" is not reported for "Segment".
+CREATE FUNCTION audit_sec_atomic() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+BEGIN ATOMIC SELECT count(*) FROM "Segment"; END;
+CREATE FUNCTION audit_sec_atomic_view() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+BEGIN ATOMIC SELECT count(*) FROM audit_view_invoker; END;
+CREATE FUNCTION audit_sec_assignments() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+AS $$ SELECT count(*) FROM "SegmentAssignment" $$;
+CREATE FUNCTION audit_sec_dynamic() RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+AS $$ DECLARE n bigint; BEGIN EXECUTE format('SELECT count(*) FROM %I', 'Journey') INTO n; RETURN n; END $$;
+SELECT severity, object, detail FROM pg_temp.audit() WHERE "check" = 'security_definer_function';
+SELECT fix FROM pg_temp.audit() WHERE "check" = 'security_definer_function' \gexec
+SELECT count(*) AS still_reported FROM pg_temp.audit() WHERE "check" = 'security_definer_function';
+
+-- 10. begin_cross_workspace writes one log line whatever the reason and application_name hold:
+--     each value as a JSON string (line breaks and other control characters escaped), so a
+--     newline cannot start a forged log line. The LOG line is shown here through
+--     client_min_messages (the server log gets the same line).
+SET SESSION AUTHORIZATION tenancy_regress_audit_app;
+BEGIN;
+SET LOCAL application_name = 'app", reason: "forged';
+SET LOCAL client_min_messages = log;
+SELECT tenancy.begin_cross_workspace(E'nightly export\n2026-01-01 00:00:00.000 UTC [1] postgres LOG:  forged line',
+                                     'tenancy_regress_audit_cross');
+ROLLBACK;
+BEGIN;
+SET LOCAL application_name = 'nightly worker';
+SET LOCAL client_min_messages = log;
+SELECT tenancy.begin_cross_workspace(E'tab\there, "quotes" and \\ backslash, CR\rNEL\u0085LS\u2028end',
+                                     'tenancy_regress_audit_cross');
+ROLLBACK;
+RESET SESSION AUTHORIZATION;
+
+-- 11. Clean up.
+DROP FUNCTION audit_sec_atomic(), audit_sec_atomic_view(), audit_sec_assignments(), audit_sec_dynamic();
+DROP OWNED BY audit_sec_creator, audit_sec_member, audit_sec_granter, audit_sec_replica, audit_sec_ops;
+DROP ROLE audit_sec_creator, audit_sec_member, audit_sec_granter, audit_sec_replica, audit_sec_ops,
+          audit_sec_admins, audit_sec_supers;
 DROP VIEW "Audit view ""v""", audit_view_invoker;
 DROP FUNCTION audit_count_segments(), audit_count_journeys();
 DROP SCHEMA "Audit ""S""; é" CASCADE;
