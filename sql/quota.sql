@@ -80,10 +80,10 @@ COMMENT ON FUNCTION @extschema@._assert_expression(text) IS
 -- enforce_quota: install enforcement on a tenant table and (re)count its rows. Idempotent: a
 -- second call with other arguments updates the settings and recounts; a call with the same
 -- arguments recounts (a repair that can never hurt).
-CREATE FUNCTION @extschema@.enforce_quota(
+CREATE FUNCTION @extschema@._enforce_quota(
     tbl regclass,
-    workspace_column name DEFAULT 'workspaceId',
-    counted_when text DEFAULT NULL)
+    workspace_column name,
+    counted_when text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -92,7 +92,6 @@ AS $fn$
 DECLARE
     col_type regtype;
     relkind "char";
-    cond text;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004',
@@ -133,10 +132,12 @@ BEGIN
     -- shared-memory counters of the table are recounted after this transaction
     PERFORM @extschema@._quota_forget(tbl);
 
-    cond := format('%I IS NOT NULL', workspace_column)
-            || CASE WHEN counted_when IS NULL THEN '' ELSE format(' AND (%s)', counted_when) END;
-    -- Validates counted_when against the table (names, types) before anything is written.
-    EXECUTE format('SELECT count(*) FROM %s WHERE %s', tbl, cond);
+    -- Count first (as the table's owner: _quota_count); this validates counted_when against
+    -- the table (names, types). Everything below is undone with the transaction on an error.
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _enforce_quota.tbl;
+    INSERT INTO @extschema@.quota_counter (tbl, workspace_id, used)
+    SELECT _enforce_quota.tbl, n.workspace_id, n.n
+      FROM @extschema@._quota_count(tbl, workspace_column, counted_when) n;
 
     INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
     VALUES (tbl, workspace_column, counted_when)
@@ -144,7 +145,7 @@ BEGIN
         SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
         WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
     -- the counters below are fresh; with tenancy preloaded they go stale from now on
-    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = enforce_quota.tbl;
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _enforce_quota.tbl;
     IF @extschema@._quota_shared() THEN
         INSERT INTO @extschema@.quota_shared_mark (tbl) VALUES (tbl);
     END IF;
@@ -162,18 +163,30 @@ BEGIN
     EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
 
-    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = enforce_quota.tbl;
-    EXECUTE format('INSERT INTO @extschema@.quota_counter (tbl, workspace_id, used)
-                    SELECT $1, %I, count(*) FROM %s WHERE %s GROUP BY 2', workspace_column, tbl, cond)
-      USING tbl;
+END
+$fn$;
+REVOKE ALL ON FUNCTION @extschema@._enforce_quota(regclass, name, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._enforce_quota(regclass, name, text) IS
+'Internal: the body of tenancy.enforce_quota, run by tenancy._quota_admin as the bookkeeping owner after its privilege and ownership checks.';
+
+CREATE FUNCTION @extschema@.enforce_quota(
+    tbl regclass,
+    workspace_column name DEFAULT 'workspaceId',
+    counted_when text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@._quota_admin('enforce', tbl::oid, workspace_column::text, counted_when, NULL::bigint, NULL::uuid);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.enforce_quota(regclass, name, text) IS
-'Installs per-workspace row quota enforcement on a tenant table and counts its rows. counted_when optionally restricts which rows count (e.g. ''"resourceType" = ''''Declarative''''''). Idempotent; transactional.';
+'Installs per-workspace row quota enforcement on a tenant table and counts its rows. counted_when optionally restricts which rows count (e.g. ''"resourceType" = ''''Declarative''''''); it is evaluated as the table''s owner, in a security-restricted operation under search_path = pg_catalog (schema-qualify other functions). Idempotent; transactional. The caller must own the table (or be a superuser) and have EXECUTE on this function: a superuser may delegate it with GRANT EXECUTE. Errors: 42501 not the owner / no EXECUTE, 22004, 42703, 42804, 42601, 42809, 0A000.';
 
 -- set_quota: a NULL workspace sets the table's default; a workspace's value overrides it.
 -- max_rows NULL removes the limit (the default, or, for a workspace, makes it unlimited).
-CREATE FUNCTION @extschema@.set_quota(tbl regclass, max_rows bigint, workspace uuid DEFAULT NULL)
+CREATE FUNCTION @extschema@._set_quota(tbl regclass, max_rows bigint, workspace uuid)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -186,12 +199,12 @@ BEGIN
         RAISE EXCEPTION 'invalid quota % for table %: max_rows must be >= 0', max_rows, tbl
             USING ERRCODE = '22023', HINT = 'Pass NULL to remove the limit, 0 to forbid new rows.';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.quota_table q WHERE q.tbl = set_quota.tbl) THEN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.quota_table q WHERE q.tbl = _set_quota.tbl) THEN
         RAISE EXCEPTION 'table % has no quota enforcement', tbl USING ERRCODE = '55000',
             HINT = format('Call tenancy.enforce_quota(%L) first.', tbl::text);
     END IF;
     IF workspace IS NULL AND max_rows IS NULL THEN
-        DELETE FROM @extschema@.quota_limit l WHERE l.tbl = set_quota.tbl AND l.workspace_id IS NULL;
+        DELETE FROM @extschema@.quota_limit l WHERE l.tbl = _set_quota.tbl AND l.workspace_id IS NULL;
     ELSE
         INSERT INTO @extschema@.quota_limit AS l (tbl, workspace_id, max_rows)
         VALUES (tbl, workspace, max_rows)
@@ -200,22 +213,48 @@ BEGIN
     END IF;
 END
 $fn$;
+REVOKE ALL ON FUNCTION @extschema@._set_quota(regclass, bigint, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._set_quota(regclass, bigint, uuid) IS
+'Internal: the body of tenancy.set_quota, run by tenancy._quota_admin as the bookkeeping owner after its privilege and ownership checks.';
+
+CREATE FUNCTION @extschema@.set_quota(tbl regclass, max_rows bigint, workspace uuid DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@._quota_admin('set', tbl::oid, NULL::text, NULL::text, max_rows, workspace);
+END
+$fn$;
 COMMENT ON FUNCTION @extschema@.set_quota(regclass, bigint, uuid) IS
-'Sets a row limit on an enforced table: for one workspace, or (workspace NULL) the default for all. NULL max_rows removes the default, or makes that workspace unlimited. Lowering a limit below usage blocks new rows and deletes none. Errors: 22023 negative, 55000 table not enforced.';
+'Sets a row limit on an enforced table: for one workspace, or (workspace NULL) the default for all. NULL max_rows removes the default, or makes that workspace unlimited. Lowering a limit below usage blocks new rows and deletes none. The caller must own the table (or be a superuser) and have EXECUTE on this function. Errors: 22023 negative, 55000 table not enforced, 42501 not the owner / no EXECUTE.';
 
 -- clear_quota: drop a workspace's own limit so that the table's default applies again.
-CREATE FUNCTION @extschema@.clear_quota(tbl regclass, workspace uuid)
+CREATE FUNCTION @extschema@._clear_quota(tbl regclass, workspace uuid)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    DELETE FROM @extschema@.quota_limit l WHERE l.tbl = clear_quota.tbl AND l.workspace_id = clear_quota.workspace;
+    DELETE FROM @extschema@.quota_limit l WHERE l.tbl = _clear_quota.tbl AND l.workspace_id = _clear_quota.workspace;
+$fn$;
+REVOKE ALL ON FUNCTION @extschema@._clear_quota(regclass, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._clear_quota(regclass, uuid) IS
+'Internal: the body of tenancy.clear_quota, run by tenancy._quota_admin as the bookkeeping owner after its privilege and ownership checks.';
+
+CREATE FUNCTION @extschema@.clear_quota(tbl regclass, workspace uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@._quota_admin('clear', tbl::oid, NULL::text, NULL::text, NULL::bigint, workspace);
+END
 $fn$;
 COMMENT ON FUNCTION @extschema@.clear_quota(regclass, uuid) IS
-'Removes a workspace''s own limit on a table, so the table''s default applies to it again.';
+'Removes a workspace''s own limit on a table, so the table''s default applies to it again. The caller must own the table (or be a superuser) and have EXECUTE on this function (42501).';
 
 -- release_quota: remove enforcement and all its bookkeeping. Idempotent.
-CREATE FUNCTION @extschema@.release_quota(tbl regclass)
+CREATE FUNCTION @extschema@._release_quota(tbl regclass)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -230,13 +269,26 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
     PERFORM @extschema@._quota_forget(tbl);
-    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = release_quota.tbl;
-    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = release_quota.tbl;
-    DELETE FROM @extschema@.quota_table q WHERE q.tbl = release_quota.tbl; -- cascades to quota_limit
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _release_quota.tbl;
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _release_quota.tbl;
+    DELETE FROM @extschema@.quota_table q WHERE q.tbl = _release_quota.tbl; -- cascades to quota_limit
+END
+$fn$;
+REVOKE ALL ON FUNCTION @extschema@._release_quota(regclass) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._release_quota(regclass) IS
+'Internal: the body of tenancy.release_quota, run by tenancy._quota_admin as the bookkeeping owner after its privilege and ownership checks.';
+
+CREATE FUNCTION @extschema@.release_quota(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@._quota_admin('release', tbl::oid, NULL::text, NULL::text, NULL::bigint, NULL::uuid);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.release_quota(regclass) IS
-'Removes quota enforcement from a table: its triggers, counters, limits and settings. Idempotent.';
+'Removes quota enforcement from a table: its triggers, counters, limits and settings. Idempotent. The caller must own the table (or be a superuser) and have EXECUTE on this function (42501).';
 
 -- A dropped table takes its quota bookkeeping with it (an sql_drop event trigger). SECURITY
 -- DEFINER: whoever drops an enforced table (its owner) has no privilege on the bookkeeping.
@@ -253,9 +305,12 @@ BEGIN
     IF to_regclass('@extschema@.quota_table') IS NULL OR to_regclass('@extschema@.quota_counter') IS NULL THEN
         RETURN;
     END IF;
+    -- only enforced tables: statements on the bookkeeping tables (even deleting nothing)
+    -- would invalidate every backend's quota caches
     SELECT array_agg(d.objid) INTO dropped
       FROM pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type IN ('table', 'partitioned table');
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type IN ('table', 'partitioned table')
+       AND EXISTS (SELECT FROM @extschema@.quota_table q WHERE q.tbl::oid = d.objid);
     IF dropped IS NULL THEN
         RETURN;
     END IF;
@@ -309,12 +364,11 @@ BEGIN
         RETURN QUERY SELECT c.tbl, c.workspace_id, c.used FROM @extschema@.quota_counter c;
         RETURN;
     END IF;
-    FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t LOOP
-        RETURN QUERY EXECUTE format('SELECT $1, %I, count(*) FROM %s WHERE %I IS NOT NULL %s GROUP BY 2',
-            q.workspace_column, q.tbl, q.workspace_column,
-            CASE WHEN q.counted_when IS NULL THEN '' ELSE format('AND (%s)', q.counted_when) END)
-        USING q.tbl;
-    END LOOP;
+    -- counted as each table's owner (_quota_count): counted_when never runs as the definer
+    RETURN QUERY
+        SELECT t.tbl, n.workspace_id, n.n
+          FROM @extschema@.quota_table t,
+               LATERAL @extschema@._quota_count(t.tbl, t.workspace_column, t.counted_when) n;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._quota_counts() IS
@@ -364,16 +418,14 @@ BEGIN
     FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t
               WHERE quota_drift.tbl IS NULL OR t.tbl = quota_drift.tbl ORDER BY t.tbl::text
     LOOP
-        RETURN QUERY EXECUTE format(
-            'SELECT $1, COALESCE(c.workspace_id, a.ws), COALESCE(c.used, 0), COALESCE(a.n, 0)
-               FROM (SELECT k.workspace_id, k.used FROM @extschema@.quota_counters($1) k WHERE k.in_flight = 0) c
-               FULL JOIN (SELECT %I AS ws, count(*) AS n FROM %s WHERE %I IS NOT NULL %s GROUP BY 1) a
-                 ON a.ws = c.workspace_id
-              WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0) AND (NOT $2 OR c.workspace_id IS NOT NULL)
-              ORDER BY 2',
-            q.workspace_column, q.tbl, q.workspace_column,
-            CASE WHEN q.counted_when IS NULL THEN '' ELSE format('AND (%s)', q.counted_when) END)
-        USING q.tbl, shared;
+        -- counted as the table's owner (_quota_count), never as the caller
+        RETURN QUERY
+            SELECT q.tbl, COALESCE(c.workspace_id, a.workspace_id), COALESCE(c.used, 0), COALESCE(a.n, 0)
+              FROM (SELECT k.workspace_id, k.used FROM @extschema@.quota_counters(q.tbl) k WHERE k.in_flight = 0) c
+              FULL JOIN @extschema@._quota_count(q.tbl, q.workspace_column, q.counted_when) a
+                ON a.workspace_id = c.workspace_id
+             WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0) AND (NOT shared OR c.workspace_id IS NOT NULL)
+             ORDER BY 2;
     END LOOP;
 END
 $fn$;
@@ -392,3 +444,6 @@ REVOKE ALL ON FUNCTION @extschema@._quota_entries() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._quota_forget(oid) IS 'Internal: the table''s rows change wholesale in this transaction (under a lock excluding writers): count it directly until the end, then drop its shared counters.';
 COMMENT ON FUNCTION @extschema@._quota_entries() IS 'Internal: the shared-memory quota counters of this database.';
 COMMENT ON FUNCTION @extschema@._quota_shared() IS 'Internal: true when quota counters live in shared memory (tenancy in shared_preload_libraries).';
+REVOKE ALL ON FUNCTION @extschema@._quota_count(oid, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._quota_count(oid, text, text) IS 'Internal: rows of a table counted per workspace (workspace column not NULL, counted_when true), evaluated as the table''s owner in a security-restricted operation under search_path = pg_catalog. The caller must have the table owner''s privileges (42501).';
+COMMENT ON FUNCTION @extschema@._quota_admin(text, oid, text, text, bigint, uuid) IS 'Internal: the checked entry point of enforce_quota, set_quota, clear_quota and release_quota. Refuses (42501) a caller without EXECUTE on the public function or who does not own the table, then runs the internal body as the bookkeeping owner in a security-restricted operation.';

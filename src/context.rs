@@ -405,36 +405,45 @@ impl Registry {
         }
     }
 
-    /// The registry table's quoted, qualified-as-needed name, after checking that it and the
-    /// given columns exist (42P01 / 42703 with a hint naming the settings).
-    pub(crate) fn resolve(&self, columns: &[&str]) -> TenancyResult<String> {
-        let relid: Option<pg_sys::Oid> = Spi::get_one_with_args(
-            "SELECT pg_catalog.to_regclass($1)::oid",
-            &[DatumWithOid::from(self.table.as_str())],
-        )?;
-        let Some(relid) = relid else {
-            return Err(TenancyError::new(
+    /// The registry table's oid and schema-qualified, quoted name, after checking that it and
+    /// the given columns exist (42P01 / 42703 with a hint naming the settings). The name is
+    /// resolved from the catalog alone, never on the session's `search_path` (a temporary table
+    /// or a schema of the session's own named like the registry must not stand in for it): an
+    /// unqualified `tenancy.registry_table` means schema `public`.
+    pub(crate) fn resolve(&self, columns: &[&str]) -> TenancyResult<(pg_sys::Oid, String)> {
+        let missing = || {
+            TenancyError::new(
                 Code::ERRCODE_UNDEFINED_TABLE,
                 format!("workspace registry table \"{}\" does not exist", self.table),
             )
-            .detail("tenancy.set_workspace() and tenancy.readable_workspace_ids() read the workspaces from tenancy.registry_table.")
+            .detail("tenancy.set_workspace() and tenancy.readable_workspace_ids() read the workspaces from tenancy.registry_table (an unqualified name means schema public; the search path is not used).")
             .hint(
                 "A superuser sets the registry with ALTER DATABASE ... SET tenancy.registry_table \
                  (and tenancy.registry_id_column, tenancy.registry_status_column).",
-            ));
+            )
         };
-        let table: String = Spi::get_one_with_args(
-            "SELECT $1::regclass::text",
-            &[DatumWithOid::from(relid)],
-        )?
-        .unwrap_or_default();
+        let (schema, name) = split_qualified(&self.table).ok_or_else(missing)?;
+        let (Ok(c_schema), Ok(c_name)) = (CString::new(schema.as_str()), CString::new(name.as_str())) else {
+            return Err(missing());
+        };
+        // SAFETY: syscache lookups by name; no error is raised for a missing object.
+        let relid = unsafe {
+            let nsp = pg_sys::get_namespace_oid(c_schema.as_ptr(), true);
+            if nsp == pg_sys::InvalidOid {
+                pg_sys::InvalidOid
+            } else {
+                pg_sys::get_relname_relid(c_name.as_ptr(), nsp)
+            }
+        };
+        if relid == pg_sys::InvalidOid {
+            return Err(missing());
+        }
+        let table = format!("{}.{}", quote_identifier(&schema), quote_identifier(&name));
         for col in columns {
-            let exists: Option<bool> = Spi::get_one_with_args(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                                 WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-                &[DatumWithOid::from(relid), DatumWithOid::from(*col)],
-            )?;
-            if exists != Some(true) {
+            let c_col = CString::new(*col).unwrap_or_default();
+            // SAFETY: syscache lookup; InvalidAttrNumber (0) for a missing or dropped column.
+            let attnum = unsafe { pg_sys::get_attnum(relid, c_col.as_ptr()) };
+            if attnum <= 0 {
                 return Err(TenancyError::new(
                     Code::ERRCODE_UNDEFINED_COLUMN,
                     format!("column \"{col}\" of workspace registry table {table} does not exist"),
@@ -442,14 +451,14 @@ impl Registry {
                 .hint("Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...)."));
             }
         }
-        Ok(table)
+        Ok((relid, table))
     }
 
     /// `None`: no such workspace. `Some(status)`: it exists (status NULL or unchecked: `None`).
     fn lookup_status(&self, workspace: pgrx::Uuid) -> TenancyResult<Option<Option<String>>> {
         let mut columns = vec![self.id_column.as_str()];
         columns.extend(self.status_column.as_deref());
-        let table = self.resolve(&columns)?;
+        let (_, table) = self.resolve(&columns)?;
         let status_expr = match &self.status_column {
             Some(c) => format!("{}::text", quote_identifier(c)),
             None => "NULL::text".to_string(),
@@ -458,14 +467,57 @@ impl Registry {
             "SELECT {status_expr} FROM {table} WHERE {} = $1 LIMIT 1",
             quote_identifier(&self.id_column)
         );
-        Spi::connect(|client| {
-            let rows = client.select(&query, Some(1), &[DatumWithOid::from(workspace)])?;
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            Ok(Some(rows.first().get_one::<String>()?))
+        // `=` and the cast resolve to the catalog's, whatever the session's search path
+        with_catalog_path(|| {
+            Spi::connect(|client| {
+                let rows = client.select(&query, Some(1), &[DatumWithOid::from(workspace)])?;
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(rows.first().get_one::<String>()?))
+            })
         })
     }
+}
+
+/// `schema.name` or `name` (schema `public`) as PostgreSQL splits a qualified name: double
+/// quotes keep case and dots, unquoted parts are folded to lower case. None when malformed.
+fn split_qualified(text: &str) -> Option<(String, String)> {
+    let raw = CString::new(text).ok()?;
+    // SAFETY: SplitIdentifierString splits a palloc'd copy in place and returns a List of
+    // pointers into it; both are read before this function returns.
+    let parts: Vec<String> = unsafe {
+        let copy = pg_sys::pstrdup(raw.as_ptr());
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        if !pg_sys::SplitIdentifierString(copy, b'.' as std::ffi::c_char, &mut list) || list.is_null() {
+            return None;
+        }
+        (0..(*list).length as usize)
+            .map(|i| CStr::from_ptr((*(*list).elements.add(i)).ptr_value.cast()).to_string_lossy().into_owned())
+            .collect()
+    };
+    match parts.as_slice() {
+        [name] if !name.is_empty() => Some(("public".to_string(), name.clone())),
+        [schema, name] if !schema.is_empty() && !name.is_empty() => Some((schema.clone(), name.clone())),
+        _ => None,
+    }
+}
+
+/// Run `f` under `search_path = pg_catalog` alone (no temporary schema), as the current user:
+/// operators, functions, types and unqualified names in what it prepares or runs resolve to
+/// the catalog's, whatever the session's path (PostgreSQL re-plans a kept plan when the path
+/// differs, so a plan must be prepared and run under the same override).
+pub(crate) fn with_catalog_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the override path is copied by PostgreSQL and popped below, or by (sub)transaction
+    // abort when an ERROR unwinds from `f`.
+    unsafe {
+        let mut path = pg_sys::OverrideSearchPath { schemas: std::ptr::null_mut(), addCatalog: true, addTemp: false, generation: 0 };
+        pg_sys::PushOverrideSearchPath(&mut path);
+    }
+    let r = f();
+    // SAFETY: pops what was pushed above.
+    unsafe { pg_sys::PopOverrideSearchPath() };
+    r
 }
 
 pgrx::extension_sql_file!(

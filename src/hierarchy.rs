@@ -9,8 +9,12 @@
 //! (WITH CHECK and the restrictive UPDATE/DELETE policies use `current_workspace_id()`).
 //!
 //! The registry lookup is one prepared statement per backend, kept across calls and re-prepared
-//! only when the `tenancy.registry_*` settings change (PostgreSQL's plan cache revalidates it
-//! when the registry table changes).
+//! only when the `tenancy.registry_*` settings or the registry's oid change (PostgreSQL's plan
+//! cache revalidates it when the registry table changes). The registry is resolved from the
+//! catalog by schema and name (an unqualified setting means `public`), never on the session's
+//! `search_path`, and the statement names it schema-qualified and runs under `search_path =
+//! pg_catalog`: neither a temporary table named like the registry nor a session's own schema or
+//! operator can redirect the lookup.
 //!
 //! Errors: 42P01 / 42703 when the configured registry table or a column does not exist.
 
@@ -21,7 +25,7 @@ use pgrx::prelude::*;
 use pgrx::{PgBuiltInOids, PgOid};
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
 
-use crate::context::{self, Registry};
+use crate::context::{self, with_catalog_path, Registry};
 use crate::error::TenancyResult;
 
 thread_local! {
@@ -52,13 +56,17 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
         registry.table, registry.id_column, registry.status_column, registry.active_status,
         registry.deleted_status
     );
+    // The registry is resolved at every call (catalog cache lookups, no SQL): the kept plan
+    // belongs to one table oid, whatever the session's search path says or later says.
+    let mut columns = vec![registry.id_column.as_str(), parent_column];
+    columns.extend(registry.status_column.as_deref());
+    let (relid, table) = registry.resolve(&columns)?;
+    let key = format!("{key}\0{}", u32::from(relid));
     let mut ids = vec![current];
+    // prepared and run under search_path = pg_catalog: `=` and the casts are the catalog's
     LOOKUP.with_borrow_mut(|kept| -> TenancyResult<()> {
-        Spi::connect(|client| -> TenancyResult<()> {
+        with_catalog_path(|| Spi::connect(|client| -> TenancyResult<()> {
             if kept.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
-                let mut columns = vec![registry.id_column.as_str(), parent_column];
-                columns.extend(registry.status_column.as_deref());
-                let table = registry.resolve(&columns)?;
                 let sql = lookup_sql(&table, &registry, parent_column);
                 let plan = client.prepare(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID)])?.keep();
                 *kept = Some((key.clone(), plan));
@@ -72,7 +80,7 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
                 }
             }
             Ok(())
-        })
+        }))
     })?;
     Ok(ids)
 }
@@ -80,7 +88,7 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
 /// `SELECT id FROM registry WHERE parent = $1 [AND status filter]`, identifiers quoted, the
 /// status values as literals (they come from superuser-only settings; quoted all the same).
 fn lookup_sql(table: &str, registry: &Registry, parent_column: &str) -> String {
-    // `table` is the text form of the resolved regclass: quoted and qualified as needed.
+    // `table`: the registry's quoted, schema-qualified name.
     let mut sql = format!(
         "SELECT {id} FROM {table} WHERE {parent} = $1",
         id = quote_identifier(&registry.id_column),

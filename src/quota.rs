@@ -41,14 +41,17 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
+use pgrx::{PgBuiltInOids, PgOid};
 use pgrx::PgSqlErrorCode as Code;
 use pgrx::WhoAllocated;
 
+use crate::context::with_catalog_path;
 use crate::error::TenancyError;
 use crate::uuid_text;
 
 mod shared;
 mod transition;
+mod vet;
 
 /// Names the transition tables get in the triggers `enforce_quota` creates.
 const NEW_TABLE: &str = "tenancy_new";
@@ -96,8 +99,11 @@ struct Caches {
     readers: HashMap<pg_sys::Oid, Option<transition::Deltas>>,
     /// The extension's config tables, whose invalidations drop the caches.
     watched: Vec<pg_sys::Oid>,
-    /// Owner of tenancy.quota_counter: the delta statements run as this role.
+    /// Owner of tenancy.quota_counter: the bookkeeping (settings reads, counter writes) runs as
+    /// this role; `counted_when` never does (it runs as the enforced table's owner).
     counter_owner: Option<pg_sys::Oid>,
+    /// The table path's counter update ([`APPLY_SQL`]), prepared once.
+    apply: Option<OwnedPreparedStatement>,
 }
 
 thread_local! {
@@ -110,13 +116,12 @@ pub(crate) fn init() {
     // runs from _PG_init, which PostgreSQL calls once per process that loads the library).
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
-        // a compiled counted_when has SQL functions inlined: redefining a function drops the
-        // compiled readers (kept SPI plans revalidate themselves)
-        pg_sys::CacheRegisterSyscacheCallback(
-            pg_sys::SysCacheIdentifier::PROCOID as i32,
-            Some(syscache_callback),
-            pg_sys::Datum::from(0),
-        );
+        // a compiled counted_when has SQL functions inlined, and who owns the code it calls is
+        // checked when it is compiled (quota::vet): any change of a function or a type (a
+        // redefinition, a new owner) drops the compiled readers and plans
+        for cache in [pg_sys::SysCacheIdentifier::PROCOID, pg_sys::SysCacheIdentifier::TYPEOID] {
+            pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(syscache_callback), pg_sys::Datum::from(0));
+        }
     }
 }
 
@@ -141,13 +146,16 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     });
 }
 
-/// Syscache invalidation callback (pg_proc): drop the compiled transition readers.
-/// Must not raise errors or run queries.
+/// Syscache invalidation callback (pg_proc, pg_type): drop the compiled transition readers and
+/// the plans, so that counted_when is checked and compiled again. Must not raise errors or run
+/// queries.
 #[pg_guard]
 unsafe extern "C-unwind" fn syscache_callback(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
     CACHES.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             c.readers.clear();
+            c.plans.clear();
+            c.counts.clear();
         } else {
             PENDING_CLEAR.with(|p| p.set(true));
         }
@@ -171,6 +179,7 @@ impl Caches {
         self.plans.clear();
         self.counts.clear();
         self.readers.clear();
+        self.apply = None;
         self.counter_owner = None;
     }
 
@@ -329,12 +338,12 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
         take_pending_clear(&mut caches);
         if let (true, Some(Some(reader))) = (shared_path, caches.readers.get(&relid)) {
             // the common case: no SPI at all unless a counter must be counted first
-            let owner = caches.counter_owner.expect("loaded with the reader");
-            let rows = reader.deltas(t.trigger_data(), event, owner).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
+            let rel = t.trigger_data().tg_relation;
+            let table_owner = relation_owner(rel);
+            let rows = reader.deltas(t.trigger_data(), event, table_owner).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
             let counter = caches.counts.get(&relid).expect("prepared with the reader");
-            let rel = t.trigger_data().tg_relation;
-            return crate::stats::internal(|| apply_shared(rel, relid, quota, counter, owner, rows));
+            return crate::stats::internal(|| apply_shared(rel, relid, quota, counter, table_owner, rows));
         }
         crate::stats::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
@@ -345,6 +354,10 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             }
             ensure_loaded(&mut caches, client, relid)?;
             let owner = caches.counter_owner.expect("loaded with the table");
+            // counted_when (and everything planned or evaluated with it) runs as the table's
+            // owner, read from the relation at every firing (an ALTER TABLE ... OWNER TO takes
+            // effect at the next statement)
+            let table_owner = relation_owner(t.trigger_data().tg_relation);
             let key = (relid, event);
             if !caches.plans.contains_key(&key)
                 || (shared_path && !(caches.counts.contains_key(&relid) && caches.readers.contains_key(&relid)))
@@ -352,30 +365,52 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 let Some(Some(quota)) = caches.tables.get(&relid) else {
                     return Ok(Ok(Vec::new())); // not (or no longer) enforced: nothing to count
                 };
+                if let (Some(cond), true) = (quota.counted_when.as_deref(), event != Event::Truncate) {
+                    // who may have put code in it (see quota::vet); again after every change of
+                    // a function, type or the table's owner (the caches are dropped then)
+                    let qualified = qualified_name(relid);
+                    as_user(table_owner, || vet::vet(&qualified, cond, table_owner))?;
+                }
                 let delta = delta_sql(relid, event, quota, shared_path);
                 let count = shared_path.then(|| count_sql(relid, quota));
                 let compile = (shared_path && !caches.readers.contains_key(&relid))
                     .then(|| (quota.workspace_column.clone(), quota.counted_when.clone()));
-                let plan = as_user(owner, || client.prepare_mut(delta.as_str(), &[]))?.keep();
+                // TRUNCATE's statement (table path) writes the counters: the bookkeeping owner's
+                let planner = if event == Event::Truncate { owner } else { table_owner };
+                let plan = as_user(planner, || client.prepare_mut(delta.as_str(), &[]))?.keep();
                 caches.plans.insert(key, plan);
                 if let Some(count) = count {
-                    let plan = as_user(owner, || KeptPlan::prepare_uuid(&count))?;
+                    let plan = as_user(table_owner, || KeptPlan::prepare_uuid(&count))?;
                     caches.counts.insert(relid, plan);
                 }
                 if let Some((column, cond)) = compile {
                     let rel = t.relation().expect("trigger relation");
-                    let reader = as_user(owner, || {
+                    let reader = as_user(table_owner, || {
                         transition::Deltas::compile(rel.as_ptr(), &column, cond.as_deref(), &qualified_name(relid))
                     })?;
                     caches.readers.insert(relid, reader);
                 }
+            }
+            if !shared_path && caches.apply.is_none() {
+                let plan = as_user(owner, || {
+                    client.prepare_mut(
+                        APPLY_SQL,
+                        &[
+                            PgOid::BuiltIn(PgBuiltInOids::OIDOID),
+                            PgOid::BuiltIn(PgBuiltInOids::UUIDARRAYOID),
+                            PgOid::BuiltIn(PgBuiltInOids::INT8ARRAYOID),
+                        ],
+                    )
+                })?;
+                caches.apply = Some(plan.keep());
             }
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
             if !shared_path && quota.shared_counts {
                 return Err(stale_counters(relid, quota));
             }
             let plan = caches.plans.get(&key).expect("just inserted");
-            let rows = as_user(owner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
+            let runner = if event == Event::Truncate { owner } else { table_owner };
+            let mut rows = as_user(runner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
                 let table = client.select(plan, None, &[])?;
                 let mut out = Vec::new();
                 for row in table {
@@ -388,7 +423,25 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             })?;
             if shared_path {
                 let counter = caches.counts.get(&relid).expect("prepared with the plans");
-                return apply_shared(t.trigger_data().tg_relation, relid, quota, counter, owner, rows);
+                return apply_shared(t.trigger_data().tg_relation, relid, quota, counter, table_owner, rows);
+            }
+            if event != Event::Truncate && !rows.is_empty() {
+                // the counted deltas (computed as the table owner) go to the counter rows as the
+                // bookkeeping owner, in workspace order
+                let apply = caches.apply.as_ref().expect("prepared with the plans");
+                let ids: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.0)).collect();
+                let deltas: Vec<i64> = rows.iter().map(|r| r.2).collect();
+                rows = as_user(owner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
+                    let args = [DatumWithOid::from(relid), DatumWithOid::from(ids), DatumWithOid::from(deltas)];
+                    let mut out = Vec::new();
+                    for row in client.update(apply, None, &args)? {
+                        let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
+                        let used: i64 = row.get(2)?.expect("used");
+                        let added: i64 = row.get(3)?.expect("delta");
+                        out.push((*ws.as_bytes(), used, added));
+                    }
+                    Ok(out)
+                })?;
             }
             for &(ws, used, added) in &rows {
                 if added <= 0 {
@@ -463,6 +516,13 @@ fn apply_shared(
         }
     }
     Ok(Ok(rows))
+}
+
+/// The relation's current owner (from its relcache entry): `counted_when` runs as this role,
+/// as PostgreSQL's foreign-key triggers run their queries as the table's owner.
+fn relation_owner(rel: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: the trigger's open relation; rd_rel is its pg_class row.
+    unsafe { (*(*rel).rd_rel).relowner }
 }
 
 /// Was the relation created, or given new storage (TRUNCATE, a rewriting ALTER TABLE), in this
@@ -702,22 +762,19 @@ fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota, shared_path: bool
         ),
         Event::Truncate => return format!("DELETE FROM tenancy.quota_counter WHERE tbl = {}::oid", u32::from(relid)),
     };
-    if shared_path {
-        // the shared-memory path applies the deltas itself (same columns as below)
-        return format!("SELECT ws, 0::bigint, n::bigint FROM ({source}) d WHERE n <> 0 ORDER BY ws");
-    }
-    // The table's oid is a literal, not a parameter: a statement without parameters is planned
-    // once and kept (a parameterised one would be re-planned for its first executions, and
-    // planning costs more than running it for a one-row INSERT). `last_delta` hands each
-    // workspace's delta back through RETURNING, which cannot see `excluded`.
-    let relid = u32::from(relid);
-    format!(
-        "INSERT INTO tenancy.quota_counter AS c (tbl, workspace_id, used, last_delta)
-         SELECT {relid}::oid, ws, n, n FROM ({source}) d WHERE n <> 0 ORDER BY ws
-         ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used, last_delta = excluded.used
-         RETURNING workspace_id, used, last_delta"
-    )
+    // Evaluated as the table's owner; the table path then hands the deltas to APPLY_SQL, run
+    // as the bookkeeping owner (so counted_when never runs with the bookkeeping owner's rights).
+    let _ = shared_path;
+    format!("SELECT ws, 0::bigint, n::bigint FROM ({source}) d WHERE n <> 0 ORDER BY ws")
 }
+
+/// The table path's counter update: the statement's per-workspace deltas ($2, $3, in workspace
+/// order) added to the counter rows of table $1, locked in that order. `last_delta` hands each
+/// workspace's delta back through RETURNING, which cannot see `excluded`.
+const APPLY_SQL: &str = "INSERT INTO tenancy.quota_counter AS c (tbl, workspace_id, used, last_delta)
+     SELECT $1::oid, d.ws, d.n, d.n FROM pg_catalog.unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS d(ws, n, i) ORDER BY d.i
+     ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used, last_delta = excluded.used
+     RETURNING workspace_id, used, last_delta";
 
 /// `(col) IS NOT NULL AND (counted_when)`: which rows count.
 fn counted_condition(q: &TableQuota) -> String {
@@ -737,6 +794,179 @@ fn count_sql(relid: pg_sys::Oid, q: &TableQuota) -> String {
         qualified_name(relid),
         counted_condition(q)
     )
+}
+
+/// Raise 42501 unless the current user has the privileges of `tbl`'s owner (a superuser has).
+fn require_owner(tbl: pg_sys::Oid, what: &str) -> Result<(), TenancyError> {
+    // SAFETY: catalog lookups; pg_class_ownercheck raises 42P01 for a relation that is gone.
+    let ok = unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) };
+    if ok {
+        return Ok(());
+    }
+    let table = regclass_text(tbl);
+    Err(TenancyError::new(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {table} to {what}"))
+        .detail(format!(
+            "Quotas of a table are administered by its owner (or a member of the owning role) or a superuser; role {} is neither.",
+            current_user_name()
+        ))
+        .hint("Ask the table's owner, or a superuser, to do it."))
+}
+
+fn current_user_name() -> String {
+    // SAFETY: the name of the current user id, palloc'd; read at once.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        if name.is_null() {
+            return "?".into();
+        }
+        quote_identifier(&std::ffi::CStr::from_ptr(name).to_string_lossy())
+    }
+}
+
+/// Owner of `relid` from pg_class (None: no such relation).
+fn owner_of(relid: pg_sys::Oid) -> Result<Option<pg_sys::Oid>, TenancyError> {
+    Ok(with_catalog_path(|| {
+        Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[DatumWithOid::from(relid)])
+    })?)
+}
+
+/// `tenancy._quota_count(tbl, workspace_column, counted_when)`: the rows of `tbl` counted per
+/// workspace (workspace column not NULL and `counted_when` true), under the caller's snapshot.
+/// The count, and so `counted_when`, runs as the table's owner in a security-restricted
+/// operation under `search_path = pg_catalog` (never with the caller's rights when the caller
+/// is a superuser or the bookkeeping owner). The caller must have the table owner's privileges.
+/// Used by enforce_quota (recount), quota_usage and quota_drift; not executable by PUBLIC.
+#[pg_extern(volatile, parallel_unsafe, name = "_quota_count")]
+fn quota_count(
+    tbl: pg_sys::Oid,
+    workspace_column: &str,
+    counted_when: Option<&str>,
+) -> Result<TableIterator<'static, (name!(workspace_id, pgrx::Uuid), name!(n, i64))>, pgrx::pg_sys::panic::ErrorReport> {
+    require_owner(tbl, "count its quota rows")?;
+    if let Some(cond) = counted_when {
+        assert_expression(cond)?;
+    }
+    let owner = owner_of(tbl)?.ok_or_else(|| TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, format!("relation {} does not exist", u32::from(tbl))))?;
+    let q = TableQuota {
+        workspace_column: workspace_column.to_string(),
+        counted_when: counted_when.map(str::to_string),
+        default_limit: None,
+        overrides: HashMap::new(),
+        shared_counts: false,
+    };
+    let sql = format!(
+        "SELECT {col}, count(*) FROM {} WHERE {} GROUP BY 1",
+        qualified_name(tbl),
+        counted_condition(&q),
+        col = quote_identifier(workspace_column)
+    );
+    let qualified = qualified_name(tbl);
+    let rows = Spi::connect(|client| {
+        as_user(owner, || -> Result<Vec<(pgrx::Uuid, i64)>, TenancyError> {
+            if let Some(cond) = counted_when {
+                vet::vet(&qualified, cond, owner)?;
+            }
+            let mut out = Vec::new();
+            for row in client.select(&sql, None, &[])? {
+                out.push((row.get::<pgrx::Uuid>(1)?.expect("not null"), row.get::<i64>(2)?.expect("count")));
+            }
+            Ok(out)
+        })
+    })?;
+    Ok(TableIterator::new(rows))
+}
+
+/// `tenancy._quota_admin(action, ...)`: the one way the administrative functions
+/// (enforce_quota, set_quota, clear_quota, release_quota, all SECURITY INVOKER) write the
+/// bookkeeping. It checks, with the caller's own identity, that the caller may execute the
+/// public function of `action` (so `GRANT EXECUTE ON FUNCTION tenancy.set_quota ...` delegates
+/// it) and owns the table (a non-owner never sets another owner's quotas or counted_when), then
+/// runs the internal function as the owner of the bookkeeping tables, in a security-restricted
+/// operation under `search_path = pg_catalog`; counted_when is only ever evaluated as the
+/// table's owner (`_quota_count`, the quota trigger).
+#[pg_extern(volatile, parallel_unsafe, name = "_quota_admin")]
+fn quota_admin(
+    action: &str,
+    tbl: Option<pg_sys::Oid>,
+    workspace_column: Option<&str>,
+    counted_when: Option<&str>,
+    max_rows: Option<i64>,
+    workspace: Option<pgrx::Uuid>,
+) -> Result<(), pgrx::pg_sys::panic::ErrorReport> {
+    let tbl_arg = || DatumWithOid::from(tbl.map(RegClass));
+    let (entry, sql, args, what) = match action {
+        "enforce" => (
+            "enforce_quota(pg_catalog.regclass, pg_catalog.name, pg_catalog.text)",
+            "SELECT tenancy._enforce_quota($1, $2::pg_catalog.name, $3)",
+            vec![tbl_arg(), DatumWithOid::from(workspace_column), DatumWithOid::from(counted_when)],
+            "enforce a quota on it",
+        ),
+        "set" => (
+            "set_quota(pg_catalog.regclass, pg_catalog.int8, pg_catalog.uuid)",
+            "SELECT tenancy._set_quota($1, $2, $3)",
+            vec![tbl_arg(), DatumWithOid::from(max_rows), DatumWithOid::from(workspace)],
+            "set its quota",
+        ),
+        "clear" => (
+            "clear_quota(pg_catalog.regclass, pg_catalog.uuid)",
+            "SELECT tenancy._clear_quota($1, $2)",
+            vec![tbl_arg(), DatumWithOid::from(workspace)],
+            "clear its quota",
+        ),
+        "release" => ("release_quota(pg_catalog.regclass)", "SELECT tenancy._release_quota($1)", vec![tbl_arg()], "release its quota"),
+        other => {
+            return Err(TenancyError::new(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("unknown quota action \"{other}\""))
+                .hint("Internal function: call tenancy.enforce_quota, set_quota, clear_quota or release_quota.")
+                .into())
+        }
+    };
+    let entry = format!("tenancy.{entry}");
+    let may = with_catalog_path(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.has_function_privilege($1::pg_catalog.regprocedure, 'EXECUTE')",
+            &[DatumWithOid::from(entry.as_str())],
+        )
+    })
+    .map_err(TenancyError::from)?;
+    if may != Some(true) {
+        let name = entry.split('(').next().unwrap_or_default();
+        return Err(TenancyError::new(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for function {name}"))
+            .detail(format!("Role {} has no EXECUTE privilege on {}.", current_user_name(), entry.replace("pg_catalog.", "")))
+            .hint(format!("A superuser delegates it with GRANT EXECUTE ON FUNCTION {} TO <role>.", entry.replace("pg_catalog.", "")))
+            .into());
+    }
+    if let Some(tbl) = tbl {
+        require_owner(tbl, what)?;
+    }
+    let bookkeeper = owner_of(bookkeeping_table()?)?.expect("the bookkeeping table exists");
+    as_user(bookkeeper, || Spi::run_with_args(sql, &args)).map_err(TenancyError::from)?;
+    Ok(())
+}
+
+/// A regclass datum (an oid with the regclass type oid), for SPI parameters.
+struct RegClass(pg_sys::Oid);
+
+impl IntoDatum for RegClass {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGCLASSOID
+    }
+}
+
+/// tenancy.quota_counter's oid: its owner is the bookkeeping owner.
+fn bookkeeping_table() -> Result<pg_sys::Oid, TenancyError> {
+    // SAFETY: syscache lookups of a namespace and a relation by name.
+    let oid = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+        pg_sys::get_relname_relid(c"quota_counter".as_ptr(), nsp)
+    };
+    if oid == pg_sys::InvalidOid {
+        return Err(TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, "tenancy.quota_counter does not exist")
+            .hint("Is the extension installed in this database? CREATE EXTENSION tenancy;"));
+    }
+    Ok(oid)
 }
 
 /// `tenancy._assert_expression(expr)`: raise 42601 unless `expr` is exactly one SQL
@@ -808,6 +1038,6 @@ fn assert_expression(expr: &str) -> Result<bool, pgrx::pg_sys::panic::ErrorRepor
 pgrx::extension_sql_file!(
     "../sql/quota.sql",
     name = "quota_sql",
-    requires = ["context_sql", quota_trigger, quota_config_changed, assert_expression, shared::quota_entries, shared::quota_shared, shared::quota_forget]
+    requires = ["context_sql", quota_trigger, quota_config_changed, assert_expression, quota_count, quota_admin, shared::quota_entries, shared::quota_shared, shared::quota_forget]
 );
 

@@ -382,12 +382,20 @@ fn insert(key: &Key, used: i64) -> Result<(), TenancyError> {
     // SAFETY: membership changes under the EXCLUSIVE lock; no error is raised while it is held.
     let inserted = unsafe {
         pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        if pg_sys::hash_get_num_entries(hash) >= shared.max {
+        let present = !raw::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
+            .is_null();
+        if !present && pg_sys::hash_get_num_entries(hash) >= shared.max {
             evict(shared, hash);
         }
+        // never past the maximum: when every counter belongs to a transaction in progress,
+        // eviction frees nothing and the new counter is refused (the hash table's spare
+        // shared memory would otherwise let it grow without bound)
         let mut found = false;
-        let e = pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found)
-            .cast::<Entry>();
+        let e = if present || pg_sys::hash_get_num_entries(hash) < shared.max {
+            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>()
+        } else {
+            std::ptr::null_mut()
+        };
         if !e.is_null() && !found {
             (*e).used = AtomicI64::new(used);
             (*e).in_flight = AtomicI64::new(0);
