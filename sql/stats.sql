@@ -23,20 +23,20 @@ SELECT s.workspace_id,
   FROM @extschema@._workspace_stats() s
   LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid;
 COMMENT ON VIEW @extschema@.workspace_stats IS
-'Per workspace and database, since the last reset: top-level statements (queries) and nested ones, rows returned or affected, execution, planning and CPU time in milliseconds, rows added/removed in quota-enforced tables and quota rejections, sessions now holding the workspace, last activity. Without pg_read_all_stats a role sees only its current workspace in the current database.';
+'Per workspace and database, since the last reset: top-level statements (queries) and nested ones, rows returned or affected, execution, planning and CPU time in milliseconds, rows added/removed in quota-enforced tables and quota rejections, sessions now holding the workspace, last activity. Tracked only in databases where the extension is installed. Rows are visible to roles with the privileges of pg_read_all_stats (superusers included) or of the extension''s owner; other roles see no row, whatever workspace they claim (tenancy.stats_info shows them the totals).';
 COMMENT ON COLUMN @extschema@.workspace_stats.queries IS 'top-level statements run under this workspace context';
 COMMENT ON COLUMN @extschema@.workspace_stats.nested_queries IS 'statements run inside functions, triggers and procedures';
 COMMENT ON COLUMN @extschema@.workspace_stats.rows IS 'rows returned (SELECT) or affected (INSERT/UPDATE/DELETE)';
-COMMENT ON COLUMN @extschema@.workspace_stats.cpu_time_ms IS 'user + system CPU of top-level statements, planning included';
+COMMENT ON COLUMN @extschema@.workspace_stats.cpu_time_ms IS 'user + system CPU of top-level statements, planning included, and of the parallel workers of their queries';
 COMMENT ON COLUMN @extschema@.workspace_stats.sessions IS 'backends whose tenancy.workspace_id is this workspace now';
 GRANT SELECT ON @extschema@.workspace_stats TO PUBLIC;
 
 CREATE VIEW @extschema@.stats_info AS
-SELECT capacity, entries, evictions, shared_memory_bytes, bytes_per_entry,
+SELECT capacity, entries, evictions, refused_statements, shared_memory_bytes, bytes_per_entry,
        @extschema@._pg_time(last_reset_us) AS last_reset
   FROM @extschema@._stats_info();
 COMMENT ON VIEW @extschema@.stats_info IS
-'Capacity (tenancy.max_workspaces), entries in use, evictions since start, shared memory reserved, and the last full reset.';
+'Capacity (tenancy.max_workspaces), entries in use, evictions since start, statements left untracked since start because their backend had used up its tenancy.stats_new_entry_limit (refused_statements), shared memory reserved, and the last full reset.';
 GRANT SELECT ON @extschema@.stats_info TO PUBLIC;
 
 CREATE VIEW @extschema@.usage AS

@@ -22,8 +22,29 @@
 //! What is counted, per (database, workspace of the context current when the statement ran):
 //! statements (top-level and nested separately), rows returned or affected (`es_processed`),
 //! execution time, planning time, CPU time of top-level statements (user + system, planning
-//! included), and from the quota trigger (attributed to the workspace of the rows): rows added,
-//! rows removed, rejections.
+//! included, and that of their parallel workers), and from the quota trigger (attributed to the
+//! workspace of the rows): rows added, rows removed, rejections.
+//!
+//! # Trust
+//! The context is self-asserted (any role can `SET tenancy.workspace_id`), so:
+//! - statements are tracked only in databases where the extension is installed: a backend caches
+//!   the answer ([`installed_here`]) and drops it on relcache invalidations (CREATE / DROP
+//!   EXTENSION create or drop the extension's relations, which invalidates them everywhere);
+//! - one backend creates at most `tenancy.stats_new_entry_limit` new entries per minute (a token
+//!   bucket kept in its shared slot, so reconnecting does not refill it); beyond it, statements of
+//!   workspaces not yet in the table go untracked and are counted in `refused_statements`.
+//!   Entries that already exist are always updated. The quota trigger's attribution (to the
+//!   workspace of rows actually written) is not limited;
+//! - rows are visible only to roles with the privileges of `pg_read_all_stats` (superusers
+//!   included) or of the extension's owner: the claimed context grants nothing.
+//!
+//! # Parallel queries
+//! A parallel query is one statement of the leader: parallel workers run the executor hooks too
+//! (with the leader's context, restored from its settings), but add no statement, rows or
+//! execution time (the leader's `es_processed` and total time already cover the workers' part).
+//! A worker adds only its own CPU time, read at its ExecutorStart and ExecutorEnd, to an entry that
+//! already exists (a worker never creates one): process CPU clocks are per process, so nothing
+//! is counted twice.
 
 use std::ffi::{c_char, c_int, c_long, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
@@ -40,6 +61,9 @@ const TRANCHE: &std::ffi::CStr = c"tenancy";
 static MAX_WORKSPACES: GucSetting<i32> = GucSetting::<i32>::new(5000);
 static TRACK: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SAVE: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// New entries one backend may create per minute (burst of as many); -1: no limit.
+static NEW_ENTRY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NEW_ENTRY_LIMIT);
+const DEFAULT_NEW_ENTRY_LIMIT: i32 = 100;
 
 /// Saved at clean shutdown, read (then removed) at start, as pg_stat_statements does: a crash
 /// leaves no file behind, so statistics restart empty after one.
@@ -55,6 +79,9 @@ struct StatsFile {
     saved_at_us: i64,
     reset_at_us: i64,
     evictions: u64,
+    /// Absent from files written before it existed.
+    #[serde(default)]
+    refused: u64,
     entries: Vec<SavedEntry>,
 }
 
@@ -96,17 +123,24 @@ pub(crate) struct Entry {
 struct Shared {
     lock: *mut pg_sys::LWLock,
     evictions: AtomicU64,
+    /// Statements left untracked because their backend had used up its new-entry allowance.
+    refused: AtomicU64,
     reset_at: AtomicI64,
     max: i64,
 }
 
-/// A backend's current workspace, for the sessions column.
+/// A backend's current workspace, for the sessions column, and its new-entry token bucket
+/// (`tokens`: f64 bits; `tokens_at`: when last refilled, 0 = never: a full bucket). The bucket
+/// outlives the backend, so that the next backend with the same id inherits it: reconnecting
+/// gives no fresh allowance.
 #[repr(C)]
 struct Slot {
     set: AtomicBool,
     dbid: AtomicU64,
     hi: AtomicU64,
     lo: AtomicU64,
+    tokens: AtomicU64,
+    tokens_at: AtomicI64,
 }
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
@@ -254,15 +288,16 @@ static CPU: BackendLocal<Cpu> =
 /// Read the clock, add what was used since the last reading to the pending workspace.
 fn cpu_read(cpu: &mut Cpu) {
     let now = now_ns();
+    // SAFETY: plain clock read (vDSO).
+    let now_us = unsafe { raw::now() };
     if let Some(ws) = cpu.pending {
         let used = now.saturating_sub(cpu.last_ns);
-        record(ws, |e| {
+        record_at(ws, now_us, Create::Limited, |e| {
             e.cpu_ns.fetch_add(used, Relaxed);
         });
     }
     cpu.last_ns = now;
-    // SAFETY: plain clock read (vDSO).
-    cpu.last_at_us = unsafe { raw::now() };
+    cpu.last_at_us = now_us;
 }
 
 /// A top-level statement starts for `ws` (None: untracked, or a utility statement).
@@ -334,6 +369,16 @@ pub(crate) fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"tenancy.stats_new_entry_limit",
+        c"New usage-statistics entries one backend may create per minute (-1: no limit).",
+        c"A burst of as many, refilled continuously. Beyond it, statements of workspaces not yet in the table are not tracked (counted in tenancy.stats_info.refused_statements); entries that exist are always updated.",
+        &NEW_ENTRY_LIMIT,
+        -1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"tenancy.track",
         c"Collect per-workspace usage statistics.",
@@ -348,6 +393,7 @@ pub(crate) fn init() {
     // SAFETY: installing hooks from _PG_init in the postmaster, chaining the previous ones;
     // every hook function below has the exact signature PostgreSQL expects.
     unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
         PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(shmem_request);
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
@@ -408,6 +454,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             shared.write(Shared {
                 lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
                 evictions: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 reset_at: AtomicI64::new(pg_sys::GetCurrentTimestamp()),
                 max: MAX_WORKSPACES.get() as i64,
             });
@@ -491,6 +538,7 @@ unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
         loaded += 1;
     }
     shared.evictions.store(file.evictions, Relaxed);
+    shared.refused.store(file.refused, Relaxed);
     shared.reset_at.store(file.reset_at_us, Relaxed);
     pgrx::log!("tenancy: loaded statistics of {loaded} workspaces from {STATS_FILE}");
 }
@@ -509,6 +557,7 @@ unsafe extern "C-unwind" fn shmem_shutdown(code: c_int, _arg: pg_sys::Datum) {
         saved_at_us: unsafe { pg_sys::GetCurrentTimestamp() },
         reset_at_us: shared.reset_at.load(Relaxed),
         evictions: shared.evictions.load(Relaxed),
+        refused: shared.refused.load(Relaxed),
         entries: copy_entries(shared, false)
             .into_iter()
             .map(|s| SavedEntry {
@@ -570,20 +619,174 @@ fn tracking() -> Option<[u8; 16]> {
     if SHARED.load(Relaxed).is_null() || INTERNAL.load(Relaxed) > 0 || !TRACK.get() {
         return None;
     }
-    crate::context::current()
+    let ws = crate::context::current()?;
+    installed_here().then_some(ws)
 }
 
-/// Add to the entry of (current database, `ws`), creating it if needed. Never fails.
+/// Whether the extension is installed in this backend's database, cached per backend:
+/// `EXT_UNKNOWN`, `EXT_ABSENT`, or the oid of the relation `tenancy.workspace_stats` (the marker
+/// whose invalidation means the extension may have been dropped or replaced).
+static EXT_STATE: AtomicU64 = AtomicU64::new(EXT_UNKNOWN);
+const EXT_UNKNOWN: u64 = u64::MAX;
+const EXT_ABSENT: u64 = u64::MAX - 1;
+/// Bumped by every invalidation that clears [`EXT_STATE`]: a lookup during which one arrived is
+/// not cached.
+static EXT_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// Relcache invalidation (this database's or a shared relation's; `relid` 0: all of them, e.g.
+/// after a sinval queue overflow). While the extension is known to be absent, any invalidation
+/// may be its CREATE EXTENSION (which creates relations: their pg_class rows invalidate them
+/// everywhere); while it is installed, only one of the marker relation (dropped with the
+/// extension) or a full reset. Invalidations are rare next to statements (DDL, ANALYZE), so the
+/// hot path only reads `EXT_STATE`.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let state = EXT_STATE.load(Relaxed);
+    let relid = u64::from(u32::from(relid));
+    if state == EXT_UNKNOWN {
+        return;
+    }
+    if state == EXT_ABSENT || relid == 0 || relid == state {
+        EXT_GEN.fetch_add(1, Relaxed);
+        EXT_STATE.store(EXT_UNKNOWN, Relaxed);
+    }
+}
+
+/// Is the extension installed in this database (with its statistics view)? A catalog lookup once
+/// per invalidation (see [`relcache_callback`]), else one atomic load. Callers are in a
+/// transaction (planner, executor).
+fn installed_here() -> bool {
+    match EXT_STATE.load(Relaxed) {
+        EXT_ABSENT => false,
+        EXT_UNKNOWN => {
+            // SAFETY: called from the planner and executor hooks, in a valid transaction.
+            if !unsafe { pg_sys::IsTransactionState() } {
+                return false;
+            }
+            let gen = EXT_GEN.load(Relaxed);
+            // SAFETY: catalog lookups in a transaction (errors become Rust panics through the
+            // guarded pg_sys calls, as anywhere in the hooks).
+            let marker = unsafe {
+                let ext = pg_sys::get_extension_oid(c"tenancy".as_ptr(), true);
+                if ext == pg_sys::InvalidOid {
+                    None
+                } else {
+                    // the control file fixes the schema (schema = tenancy, not relocatable)
+                    let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+                    let rel = if nsp == pg_sys::InvalidOid {
+                        pg_sys::InvalidOid
+                    } else {
+                        pg_sys::get_relname_relid(c"workspace_stats".as_ptr(), nsp)
+                    };
+                    (rel != pg_sys::InvalidOid).then_some(u64::from(u32::from(rel)))
+                }
+            };
+            if EXT_GEN.load(Relaxed) == gen {
+                EXT_STATE.store(marker.unwrap_or(EXT_ABSENT), Relaxed);
+            }
+            marker.is_some()
+        }
+        _ => true,
+    }
+}
+
+/// Whether [`record_at`] may create the entry when it does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// Yes (the quota trigger: the workspace of rows actually written).
+    Always,
+    /// Within the backend's `tenancy.stats_new_entry_limit` (statements under a claimed context).
+    Limited,
+    /// No (parallel workers: the leader creates the entry).
+    Never,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Yes,
+    /// No entry, and the backend's allowance of new entries is used up.
+    Refused,
+    /// Not tracking, or no entry and `Create::Never`.
+    No,
+}
+
+/// Add to the entry of (current database, `ws`), creating it if needed. Never fails. For the
+/// quota trigger: the rows' workspace, not limited by `tenancy.stats_new_entry_limit`.
 pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
     // SAFETY: plain clock read (vDSO).
-    record_at(ws, unsafe { raw::now() }, f)
+    record_at(ws, unsafe { raw::now() }, Create::Always, f);
 }
 
-/// [`record`], with the entry's last activity set to `now` (us) the caller already read.
-fn record_at(ws: [u8; 16], now: i64, f: impl Fn(&Entry)) {
-    let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return };
+/// Backend-local bucket for a process without a slot of its own.
+static LOCAL_BUCKET: BackendLocal<(f64, i64)> = BackendLocal::new((0.0, 0));
+
+/// This backend's shared slot, if it has one.
+fn my_slot() -> Option<&'static Slot> {
+    let slots = SLOTS.load(Relaxed);
+    // SAFETY: MyBackendId indexes this backend's own slot (1..=MaxBackends), shared memory that
+    // lives as long as the process.
+    unsafe {
+        let id = pg_sys::MyBackendId as i64;
+        if slots.is_null() || id <= 0 || id >= SLOT_COUNT.load(Relaxed) {
+            return None;
+        }
+        Some(&*slots.add(id as usize))
+    }
+}
+
+/// Take one token of this backend's new-entry allowance at `now` (us); false when none is left.
+/// `give_back`: return a token taken for an entry another backend created meanwhile.
+fn take_token(now: i64, give_back: bool) -> bool {
+    let limit = NEW_ENTRY_LIMIT.get();
+    if limit <= 0 {
+        // 0: no new entry, and the allowance is left as it is; -1 (superuser-only, as every
+        // value of the setting): no limit, and the allowance is full again once it applies
+        if limit < 0 {
+            if let Some(slot) = my_slot() {
+                slot.tokens_at.store(0, Relaxed);
+            }
+            LOCAL_BUCKET.with(|b| b.borrow_mut().1 = 0);
+        }
+        return limit < 0;
+    }
+    let limit = f64::from(limit);
+    let update = |tokens: f64, at: i64| -> (bool, f64) {
+        let tokens = if give_back {
+            return (true, (tokens + 1.0).min(limit));
+        } else if at == 0 {
+            limit
+        } else {
+            (tokens + (now - at).max(0) as f64 * limit / 60e6).min(limit)
+        };
+        if tokens >= 1.0 {
+            (true, tokens - 1.0)
+        } else {
+            (false, tokens)
+        }
+    };
+    match my_slot() {
+        // only this backend writes its slot
+        Some(slot) => {
+            let (ok, tokens) = update(f64::from_bits(slot.tokens.load(Relaxed)), slot.tokens_at.load(Relaxed));
+            slot.tokens.store(tokens.to_bits(), Relaxed);
+            slot.tokens_at.store(now, Relaxed);
+            ok
+        }
+        None => LOCAL_BUCKET.with(|b| {
+            let mut b = b.borrow_mut();
+            let (ok, tokens) = update(b.0, b.1);
+            *b = (tokens, now);
+            ok
+        }),
+    }
+}
+
+/// Add to the entry of (current database, `ws`), with its last activity set to `now` (us) the
+/// caller already read; `create` says whether a missing entry may be created.
+fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entry)) -> Recorded {
+    let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return Recorded::No };
     if !TRACK.get() {
-        return;
+        return Recorded::No;
     }
     // SAFETY: MyDatabaseId is the backend's database; the hash is valid shared memory; every
     // entry pointer is used only while the lock keeping it alive is held.
@@ -596,25 +799,41 @@ fn record_at(ws: [u8; 16], now: i64, f: impl Fn(&Entry)) {
             f(e);
             e.last_activity.store(now, Relaxed);
             raw::lwlock_release(shared.lock);
-            return;
+            return Recorded::Yes;
         }
         raw::lwlock_release(shared.lock);
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        if pg_sys::hash_get_num_entries(hash) >= shared.max {
-            evict(shared, hash);
+        match create {
+            Create::Never => return Recorded::No,
+            // refused without taking the lock EXCLUSIVE: a loop over new ids costs others nothing
+            Create::Limited if !take_token(now, false) => return Recorded::Refused,
+            _ => {}
         }
-        let mut found = false;
-        let e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>();
-        if !e.is_null() {
-            if !found {
+        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+        if e.is_null() {
+            if pg_sys::hash_get_num_entries(hash) >= shared.max {
+                evict(shared, hash);
+            }
+            let mut found = false;
+            e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>();
+            if !e.is_null() && !found {
                 // zero every counter (the key is already in place)
                 let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
                 std::ptr::write_bytes(counters, 0, std::mem::size_of::<Entry>() - std::mem::size_of::<Key>());
             }
+        } else if create == Create::Limited {
+            take_token(now, true); // another backend created it meanwhile
+        }
+        if !e.is_null() {
             f(&*e);
             (*e).last_activity.store(now, Relaxed);
         }
         pg_sys::LWLockRelease(shared.lock);
+        if e.is_null() {
+            Recorded::No
+        } else {
+            Recorded::Yes
+        }
     }
 }
 
@@ -667,16 +886,16 @@ unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
 }
 
 /// Called by the `tenancy.workspace_id` assign hook: publish this backend's workspace.
+/// Parallel workers skip: they restore the leader's settings, but are not sessions.
 pub(crate) fn note_context(ws: Option<[u8; 16]>) {
-    let slots = SLOTS.load(Relaxed);
-    // SAFETY: MyBackendId indexes this backend's own slot (1..=MaxBackends); only this backend
-    // writes it. Processes without a backend id (postmaster, auxiliary) skip.
+    if is_parallel_worker() {
+        return;
+    }
+    // Only this backend writes its slot. Processes without a backend id (postmaster, auxiliary)
+    // skip.
+    let Some(slot) = my_slot() else { return };
+    // SAFETY: registering a 'static callback for this backend's exit; reading its database id.
     unsafe {
-        let id = pg_sys::MyBackendId as i64;
-        if slots.is_null() || id <= 0 || id >= SLOT_COUNT.load(Relaxed) {
-            return;
-        }
-        let slot = &*slots.add(id as usize);
         if ws.is_some() && !SLOT_EXIT_REGISTERED.with(|r| r.replace(true)) {
             pg_sys::before_shmem_exit(Some(clear_slot), pg_sys::Datum::from(0));
         }
@@ -821,15 +1040,38 @@ unsafe extern "C-unwind" fn planner(
     };
     if let (Some(ws), Some(start)) = (ws, start) {
         let ns = start.elapsed().as_nanos() as u64;
-        record(ws, |e| {
+        // SAFETY: plain clock read (vDSO).
+        record_at(ws, unsafe { raw::now() }, Create::Limited, |e| {
             e.plan_ns.fetch_add(ns, Relaxed);
         });
     }
     result
 }
 
+/// Whether this process is a parallel worker (PostgreSQL's `IsParallelWorker()`).
+fn is_parallel_worker() -> bool {
+    // SAFETY: reading a plain global int of this process.
+    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
+}
+
+/// In a parallel worker: the workspace and the CPU clock at its ExecutorStart.
+static WORKER_CPU: BackendLocal<Option<([u8; 16], u64)>> = BackendLocal::new(None);
+
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+    if is_parallel_worker() {
+        // the leader counts the statement; a worker only reads its CPU clock (see the header)
+        let ws = if shared().is_some() && TRACK.get() { crate::context::current() } else { None };
+        WORKER_CPU.with(|w| *w.borrow_mut() = ws.map(|ws| (ws, now_ns())));
+        // SAFETY: chaining with the same arguments.
+        unsafe {
+            match PREV_EXECUTOR_START {
+                Some(prev) => prev(query_desc, eflags),
+                None => raw_standard_executor_start(query_desc, eflags),
+            }
+        }
+        return;
+    }
     // SAFETY: chaining; then, as pg_stat_statements does, ask for total-time instrumentation
     // allocated in the query's own memory context.
     unsafe {
@@ -892,6 +1134,23 @@ unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) 
 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    if is_parallel_worker() {
+        if let Some((ws, start)) = WORKER_CPU.with(|w| w.borrow_mut().take()) {
+            let used = now_ns().saturating_sub(start);
+            // SAFETY: plain clock read (vDSO).
+            record_at(ws, unsafe { raw::now() }, Create::Never, |e| {
+                e.cpu_ns.fetch_add(used, Relaxed);
+            });
+        }
+        // SAFETY: chaining with the same argument.
+        unsafe {
+            match PREV_EXECUTOR_END {
+                Some(prev) => prev(query_desc),
+                None => raw_standard_executor_end(query_desc),
+            }
+        }
+        return;
+    }
     // SAFETY: totaltime was allocated by executor_start (or by another extension) in the
     // query's memory context, still alive here.
     unsafe {
@@ -908,7 +1167,7 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
             let top = NESTING.load(Relaxed) == 0;
             // one clock read serves the entry's last activity and the CPU reading's age
             let now = raw::now();
-            record_at(ws, now, |e| {
+            let recorded = record_at(ws, now, Create::Limited, |e| {
                 if top {
                     e.queries_top.fetch_add(1, Relaxed);
                 } else {
@@ -917,6 +1176,11 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
                 e.rows.fetch_add(rows, Relaxed);
                 e.exec_ns.fetch_add(exec_ns, Relaxed);
             });
+            if recorded == Recorded::Refused {
+                if let Some(shared) = shared() {
+                    shared.refused.fetch_add(1, Relaxed);
+                }
+            }
             if top {
                 cpu_tick(now);
             }
@@ -989,12 +1253,19 @@ fn sessions_by_key() -> std::collections::HashMap<(u32, [u8; 16]), i64> {
     m
 }
 
-fn can_read_all_stats() -> bool {
+/// Who may read the rows of `workspace_stats`: roles with the privileges of `pg_read_all_stats`
+/// (superusers have every role's) or of the extension's owner. The claimed context counts for
+/// nothing: anyone can claim any workspace.
+fn can_read_stats() -> bool {
     // SAFETY: catalog lookups on the current user.
-    unsafe {
-        let user = pg_sys::GetUserId();
-        pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+    let user = unsafe { pg_sys::GetUserId() };
+    // SAFETY: as above.
+    if unsafe { pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) } {
+        return true;
     }
+    let owner = internal(|| Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'"));
+    // SAFETY: as above.
+    matches!(owner, Ok(Some(owner)) if unsafe { pg_sys::has_privs_of_role(user, owner) })
 }
 
 #[allow(clippy::type_complexity)]
@@ -1021,14 +1292,12 @@ fn stats_rows() -> Result<
     pgrx::pg_sys::panic::ErrorReport,
 > {
     let shared = require_preloaded()?;
-    let all = can_read_all_stats();
-    let mine = crate::context::current();
-    // SAFETY: reading the backend's database id.
-    let my_db = unsafe { pg_sys::MyDatabaseId };
+    if !can_read_stats() {
+        return Ok(TableIterator::new(Vec::new()));
+    }
     let sessions = sessions_by_key();
     let rows: Vec<_> = copy_entries(shared, true)
         .into_iter()
-        .filter(|s| all || (s.key.dbid == my_db && Some(s.key.ws) == mine))
         .map(|s| {
             let ms = |ns: u64| ns as f64 / 1e6;
             (
@@ -1059,6 +1328,7 @@ fn stats_info() -> Result<
             name!(capacity, i64),
             name!(entries, i64),
             name!(evictions, i64),
+            name!(refused_statements, i64),
             name!(shared_memory_bytes, i64),
             name!(bytes_per_entry, i64),
             name!(last_reset_us, i64),
@@ -1085,6 +1355,7 @@ fn stats_info() -> Result<
         shared.max,
         entries,
         shared.evictions.load(Relaxed) as i64,
+        shared.refused.load(Relaxed) as i64,
         shared_size() as i64,
         per_entry,
         reset,

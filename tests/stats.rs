@@ -107,8 +107,11 @@ fn two_databases_are_kept_apart_and_reset_is_per_workspace() {
     assert_eq!(stats(&mut admin, &db1, &y).unwrap().queries, 1, "other workspaces are kept");
 }
 
+/// The context is self-asserted: claiming a workspace must not reveal its row. Rows are for
+/// roles with the privileges of pg_read_all_stats (or of the extension's owner); others see none,
+/// and the totals of stats_info.
 #[test]
-fn unprivileged_role_sees_only_its_current_workspace() {
+fn unprivileged_role_cannot_read_a_workspace_by_claiming_it() {
     let db = fresh_db("stats_visibility");
     let mut admin = connect(&db);
     let (x, y) = (random_ws(&mut admin), random_ws(&mut admin));
@@ -125,24 +128,200 @@ fn unprivileged_role_sees_only_its_current_workspace() {
         c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
     }
     let mut viewer = connect_as(&db, "tenancy_it_viewer");
-    viewer.batch_execute(&format!("SET tenancy.workspace_id = '{x}'")).unwrap();
-    let seen: Vec<String> = viewer
-        .query("SELECT workspace_id::text FROM tenancy.workspace_stats", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(seen, vec![x.clone()], "sees its own workspace only");
+    for claim in [Some(&x), Some(&y), None] {
+        match claim {
+            Some(ws) => viewer.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'")).unwrap(),
+            None => viewer.batch_execute("RESET tenancy.workspace_id").unwrap(),
+        }
+        let n: i64 = viewer.query_one("SELECT count(*) FROM tenancy.workspace_stats", &[]).unwrap().get(0);
+        assert_eq!(n, 0, "claiming {claim:?} must not reveal any row");
+    }
+    // the totals stay visible
+    let entries: i64 = viewer.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+    assert!(entries >= 2);
     let err = viewer.execute("SELECT tenancy.reset_stats()", &[]).unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
+    let err = viewer.batch_execute("SET tenancy.stats_new_entry_limit = -1").unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "the new-entry limit is superuser-only");
     admin.batch_execute("GRANT pg_read_all_stats TO tenancy_it_viewer").unwrap();
     let mut viewer = connect_as(&db, "tenancy_it_viewer");
     let n: i64 = viewer
         .query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id IN ($1::text::uuid, $2::text::uuid)", &[&x, &y])
         .unwrap()
         .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 2, "pg_read_all_stats reads every row, without any context");
     admin.batch_execute("REVOKE pg_read_all_stats FROM tenancy_it_viewer").unwrap();
+}
+
+fn stats_info(c: &mut Client) -> (i64, i64, i64) {
+    let r = c.query_one("SELECT entries, evictions, refused_statements FROM tenancy.stats_info", &[]).unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+fn random_ids(c: &mut Client, n: i32) -> Vec<String> {
+    c.query("SELECT gen_random_uuid()::text FROM generate_series(1, $1)", &[&n])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `SET tenancy.workspace_id` to many ids, one statement each, in one round trip.
+fn claim_each(c: &mut Client, ids: &[String]) {
+    let sql: String = ids.iter().map(|id| format!("SET tenancy.workspace_id = '{id}'; SELECT 1;\n")).collect();
+    c.batch_execute(&sql).unwrap();
+    c.batch_execute("RESET tenancy.workspace_id").unwrap();
+}
+
+fn rows_among(c: &mut Client, ids: &[String]) -> i64 {
+    c.query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id::text = ANY($1)", &[&ids])
+        .unwrap()
+        .get(0)
+}
+
+/// From a database without the extension, any role could claim thousands of ids and evict every
+/// tenant's statistics cluster-wide: such databases are not tracked at all. Creating the
+/// extension there starts tracking in sessions already open; dropping it stops it.
+#[test]
+fn a_database_without_the_extension_is_not_tracked() {
+    let db = fresh_db("stats_noext_tenant");
+    let mut admin = connect(&db);
+    let tenant = random_ws(&mut admin);
+    connect(&db).batch_execute(&format!("SET tenancy.workspace_id = '{tenant}'; SELECT 1; SELECT 2;")).unwrap();
+    let plain = format!("t_stats_plain_{}", std::process::id());
+    let mut pg = connect("postgres");
+    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {plain}")).unwrap();
+    pg.batch_execute(&format!("CREATE DATABASE {plain} TEMPLATE template0")).unwrap();
+    let (_, evictions_before, _) = stats_info(&mut admin);
+
+    let ids = random_ids(&mut admin, 600);
+    let mut p = connect(&plain);
+    // an unprivileged role, as any role that may connect
+    p.batch_execute(
+        "DO $$ BEGIN CREATE ROLE tenancy_it_noext LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+    )
+    .unwrap();
+    let mut q = connect_as(&plain, "tenancy_it_noext");
+    claim_each(&mut p, &ids[..300]);
+    claim_each(&mut q, &ids[300..]);
+    assert_eq!(rows_among(&mut admin, &ids), 0, "no entry for a database without the extension");
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE database = $1", &[&plain])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let r = stats(&mut admin, &db, &tenant).expect("the tenant's entry is kept");
+    assert_eq!(r.queries, 2);
+    let (_, evictions_after, _) = stats_info(&mut admin);
+    assert_eq!(evictions_after, evictions_before, "nothing evicted");
+
+    // CREATE EXTENSION from another session: p, open all along, starts tracking
+    let ws = random_ws(&mut admin);
+    connect(&plain).batch_execute("CREATE EXTENSION tenancy").unwrap();
+    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
+    assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(1), "tracked once installed");
+    // DROP EXTENSION (from p itself, then from another session after a new CREATE): untracked again
+    p.batch_execute("RESET tenancy.workspace_id; DROP EXTENSION tenancy").unwrap();
+    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(1), "not tracked once dropped");
+    connect(&plain).batch_execute("CREATE EXTENSION tenancy").unwrap();
+    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(2));
+    connect(&plain).batch_execute("DROP EXTENSION tenancy").unwrap();
+    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(2));
+    drop((p, q));
+}
+
+/// One backend creates at most tenancy.stats_new_entry_limit new entries per minute; beyond it its
+/// statements of new workspaces go untracked (counted in refused_statements), while the
+/// workspaces already in the table keep counting.
+#[test]
+fn a_backend_over_its_new_entry_limit_stops_creating_entries() {
+    let db = fresh_db("stats_limit");
+    let mut admin = connect(&db);
+    let setting: String = admin.query_one("SHOW tenancy.stats_new_entry_limit", &[]).unwrap().get(0);
+    assert_eq!(setting, "100", "default");
+    let known = random_ws(&mut admin);
+    let mut c = connect(&db);
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{known}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    let (_, _, refused_before) = stats_info(&mut admin);
+    c.batch_execute("SET tenancy.stats_new_entry_limit = 5").unwrap();
+    let ids = random_ids(&mut admin, 40);
+    claim_each(&mut c, &ids);
+    let created = rows_among(&mut admin, &ids);
+    assert!(created <= 5, "{created} entries created over a limit of 5");
+    let (_, _, refused_after) = stats_info(&mut admin);
+    assert!(refused_after - refused_before >= 40 - created, "refused {} of {}", refused_after - refused_before, 40 - created);
+    // existing entries keep counting
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{known}'; SELECT 1; SELECT 2; SELECT 3; RESET tenancy.workspace_id;"))
+        .unwrap();
+    assert_eq!(stats(&mut admin, &db, &known).unwrap().queries, 4);
+    // the default allows a connection to serve many workspaces; -1 lifts the limit
+    c.batch_execute("SET tenancy.stats_new_entry_limit = -1").unwrap();
+    let more = random_ids(&mut admin, 40);
+    claim_each(&mut c, &more);
+    assert_eq!(rows_among(&mut admin, &more), 40);
+}
+
+/// A parallel query is one statement of its workspace: its workers add no statement, rows or
+/// execution time (only their CPU time).
+#[test]
+fn a_parallel_query_is_counted_once() {
+    let db = fresh_db("stats_parallel");
+    let mut admin = connect(&db);
+    admin
+        .batch_execute("CREATE TABLE par AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g; ANALYZE par;")
+        .unwrap();
+    let ws = random_ws(&mut admin);
+    let mut c = connect(&db);
+    c.batch_execute(
+        "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+         SET max_parallel_workers_per_gather = 2; SET parallel_leader_participation = on;",
+    )
+    .unwrap();
+    let q1 = "SELECT g FROM par WHERE h LIKE 'a%'";
+    let q2 = "SELECT count(*) FROM par WHERE h LIKE 'b%'";
+    for q in [q1, q2] {
+        // without a context: EXPLAIN ANALYZE's statement is not counted for ws
+        let plan: String = c
+            .simple_query(&format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {q}"))
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(plan.contains("Gather"), "{plan}");
+        let launched: i32 = plan
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Workers Launched: "))
+            .unwrap_or_else(|| panic!("{plan}"))
+            .parse()
+            .unwrap();
+        assert!(launched >= 1, "no parallel worker launched:\n{plan}");
+    }
+    let expected: i64 = admin.query_one("SELECT count(*) FROM par WHERE h LIKE 'a%'", &[]).unwrap().get(0);
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'")).unwrap();
+    let t0 = std::time::Instant::now();
+    let n = c.simple_query(q1).unwrap().iter().filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_))).count();
+    let counted: i64 = c.simple_query(q2).unwrap().iter().filter_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<i64>().unwrap()),
+        _ => None,
+    }).next().unwrap();
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(n as i64, expected);
+    assert!(counted > 0);
+    // closes the workspace's CPU stretch
+    c.batch_execute("RESET tenancy.workspace_id; SELECT 1;").unwrap();
+    let r = stats(&mut admin, &db, &ws).expect("row for the workspace");
+    assert_eq!((r.queries, r.nested), (2, 0), "two parallel statements count as two");
+    assert_eq!(r.rows, expected + 1, "rows of the leader only");
+    assert!(r.exec_ms <= wall_ms + 1.0, "execution time {} ms counted for {} ms of wall time", r.exec_ms, wall_ms);
+    assert!(r.cpu_ms >= 0.0 && r.cpu_ms <= 3.0 * wall_ms + 50.0, "cpu {} ms for {} ms of wall time", r.cpu_ms, wall_ms);
+    assert_eq!(r.sessions, 0, "parallel workers are not sessions");
 }
 
 #[test]
@@ -189,6 +368,8 @@ fn full_table_evicts_least_recently_active_and_counts_it() {
         (r.get(0), r.get(1))
     };
     assert_eq!(info, (100, 0));
+    // one backend creating 150 entries: lift its new-entry limit
+    c.batch_execute("SET tenancy.stats_new_entry_limit = -1").unwrap();
     let mut last = String::new();
     for _ in 0..150 {
         last = random_ws(&mut c);

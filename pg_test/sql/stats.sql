@@ -6,7 +6,8 @@ SELECT tenancy.reset_stats(:w);
 
 -- settings and capacity
 SELECT name, setting, context FROM pg_settings WHERE name LIKE 'tenancy.%' ORDER BY name;
-SELECT capacity, entries >= 0 AS has_entries, evictions, shared_memory_bytes > 0 AS reserved, bytes_per_entry
+SELECT capacity, entries >= 0 AS has_entries, evictions, refused_statements >= 0 AS has_refused,
+       shared_memory_bytes > 0 AS reserved, bytes_per_entry
   FROM tenancy.stats_info;
 
 -- two top-level statements and one nested (inside DO) under a workspace context; none without
@@ -23,6 +24,53 @@ SELECT queries, nested_queries, rows, exec_time_ms >= 0 AS timed, cpu_time_ms >=
 -- reset of one workspace
 SELECT tenancy.reset_stats(:w);
 SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id = :w;
+
+-- a parallel query is one statement of its workspace: its workers add no statement, rows or
+-- execution time
+CREATE TABLE stats_par AS SELECT g FROM generate_series(1, 30000) g;
+ANALYZE stats_par;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM stats_par WHERE g % 3 = 0;
+SET tenancy.workspace_id = :w;
+SELECT count(*) FROM stats_par WHERE g % 3 = 0;
+RESET tenancy.workspace_id;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+SELECT queries, nested_queries, rows FROM tenancy.workspace_stats
+ WHERE workspace_id = :w AND database = current_database();
+DROP TABLE stats_par;
+
+-- a backend over tenancy.stats_new_entry_limit creates no entry (superuser-only setting);
+-- its statements go untracked and are counted in refused_statements
+\set w2 '''00000000-0000-0000-0000-0000000000f2'''
+SET tenancy.stats_new_entry_limit = 0;
+SET tenancy.workspace_id = :w2;
+SELECT 1 AS untracked;
+RESET tenancy.workspace_id;
+RESET tenancy.stats_new_entry_limit;
+SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id = :w2;
+SELECT refused_statements > 0 AS refused FROM tenancy.stats_info;
+
+-- claiming a workspace reveals nothing: rows are for pg_read_all_stats (and superusers)
+CREATE ROLE tenancy_stats_viewer;
+SET ROLE tenancy_stats_viewer;
+SET tenancy.workspace_id = :w;
+SELECT count(*) FROM tenancy.workspace_stats;
+SELECT entries > 0 AS totals_visible FROM tenancy.stats_info;
+SET tenancy.stats_new_entry_limit = -1;
+RESET tenancy.workspace_id;
+RESET ROLE;
+GRANT pg_read_all_stats TO tenancy_stats_viewer;
+SET ROLE tenancy_stats_viewer;
+SELECT count(*) > 0 AS all_rows FROM tenancy.workspace_stats WHERE workspace_id = :w;
+RESET ROLE;
+DROP ROLE tenancy_stats_viewer;
+SELECT tenancy.reset_stats(:w);
 
 -- the views are documented
 SELECT c.relname, obj_description(c.oid, 'pg_class') IS NOT NULL AS commented
