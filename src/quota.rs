@@ -772,7 +772,7 @@ fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota, shared_path: bool
 /// order) added to the counter rows of table $1, locked in that order. `last_delta` hands each
 /// workspace's delta back through RETURNING, which cannot see `excluded`.
 const APPLY_SQL: &str = "INSERT INTO tenancy.quota_counter AS c (tbl, workspace_id, used, last_delta)
-     SELECT $1::oid, d.ws, d.n, d.n FROM pg_catalog.unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS d(ws, n, i) ORDER BY d.i
+     SELECT $1::oid, d.ws, d.n, d.n FROM ROWS FROM (pg_catalog.unnest($2::uuid[]), pg_catalog.unnest($3::bigint[])) WITH ORDINALITY AS d(ws, n, i) ORDER BY d.i
      ON CONFLICT (tbl, workspace_id) DO UPDATE SET used = c.used + excluded.used, last_delta = excluded.used
      RETURNING workspace_id, used, last_delta";
 

@@ -513,6 +513,16 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
         assert_eq!(count_q(&mut c, w), 5);
     }
     assert!(drift(&mut c).is_empty(), "{:?}", drift(&mut c));
+
+    // every counter in flight: one transaction writing more new workspaces than there are
+    // counters is refused (53200) instead of growing the table past tenancy.max_quota_entries
+    let many: Vec<String> = (0..120).map(|_| random_ws(&mut c)).collect();
+    let values = many.iter().map(|w| format!("('{w}')")).collect::<Vec<_>>().join(",");
+    let err = c.batch_execute(&format!("INSERT INTO q VALUES {values}")).unwrap_err();
+    assert_eq!(sqlstate(&err), "53200", "{err}");
+    let entries: i64 = c.query_one("SELECT count(*) FROM tenancy._quota_entries()", &[]).unwrap().get(0);
+    assert!(entries <= 100, "{entries} counters for a capacity of 100");
+    assert!(drift(&mut c).is_empty(), "{:?}", drift(&mut c));
 }
 
 /// Settings and limits changed after a REPEATABLE READ transaction took its snapshot are seen by
