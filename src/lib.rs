@@ -8,8 +8,8 @@
 //! - [`hierarchy`]: `readable_workspace_ids()`, a parent workspace's read scope over its
 //!   active children (the hierarchy option of the isolation policy).
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; counters in shared
-//!   memory when preloaded, `quota::shared`, fed by `quota::transition`; SQL in
-//!   `sql/quota.sql`).
+//!   memory when preloaded, `quota::shared`, fed by `quota::transition`; who may put code in
+//!   `counted_when`, `quota::vet`; SQL in `sql/quota.sql`).
 //! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
 //! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
 //!   `sql/stats.sql`).

@@ -21,8 +21,14 @@
 //!   rollbacks and savepoints undo the counters with the data.
 //!
 //! A delta that grows a workspace past its effective limit raises 53400 and the whole statement
-//! is undone. Everything the trigger runs through SPI runs as the owner of the bookkeeping
-//! tables, as a security-restricted operation under `search_path = pg_catalog` ([`as_user`]).
+//! is undone. Everything the trigger runs through SPI runs as a security-restricted operation
+//! under `search_path = pg_catalog` ([`as_user`]): what reads the bookkeeping tables (settings,
+//! limits, counter rows) as their owner; what evaluates `counted_when` (the delta statements,
+//! the counts, the compiled reader) as the enforced table's owner, read from the relation at
+//! every firing, so that code a table owner can redefine never runs with more rights than that
+//! owner's ([`vet`] checks who owns the code `counted_when` calls). The administrative
+//! functions reach the bookkeeping only through [`quota_admin`], which checks the caller's
+//! EXECUTE privilege and table ownership first.
 //!
 //! # Caches (per backend)
 //! Limits and table settings are read once per table (with a fresh snapshot) and kept; the
@@ -410,17 +416,7 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
             }
             let plan = caches.plans.get(&key).expect("just inserted");
             let runner = if event == Event::Truncate { owner } else { table_owner };
-            let mut rows = as_user(runner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
-                let table = client.select(plan, None, &[])?;
-                let mut out = Vec::new();
-                for row in table {
-                    let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
-                    let used: i64 = row.get(2)?.expect("used");
-                    let added: i64 = row.get(3)?.expect("delta");
-                    out.push((*ws.as_bytes(), used, added));
-                }
-                Ok(out)
-            })?;
+            let mut rows = as_user(runner, || delta_rows(client.select(plan, None, &[])?))?;
             if shared_path {
                 let counter = caches.counts.get(&relid).expect("prepared with the plans");
                 return apply_shared(t.trigger_data().tg_relation, relid, quota, counter, table_owner, rows);
@@ -431,17 +427,8 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 let apply = caches.apply.as_ref().expect("prepared with the plans");
                 let ids: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.0)).collect();
                 let deltas: Vec<i64> = rows.iter().map(|r| r.2).collect();
-                rows = as_user(owner, || -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
-                    let args = [DatumWithOid::from(relid), DatumWithOid::from(ids), DatumWithOid::from(deltas)];
-                    let mut out = Vec::new();
-                    for row in client.update(apply, None, &args)? {
-                        let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
-                        let used: i64 = row.get(2)?.expect("used");
-                        let added: i64 = row.get(3)?.expect("delta");
-                        out.push((*ws.as_bytes(), used, added));
-                    }
-                    Ok(out)
-                })?;
+                let args = [DatumWithOid::from(relid), DatumWithOid::from(ids), DatumWithOid::from(deltas)];
+                rows = as_user(owner, || delta_rows(client.update(apply, None, &args)?))?;
             }
             for &(ws, used, added) in &rows {
                 if added <= 0 {
@@ -478,6 +465,18 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
         }
         Err(e) => Some(e),
     }
+}
+
+/// The (workspace_id, used, delta) rows of a delta statement or of the counter update.
+fn delta_rows(table: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
+    let mut out = Vec::new();
+    for row in table {
+        let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
+        let used: i64 = row.get(2)?.expect("used");
+        let added: i64 = row.get(3)?.expect("delta");
+        out.push((*ws.as_bytes(), used, added));
+    }
+    Ok(out)
 }
 
 /// The shared-memory path (see [`shared`]): apply each workspace's delta to its counter in
@@ -564,7 +563,8 @@ fn stale_counters(relid: pg_sys::Oid, quota: &TableQuota) -> TenancyError {
     .hint(format!("Recount it: {call}; (or add tenancy to shared_preload_libraries again)."))
 }
 
-/// Run `f` as `role` (the owner of the counter table), as PostgreSQL's RI triggers do, so that
+/// Run `f` as `role` (the owner of the counter table for the bookkeeping, the enforced table's
+/// owner for anything evaluating `counted_when`), as PostgreSQL's RI triggers do, so that
 /// application roles need no privilege on the bookkeeping tables and row-level security hides no
 /// row from a count; as a security-restricted operation, and with `search_path` fixed to
 /// `pg_catalog` alone so that no function or operator of the session's own
