@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Scratch PostgreSQL 15 clusters for the demo, the tests and the benchmarks.
 #
-#   scripts/cluster.sh start NAME PORT [--fresh] [--no-preload] [--conf 'key = value']...
+#   scripts/cluster.sh start NAME PORT [--fresh] [--no-preload] [--standby-of PORT] [--conf 'key = value']...
+#     --standby-of PORT: a new cluster is a streaming standby of the primary on PORT
+#     (pg_basebackup -R), not an initdb.
 #   scripts/cluster.sh stop NAME
 #   scripts/cluster.sh restart NAME [-m fast|immediate]
 #   scripts/cluster.sh dir NAME
@@ -34,11 +36,12 @@ case "$cmd" in
 start)
     port=${3:?port}
     shift 3
-    fresh=0 preload="shared_preload_libraries = 'tenancy'" extra=()
+    fresh=0 preload="shared_preload_libraries = 'tenancy'" extra=() primary=""
     while [ $# -gt 0 ]; do
         case "$1" in
         --fresh) fresh=1 ;;
         --no-preload) preload="" ;;
+        --standby-of) primary=$2; shift ;;
         --conf) extra+=("$2"); shift ;;
         *) echo "cluster.sh: unknown option $1" >&2; exit 2 ;;
         esac
@@ -54,8 +57,16 @@ start)
         rm -rf "$dir"
         mkdir -p "$dir"
         [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
-        as_pg "$BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
-            || { cat "$dir/initdb.log" >&2; exit 1; }
+        if [ -n "$primary" ]; then
+            # a streaming standby: a base backup of the primary with standby.signal and
+            # primary_conninfo (-R); the primary's include line is replaced by ours below
+            as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$data" -R -X stream -c fast \
+                >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; exit 1; }
+            sed -i '/^include = /d' "$data/postgresql.conf"
+        else
+            as_pg "$BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+                || { cat "$dir/initdb.log" >&2; exit 1; }
+        fi
     fi
     # Our settings go in an included file, rewritten at every start.
     {

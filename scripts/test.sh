@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test layers and print a summary per layer. Exit non-zero if any layer failed.
 #   scripts/test.sh all|unit|regress|live
+# LIVE_TEST=name runs one file of tests/ only (e.g. LIVE_TEST=replica scripts/test.sh live).
 # Every server started here is stopped on exit, also on failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -114,7 +115,7 @@ layer_live() {
     echo "=== layer 3: live-server Rust tests (tests/) on a scratch cluster, port $LIVE_PORT"
     prepare_cluster "live (tests/)" live "$LIVE_PORT" tenancy_fixture || return
     TENANCY_TEST_PORT=$LIVE_PORT TENANCY_TEST_CLUSTER=live TENANCY_TEST_TEMPLATE=tenancy_fixture \
-        cargo test -p tenancy-it --release -- --test-threads=2 2>&1 | tee "$RUN_DIR/live.log"
+        cargo test -p tenancy-it --release ${LIVE_TEST:+--test "$LIVE_TEST"} -- --test-threads=2 2>&1 | tee "$RUN_DIR/live.log"
     local rc=${PIPESTATUS[0]}
     record "live (tests/)" "$rc $(cargo_counts "$RUN_DIR/live.log")"
     scripts/cluster.sh stop live

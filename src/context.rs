@@ -370,12 +370,23 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
         }
         Some(_) => {}
     }
-    crate::stats::internal(|| {
-        Spi::run_with_args(
-            "SELECT pg_catalog.set_config('tenancy.workspace_id', $1, $2)",
-            &[DatumWithOid::from(canon.as_str()), DatumWithOid::from(is_local)],
-        )
-    })?;
+    // Set it as `SET [LOCAL]` would, without SQL: nothing here writes or needs a transaction id
+    // (a read replica and a parallel query refuse to assign one).
+    let value = CString::new(canon.as_str()).expect("canonical uuid text");
+    // SAFETY: set_config_option copies both strings; it raises an ERROR (through pgrx's guard)
+    // where PostgreSQL's SET would, e.g. inside a security-restricted operation.
+    unsafe {
+        pg_sys::set_config_option(
+            WORKSPACE_ID_GUC.as_ptr(),
+            value.as_ptr(),
+            if pg_sys::superuser() { pg_sys::GucContext::PGC_SUSET } else { pg_sys::GucContext::PGC_USERSET },
+            pg_sys::GucSource::PGC_S_SESSION,
+            if is_local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET },
+            true,
+            0,
+            false,
+        );
+    }
     Ok(workspace)
 }
 
@@ -448,6 +459,20 @@ impl Registry {
                     Code::ERRCODE_UNDEFINED_COLUMN,
                     format!("column \"{col}\" of workspace registry table {table} does not exist"),
                 )
+                .hint("Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...)."));
+            }
+            // the id and parent columns are compared with uuids
+            let is_id = *col == self.id_column.as_str() || Some(*col) == self.parent_column.as_deref();
+            // SAFETY: syscache lookup of an existing column.
+            let typid = unsafe { pg_sys::get_atttype(relid, attnum) };
+            if is_id && typid != pg_sys::UUIDOID {
+                // SAFETY: syscache lookup; a palloc'd name, read at once.
+                let type_name = unsafe { CStr::from_ptr(pg_sys::format_type_be(typid)).to_string_lossy().into_owned() };
+                return Err(TenancyError::new(
+                    Code::ERRCODE_DATATYPE_MISMATCH,
+                    format!("column \"{col}\" of workspace registry table {table} has type {type_name}, not uuid"),
+                )
+                .detail("tenancy.registry_id_column and tenancy.registry_parent_column name uuid columns: workspace ids are uuids.")
                 .hint("Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...)."));
             }
         }

@@ -10,6 +10,7 @@
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; counters in shared
 //!   memory when preloaded, `quota::shared`, fed by `quota::transition`; who may put code in
 //!   `counted_when`, `quota::vet`; SQL in `sql/quota.sql`).
+//! - [`readonly`]: read-only SQL for the extension's lookups (never assigns a transaction id).
 //! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
 //! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
 //!   `sql/stats.sql`).
@@ -24,6 +25,7 @@ pub mod context;
 pub mod error;
 pub mod hierarchy;
 pub mod quota;
+pub mod readonly;
 pub mod rls;
 pub mod stats;
 pub mod uuid_text;

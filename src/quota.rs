@@ -620,7 +620,7 @@ fn over_quota(relid: pg_sys::Oid, ws: &[u8; 16], limit: i64, used: i64, added: i
 }
 
 fn regclass_text(relid: pg_sys::Oid) -> String {
-    Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[DatumWithOid::from(relid)])
+    crate::readonly::one::<String>("SELECT $1::pg_catalog.regclass::pg_catalog.text", &[DatumWithOid::from(relid)])
         .ok()
         .flatten()
         .unwrap_or_else(|| format!("relation {}", u32::from(relid)))
@@ -826,7 +826,7 @@ fn current_user_name() -> String {
 /// Owner of `relid` from pg_class (None: no such relation).
 fn owner_of(relid: pg_sys::Oid) -> Result<Option<pg_sys::Oid>, TenancyError> {
     Ok(with_catalog_path(|| {
-        Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[DatumWithOid::from(relid)])
+        crate::readonly::one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[DatumWithOid::from(relid)])
     })?)
 }
 
@@ -921,8 +921,17 @@ fn quota_admin(
         }
     };
     let entry = format!("tenancy.{entry}");
+    // writes: refused in a read-only transaction and on a standby as PostgreSQL refuses any
+    // write there (25006), before anything would ask for a transaction id
+    let command = CString::new(format!("tenancy.{}", entry.trim_start_matches("tenancy.").split('(').next().unwrap_or_default()))
+        .expect("no NUL");
+    // SAFETY: both raise a normal ERROR (25006) through pgrx's guard, or return.
+    unsafe {
+        pg_sys::PreventCommandIfReadOnly(command.as_ptr());
+        pg_sys::PreventCommandDuringRecovery(command.as_ptr());
+    }
     let may = with_catalog_path(|| {
-        Spi::get_one_with_args::<bool>(
+        crate::readonly::one::<bool>(
             "SELECT pg_catalog.has_function_privilege($1::pg_catalog.regprocedure, 'EXECUTE')",
             &[DatumWithOid::from(entry.as_str())],
         )
