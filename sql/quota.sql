@@ -64,6 +64,13 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_table', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_limit', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.quota_counter', '');
 
+-- The trigger functions' C entry points check that they are called as triggers (39P01
+-- otherwise, as PL/pgSQL's), then run pgrx's trigger wrappers.
+CREATE OR REPLACE FUNCTION @extschema@.quota_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_trigger';
+CREATE OR REPLACE FUNCTION @extschema@.quota_config_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_config_changed';
+
 -- Any change of settings or limits invalidates every backend's cache of them.
 CREATE TRIGGER quota_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON @extschema@.quota_table FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_config_changed();
@@ -92,6 +99,7 @@ AS $fn$
 DECLARE
     col_type regtype;
     relkind "char";
+    persistence "char";
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004',
@@ -100,11 +108,24 @@ BEGIN
     IF workspace_column IS NULL THEN
         RAISE EXCEPTION 'workspace_column must not be NULL' USING ERRCODE = '22004';
     END IF;
-    SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
-    IF relkind = 'p' THEN
-        RAISE EXCEPTION 'cannot enforce a quota on partitioned table %', tbl USING ERRCODE = '0A000',
-            DETAIL = 'Statement triggers on a partitioned table do not see rows written to a partition directly, nor partitions attached or detached.',
-            HINT = 'Enforce the quota on each partition.';
+    SELECT c.relkind, c.relpersistence INTO relkind, persistence FROM pg_class c WHERE c.oid = tbl;
+    -- Statement triggers fire only on the table a statement names: what is written through a
+    -- partitioned parent, into a partition, or through an inheritance parent or child would not
+    -- be counted exactly. Refused until partitioned tables are supported (and an ATTACH or
+    -- INHERIT of an enforced table later is refused by tenancy_quota_on_ddl).
+    IF relkind = 'p' OR EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl AND c.relispartition) THEN
+        RAISE EXCEPTION 'cannot enforce a quota on %: it is a partitioned table or a partition', tbl USING ERRCODE = '0A000',
+            DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the partitioned table, or into a partition directly, would not be counted.',
+            HINT = 'Quotas are not supported on partitioned tables yet: enforce them on a table that is not partitioned.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = tbl OR i.inhparent = tbl) THEN
+        RAISE EXCEPTION 'cannot enforce a quota on %: it is part of an inheritance tree', tbl USING ERRCODE = '0A000',
+            DETAIL = 'Statement triggers fire only on the table a statement names: rows written or deleted through an inheritance parent or child would not be counted.',
+            HINT = 'Enforce quotas on tables without inheritance parents or children (ALTER TABLE ... NO INHERIT).';
+    END IF;
+    IF persistence = 't' THEN
+        RAISE EXCEPTION 'cannot enforce a quota on temporary table %', (SELECT quote_ident(c.relname) FROM pg_class c WHERE c.oid = tbl) USING ERRCODE = '0A000',
+            DETAIL = 'A temporary table disappears with its session without an sql_drop event, which would leave its bookkeeping behind.';
     END IF;
     IF relkind IS DISTINCT FROM 'r' THEN
         RAISE EXCEPTION 'cannot enforce a quota on % : it is not a table', tbl USING ERRCODE = '42809',
@@ -264,10 +285,13 @@ BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    -- a table that is gone (a temporary table of an ended session) has no triggers left
+    IF EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl) THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    END IF;
     PERFORM @extschema@._quota_forget(tbl);
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _release_quota.tbl;
     DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _release_quota.tbl;
@@ -326,6 +350,44 @@ REVOKE ALL ON FUNCTION @extschema@._quota_on_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER tenancy_quota_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._quota_on_drop();
 COMMENT ON EVENT TRIGGER tenancy_quota_on_drop IS 'Removes the quota bookkeeping of dropped tables (tenancy).';
 
+-- An enforced table may not become part of a partition or inheritance tree afterwards (ALTER
+-- TABLE ... ATTACH PARTITION / INHERIT, CREATE TABLE ... INHERITS or PARTITION OF): its
+-- statement triggers would miss what is written through the other tables. SECURITY DEFINER:
+-- whoever runs the DDL has no privilege on the bookkeeping.
+CREATE FUNCTION @extschema@._quota_on_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    bad regclass;
+BEGIN
+    IF to_regclass('@extschema@.quota_table') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT q.tbl INTO bad
+      FROM pg_event_trigger_ddl_commands() d
+      JOIN pg_inherits i ON d.objid IN (i.inhrelid, i.inhparent)
+      JOIN @extschema@.quota_table q ON q.tbl::oid IN (i.inhrelid, i.inhparent)
+     WHERE d.classid = 'pg_class'::regclass
+     LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is under quota enforcement and cannot be part of a partition or inheritance tree', bad
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the other tables of the tree would not be counted.',
+                  HINT = format('Release the quota first: SELECT tenancy.release_quota(%L);', bad::text);
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._quota_on_ddl() IS
+'Internal: ddl_command_end event trigger function refusing (0A000) to put a quota-enforced table into a partition or inheritance tree.';
+REVOKE ALL ON FUNCTION @extschema@._quota_on_ddl() FROM PUBLIC;
+CREATE EVENT TRIGGER tenancy_quota_on_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+    EXECUTE FUNCTION @extschema@._quota_on_ddl();
+COMMENT ON EVENT TRIGGER tenancy_quota_on_ddl IS 'Refuses to attach or inherit quota-enforced tables (tenancy).';
+
 -- quota_counters: the counters the quota trigger checks against, wherever they live. With
 -- tenancy preloaded they are in shared memory (one per table and workspace written since the
 -- server started; used = committed rows + rows reserved by transactions in progress, in_flight
@@ -364,11 +426,20 @@ BEGIN
         RETURN QUERY SELECT c.tbl, c.workspace_id, c.used FROM @extschema@.quota_counter c;
         RETURN;
     END IF;
-    -- counted as each table's owner (_quota_count): counted_when never runs as the definer
-    RETURN QUERY
-        SELECT t.tbl, n.workspace_id, n.n
-          FROM @extschema@.quota_table t,
-               LATERAL @extschema@._quota_count(t.tbl, t.workspace_column, t.counted_when) n;
+    -- counted as each table's owner (_quota_count): counted_when never runs as the definer;
+    -- a table that is gone or changed (a column renamed, retyped) is skipped with a WARNING,
+    -- so one bad entry never fails the view for the whole database
+    FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t ORDER BY t.tbl LOOP
+        BEGIN
+            RETURN QUERY
+                SELECT q.tbl, n.workspace_id, n.n
+                  FROM @extschema@._quota_count(q.tbl, q.workspace_column, q.counted_when) n;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'tenancy: quota usage of table % skipped: %', q.tbl, SQLERRM
+                USING DETAIL = format('SQLSTATE %s.', SQLSTATE),
+                      HINT = format('Repair it with tenancy.enforce_quota(%L, ...) or remove it with tenancy.release_quota(%L).', q.tbl::text, q.tbl::text);
+        END;
+    END LOOP;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._quota_counts() IS
@@ -418,14 +489,21 @@ BEGIN
     FOR q IN SELECT t.tbl, t.workspace_column, t.counted_when FROM @extschema@.quota_table t
               WHERE quota_drift.tbl IS NULL OR t.tbl = quota_drift.tbl ORDER BY t.tbl::text
     LOOP
-        -- counted as the table's owner (_quota_count), never as the caller
-        RETURN QUERY
-            SELECT q.tbl, COALESCE(c.workspace_id, a.workspace_id), COALESCE(c.used, 0), COALESCE(a.n, 0)
-              FROM (SELECT k.workspace_id, k.used FROM @extschema@.quota_counters(q.tbl) k WHERE k.in_flight = 0) c
-              FULL JOIN @extschema@._quota_count(q.tbl, q.workspace_column, q.counted_when) a
-                ON a.workspace_id = c.workspace_id
-             WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0) AND (NOT shared OR c.workspace_id IS NOT NULL)
-             ORDER BY 2;
+        -- counted as the table's owner (_quota_count), never as the caller; a table that is
+        -- gone or changed is skipped with a WARNING (the others are still compared)
+        BEGIN
+            RETURN QUERY
+                SELECT q.tbl, COALESCE(c.workspace_id, a.workspace_id), COALESCE(c.used, 0), COALESCE(a.n, 0)
+                  FROM (SELECT k.workspace_id, k.used FROM @extschema@.quota_counters(q.tbl) k WHERE k.in_flight = 0) c
+                  FULL JOIN @extschema@._quota_count(q.tbl, q.workspace_column, q.counted_when) a
+                    ON a.workspace_id = c.workspace_id
+                 WHERE COALESCE(c.used, 0) <> COALESCE(a.n, 0) AND (NOT shared OR c.workspace_id IS NOT NULL)
+                 ORDER BY 2;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'tenancy: quota drift of table % skipped: %', q.tbl, SQLERRM
+                USING DETAIL = format('SQLSTATE %s.', SQLSTATE),
+                      HINT = format('Repair it with tenancy.enforce_quota(%L, ...) or remove it with tenancy.release_quota(%L).', q.tbl::text, q.tbl::text);
+        END;
     END LOOP;
 END
 $fn$;

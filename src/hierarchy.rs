@@ -26,7 +26,8 @@ use pgrx::{PgBuiltInOids, PgOid};
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
 
 use crate::context::{self, with_catalog_path, Registry};
-use crate::error::TenancyResult;
+use crate::error::{TenancyError, TenancyResult};
+use pgrx::PgSqlErrorCode as Code;
 
 thread_local! {
     /// The kept lookup statement and the settings it was prepared from.
@@ -64,7 +65,17 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
     let key = format!("{key}\0{}", u32::from(relid));
     let mut ids = vec![current];
     // prepared and run under search_path = pg_catalog: `=` and the casts are the catalog's
-    LOOKUP.with_borrow_mut(|kept| -> TenancyResult<()> {
+    LOOKUP.with(|cell| -> TenancyResult<()> {
+        let Ok(mut kept) = cell.try_borrow_mut() else {
+            // the lookup itself called readable_workspace_ids() (a policy on the registry that
+            // uses it): it would recurse without end
+            return Err(TenancyError::new(
+                Code::ERRCODE_INVALID_OBJECT_DEFINITION,
+                "infinite recursion detected in tenancy.readable_workspace_ids()",
+            )
+            .detail(format!("Reading the workspace registry {table} called tenancy.readable_workspace_ids() again, e.g. through a row-level security policy on the registry."))
+            .hint("A policy on the registry table must not use readable_workspace_ids() (or the hierarchy policy)."));
+        };
         with_catalog_path(|| Spi::connect(|client| -> TenancyResult<()> {
             if kept.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
                 let sql = lookup_sql(&table, &registry, parent_column);

@@ -110,7 +110,16 @@ struct Caches {
     counter_owner: Option<pg_sys::Oid>,
     /// The table path's counter update ([`APPLY_SQL`]), prepared once.
     apply: Option<OwnedPreparedStatement>,
+    /// When each cached table was last written (a tick of `clock`): beyond
+    /// [`MAX_CACHED_TABLES`] the least recently written table's entries are dropped.
+    last_used: HashMap<pg_sys::Oid, u64>,
+    clock: u64,
 }
+
+/// Enforced tables whose settings, plans and compiled readers one backend keeps (about 60 kB
+/// each): a connection that writes thousands of enforced tables stays within a few MB; a
+/// table dropped from the cache is read and compiled again at its next write.
+const MAX_CACHED_TABLES: usize = 128;
 
 thread_local! {
     static CACHES: RefCell<Caches> = RefCell::new(Caches::default());
@@ -187,6 +196,7 @@ impl Caches {
         self.readers.clear();
         self.apply = None;
         self.counter_owner = None;
+        self.last_used.clear();
     }
 
     fn forget(&mut self, relid: pg_sys::Oid) {
@@ -194,6 +204,19 @@ impl Caches {
         self.plans.retain(|(r, _), _| *r != relid);
         self.counts.remove(&relid);
         self.readers.remove(&relid);
+        self.last_used.remove(&relid);
+    }
+
+    /// `relid` is being written: mark it used, and keep at most [`MAX_CACHED_TABLES`] tables.
+    fn touch(&mut self, relid: pg_sys::Oid) {
+        self.clock += 1;
+        self.last_used.insert(relid, self.clock);
+        if self.last_used.len() > MAX_CACHED_TABLES {
+            let oldest = self.last_used.iter().min_by_key(|(_, &t)| t).map(|(&r, _)| r);
+            if let Some(oldest) = oldest {
+                self.forget(oldest);
+            }
+        }
     }
 }
 
@@ -327,6 +350,57 @@ fn quota_trigger<'a>(
     Ok(None::<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>)
 }
 
+/// The C entry points of `tenancy.quota_trigger()` and `tenancy.quota_config_changed()` (see
+/// sql/quota.sql): a direct call, not a trigger's, is refused as PL/pgSQL refuses it (39P01)
+/// before pgrx's trigger wrapper would fail with an internal error.
+unsafe fn require_trigger_call(fcinfo: pg_sys::FunctionCallInfo, name: &str) {
+    // SAFETY: fcinfo comes from PostgreSQL's function manager.
+    let is_trigger = unsafe {
+        let context = (*fcinfo).context;
+        !context.is_null() && (*context).type_ == pg_sys::NodeTag::T_TriggerData
+    };
+    if !is_trigger {
+        TenancyError::new(Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, "trigger functions can only be called as triggers")
+            .detail(format!("{name} was called directly."))
+            .hint("tenancy.enforce_quota() installs the quota triggers; do not call their function yourself.")
+            .raise();
+    }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_tenancy_quota_trigger() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tenancy_quota_trigger(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: a call from the function manager; the wrapper is pgrx's for `quota_trigger`.
+    unsafe {
+        require_trigger_call(fcinfo, "tenancy.quota_trigger()");
+        quota_trigger_wrapper(fcinfo)
+    }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_tenancy_quota_config_changed() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tenancy_quota_config_changed(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: as above, for `quota_config_changed`.
+    unsafe {
+        require_trigger_call(fcinfo, "tenancy.quota_config_changed()");
+        quota_config_changed_wrapper(fcinfo)
+    }
+}
+
 /// Per-workspace changes of one statement: (workspace, used after, delta), or the first
 /// workspace that went over its limit and the error to raise. (`used` is the table counter's
 /// value on the table path, 0 on the shared-memory path, where nothing reads it.)
@@ -340,8 +414,18 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
         return None;
     }
     let outcome = CACHES.with(|cell| {
-        let mut caches = cell.borrow_mut();
+        let Ok(mut caches) = cell.try_borrow_mut() else {
+            // a quota trigger fired while another was evaluating its counted_when (a function
+            // in it wrote to an enforced table): refused, the outer state is in use
+            return Err(TenancyError::new(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("quota trigger on {} fired inside another quota trigger", regclass_text(relid)),
+            )
+            .detail("A function called by counted_when (or by the quota bookkeeping) wrote to a table under quota enforcement.")
+            .hint("counted_when must only read: make the functions it calls not write to enforced tables."));
+        };
         take_pending_clear(&mut caches);
+        caches.touch(relid);
         if let (true, Some(Some(reader))) = (shared_path, caches.readers.get(&relid)) {
             // the common case: no SPI at all unless a counter must be counted first
             let rel = t.trigger_data().tg_relation;
@@ -945,7 +1029,16 @@ fn quota_admin(
             .into());
     }
     if let Some(tbl) = tbl {
-        require_owner(tbl, what)?;
+        // SAFETY: syscache lookup; NULL for a relation that no longer exists.
+        let exists = unsafe { !pg_sys::get_rel_name(tbl).is_null() };
+        if exists {
+            require_owner(tbl, what)?;
+        } else if !(action == "release" && unsafe { pg_sys::superuser() }) {
+            // what is left of a table that is gone (nobody owns it any more): a superuser's
+            return Err(TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", u32::from(tbl)))
+                .hint("A superuser removes what is left of a dropped table's quota with tenancy.release_quota(<oid>).")
+                .into());
+        }
     }
     let bookkeeper = owner_of(bookkeeping_table()?)?.expect("the bookkeeping table exists");
     as_user(bookkeeper, || Spi::run_with_args(sql, &args)).map_err(TenancyError::from)?;

@@ -584,3 +584,56 @@ fn savepoint_rollback_lets_go_of_the_counter() {
     assert_eq!(count_q(&mut admin, &ws), 3);
     assert!(drift(&mut admin).is_empty());
 }
+
+/// A connection that writes many enforced tables keeps a bounded cache: the compiled
+/// counted_when readers and kept plans of the least recently written tables are dropped (and
+/// rebuilt when written again), so backend memory stops growing with the number of tables.
+#[test]
+fn per_connection_quota_caches_stay_bounded() {
+    let db = Db::fresh("quota_memory");
+    let mut admin = db.connect();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 FOR i IN 1..400 LOOP
+                     EXECUTE format('CREATE TABLE m%s (ws uuid NOT NULL, k text)', i);
+                     PERFORM tenancy.enforce_quota(format('m%s', i)::regclass, 'ws', 'k = ''a''');
+                     PERFORM tenancy.set_quota(format('m%s', i)::regclass, 5);
+                 END LOOP;
+             END $$",
+        )
+        .unwrap();
+    let mut w = db.connect();
+    let ws = random_ws(&mut w);
+    let ours = |w: &mut Client| -> (i64, i64) {
+        let r = w
+            .query_one(
+                "SELECT count(*) FILTER (WHERE name = 'tenancy quota deltas'),
+                        coalesce(sum(total_bytes), 0)::bigint
+                   FROM pg_backend_memory_contexts",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    for i in 1..=200 {
+        w.batch_execute(&format!("INSERT INTO m{i} VALUES ('{ws}', 'a')")).unwrap();
+    }
+    let (readers_200, bytes_200) = ours(&mut w);
+    for i in 201..=400 {
+        w.batch_execute(&format!("INSERT INTO m{i} VALUES ('{ws}', 'a')")).unwrap();
+    }
+    let (readers_400, bytes_400) = ours(&mut w);
+    println!("compiled readers after 200 / 400 tables: {readers_200} / {readers_400}; backend memory {bytes_200} / {bytes_400} bytes");
+    assert!(readers_400 <= 128 && readers_400 > 0, "{readers_400} compiled readers kept");
+    // the relation cache grows with every table touched (PostgreSQL's own); ours must not:
+    // 200 more tables may add well under the ~60 kB each an unbounded cache would keep
+    assert!(bytes_400 - bytes_200 < 200 * 30_000, "backend memory grew by {} bytes for 200 tables", bytes_400 - bytes_200);
+    // a table dropped from the cache is still enforced exactly when written again
+    for _ in 0..4 {
+        w.batch_execute(&format!("INSERT INTO m1 VALUES ('{ws}', 'a')")).unwrap();
+    }
+    let err = w.batch_execute(&format!("INSERT INTO m1 VALUES ('{ws}', 'a')")).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    assert!(drift(&mut admin).is_empty());
+}

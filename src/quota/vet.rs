@@ -24,6 +24,10 @@ use crate::error::TenancyError;
 struct Found {
     funcs: Vec<pg_sys::Oid>,
     types: Vec<pg_sys::Oid>,
+    /// attribute numbers <= 0 of the table's own Vars (system columns, whole-row references)
+    system: Vec<i16>,
+    /// how many queries deep the walk is (the table is range entry 1 of the outermost)
+    depth: u32,
 }
 
 #[pg_guard]
@@ -42,7 +46,20 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> b
     unsafe {
         pg_sys::check_functions_in_node(node, Some(collect_function), ctx);
         match (*node).type_ {
-            pg_sys::NodeTag::T_Query => return pg_sys::query_tree_walker(node.cast(), Some(walk), ctx, 0),
+            pg_sys::NodeTag::T_Query => {
+                let found = ctx.cast::<Found>();
+                (*found).depth += 1;
+                let r = pg_sys::query_tree_walker(node.cast(), Some(walk), ctx, 0);
+                (*found).depth -= 1;
+                return r;
+            }
+            pg_sys::NodeTag::T_Var => {
+                let var = node.cast::<pg_sys::Var>();
+                let depth = (*ctx.cast::<Found>()).depth;
+                if (*var).varlevelsup + 1 == depth && (*var).varno == 1 && (*var).varattno <= 0 {
+                    (*ctx.cast::<Found>()).system.push((*var).varattno);
+                }
+            }
             pg_sys::NodeTag::T_CoerceToDomain => {
                 (*ctx.cast::<Found>()).types.push((*node.cast::<pg_sys::CoerceToDomain>()).resulttype);
             }
@@ -77,6 +94,25 @@ pub(super) fn vet(qualified: &str, cond: &str, table_owner: pg_sys::Oid) -> Resu
             }
         }
         pg_sys::SPI_freeplan(plan);
+    }
+    if let Some(&attnum) = found.system.first() {
+        // the transition tables the trigger reads hold the rows' columns only
+        let what = match attnum {
+            0 => "a whole-row reference".to_string(),
+            -1 => "system column ctid".into(),
+            -2 => "system column xmin".into(),
+            -3 => "system column cmin".into(),
+            -4 => "system column xmax".into(),
+            -5 => "system column cmax".into(),
+            -6 => "system column tableoid".into(),
+            n => format!("system attribute {n}"),
+        };
+        return Err(TenancyError::new(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("counted_when of table {qualified} uses {what}"),
+        )
+        .detail(format!("The quota trigger evaluates counted_when on the statement's transition tables, which hold the rows' columns only. counted_when: {cond}"))
+        .hint("Use the table's own columns, by name."));
     }
     if found.funcs.is_empty() && found.types.is_empty() {
         return Ok(());
