@@ -455,6 +455,9 @@ fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<T
                 let Some(Some(quota)) = caches.tables.get(&relid) else {
                     return Ok(Ok(Vec::new())); // not (or no longer) enforced: nothing to count
                 };
+                // the table may have changed since enforce_quota (a dropped, renamed or retyped
+                // workspace column): refuse rather than read the wrong column
+                check_workspace_column(relid, &quota.workspace_column)?;
                 if let (Some(cond), true) = (quota.counted_when.as_deref(), event != Event::Truncate) {
                     // who may have put code in it (see quota::vet); again after every change of
                     // a function, type or the table's owner (the caches are dropped then)
@@ -907,6 +910,33 @@ fn current_user_name() -> String {
     }
 }
 
+/// Raise 42703 / 42804 unless `relid` has a uuid column named `column` (catalog caches only).
+fn check_workspace_column(relid: pg_sys::Oid, column: &str) -> Result<(), TenancyError> {
+    let name = CString::new(column).unwrap_or_default();
+    // SAFETY: syscache lookups; InvalidAttrNumber (0) for a missing or dropped column.
+    let (attnum, typid) = unsafe {
+        let attnum = pg_sys::get_attnum(relid, name.as_ptr());
+        (attnum, if attnum > 0 { pg_sys::get_atttype(relid, attnum) } else { pg_sys::InvalidOid })
+    };
+    if attnum <= 0 {
+        return Err(TenancyError::new(
+            Code::ERRCODE_UNDEFINED_COLUMN,
+            format!("workspace column {} of table {} does not exist", quote_identifier(column), regclass_text(relid)),
+        )
+        .hint("The column was dropped or renamed after tenancy.enforce_quota(): call enforce_quota() again (or release_quota())."));
+    }
+    if typid != pg_sys::UUIDOID {
+        // SAFETY: syscache lookup; a palloc'd name, read at once.
+        let type_name = unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(typid)).to_string_lossy().into_owned() };
+        return Err(TenancyError::new(
+            Code::ERRCODE_DATATYPE_MISMATCH,
+            format!("workspace column {} of table {} has type {type_name}, not uuid", quote_identifier(column), regclass_text(relid)),
+        )
+        .hint("The column's type was changed after tenancy.enforce_quota(): change it back, or release_quota()."));
+    }
+    Ok(())
+}
+
 /// Owner of `relid` from pg_class (None: no such relation).
 fn owner_of(relid: pg_sys::Oid) -> Result<Option<pg_sys::Oid>, TenancyError> {
     Ok(with_catalog_path(|| {
@@ -931,6 +961,7 @@ fn quota_count(
         assert_expression(cond)?;
     }
     let owner = owner_of(tbl)?.ok_or_else(|| TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, format!("relation {} does not exist", u32::from(tbl))))?;
+    check_workspace_column(tbl, workspace_column)?;
     let q = TableQuota {
         workspace_column: workspace_column.to_string(),
         counted_when: counted_when.map(str::to_string),

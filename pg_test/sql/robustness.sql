@@ -65,6 +65,16 @@ INSERT INTO rb_bad VALUES (:r1, 'a');
 \echo :LAST_ERROR_SQLSTATE
 SELECT tenancy.enforce_quota('rb_bad', counted_when => 'kind = ''a''');
 SELECT used FROM tenancy.quota_usage WHERE table_name = 'rb_bad'::regclass;
+-- a workspace column retyped: writes refused (42804), the views skip it
+CREATE TABLE rb_retyped ("workspaceId" uuid NOT NULL);
+SELECT tenancy.enforce_quota('rb_retyped');
+INSERT INTO rb_retyped VALUES (:r1);
+ALTER TABLE rb_retyped ALTER COLUMN "workspaceId" TYPE text;
+INSERT INTO rb_retyped VALUES ('x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) > 0 AS usage_still_readable FROM tenancy.quota_usage;
+SELECT tenancy.release_quota('rb_retyped');
+DROP TABLE rb_retyped;
 INSERT INTO tenancy.quota_table (tbl, workspace_column) VALUES (999999, 'workspaceId');
 SELECT count(*) > 0 AS usage_still_readable FROM tenancy.quota_usage;
 SELECT tenancy.release_quota(999999);
