@@ -81,7 +81,7 @@ start)
         echo "max_connections = 200"
         echo "max_prepared_transactions = 10"
         echo "log_min_messages = warning"
-        echo "log_line_prefix = '%m [%p] %d '"
+        echo "log_line_prefix = '%m [%p] %d %e '   # %e: the SQLSTATE (scripts/test.sh looks for XX000)"
         for line in "${extra[@]}"; do echo "$line"; done
     } >"$dir/tenancy.conf"
     chmod 644 "$dir/tenancy.conf"

@@ -22,6 +22,19 @@ what=${1:-all}
 declare -A RESULT
 order=()
 
+# Server logs of this run. Every `cluster.sh start` rewrites the cluster's tenancy.conf, so the
+# clusters started by this run are those whose tenancy.conf is newer than a stamp touched when
+# the run begins; of those, the test clusters (regress, live, and the live tests' own, it-*),
+# not scratch clusters someone else started meanwhile. A log kept from an earlier run (a start
+# without --fresh) is read only from where it ended when this run began (same inode).
+LOG_STAMP="$RUN_DIR/.test-run-stamp"
+declare -A LOG_START
+mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+touch "$LOG_STAMP"
+for f in "$RUN_DIR"/*/server.log; do
+    [ -f "$f" ] && LOG_START[$f]=$(stat -c '%i %s' "$f")
+done
+
 cleanup() {
     scripts/cluster.sh stop regress >/dev/null 2>&1 || true
     scripts/cluster.sh stop live >/dev/null 2>&1 || true
@@ -121,6 +134,40 @@ layer_live() {
     scripts/cluster.sh stop live
 }
 
+# After the other layers: no internal error (SQLSTATE XX000, logged through log_line_prefix's %e,
+# see scripts/cluster.sh) and no Rust panic in the server log of any cluster this run started.
+# The #[pg_test] server's log is not kept: cargo-pgrx sends it to a pipe its test framework reads
+# (shown only for a failing test), so that layer is not covered here.
+layer_server_logs() {
+    echo "=== server logs of the clusters started by this run: internal errors (XX000), Rust panics"
+    local conf dir name log start from skip checked=0 found=0 report="$RUN_DIR/server-logs.txt"
+    : >"$report"
+    while IFS= read -r conf; do
+        dir=$(dirname "$conf")
+        name=$(basename "$dir")
+        case "$name" in regress | live | it-*) ;; *) continue ;; esac
+        log="$dir/server.log"
+        [ -f "$log" ] || continue
+        from=1
+        start=${LOG_START[$log]:-}
+        if [ -n "$start" ] && [ "${start%% *}" = "$(stat -c %i "$log")" ]; then
+            from=$((${start#* } + 1))
+        fi
+        skip=$(head -c $((from - 1)) "$log" | wc -l)
+        checked=$((checked + 1))
+        tail -c +"$from" "$log" | grep -n -a -E ' XX000 |panicked at|Rust panic' \
+            | awk -v f="$log" -v k="$skip" -F: '{ n = $1 + k; sub(/^[0-9]+:/, ""); print f ":" n ": " $0 }' >>"$report"
+    done < <(find "$RUN_DIR" -mindepth 2 -maxdepth 2 -name tenancy.conf -newer "$LOG_STAMP" | sort)
+    found=$(wc -l <"$report")
+    if [ "$found" -gt 0 ]; then
+        echo "--- internal errors or panics in server logs ($report):"
+        cat "$report"
+        record "server logs" "1 $found line(s) with XX000 or a panic in $checked log(s)"
+    else
+        record "server logs" "0 $checked log(s) checked, no XX000, no panic"
+    fi
+}
+
 case "$what" in
 all) layer_unit; layer_regress; layer_live ;;
 unit) layer_unit ;;
@@ -128,6 +175,7 @@ regress) layer_regress ;;
 live) layer_live ;;
 *) echo "usage: test.sh all|unit|regress|live" >&2; exit 2 ;;
 esac
+layer_server_logs
 
 echo
 echo "=== summary"

@@ -766,13 +766,48 @@ BEGIN
                    NULL
               FROM (SELECT EXISTS (SELECT 1 FROM unnest(string_to_array(current_setting('shared_preload_libraries'), ',')) AS lib
                                     WHERE btrim(lib, ' "') ~ '(^|/)tenancy$') AS loaded) AS l
+            UNION ALL
+            -- A login default of the context (pg_db_role_setting, for this database or all):
+            -- refused by ALTER ROLE / DATABASE ... SET and ignored at connection start, but one
+            -- stored before the extension was loaded or written into the catalog is reported.
+            -- RESET removes an entry only when spelled exactly as the setting's name (guc.c
+            -- compares the stored name case-sensitively); another spelling needs RESET ALL.
+            SELECT 'fail', 'context_default',
+                   CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'all roles'
+                        WHEN d.setrole = 0 THEN 'database ' || @extschema@._quote_always(current_database())
+                        WHEN d.setdatabase = 0 THEN 'role ' || COALESCE(@extschema@._quote_always(r.rolname), d.setrole::text)
+                        ELSE 'role ' || COALESCE(@extschema@._quote_always(r.rolname), d.setrole::text)
+                             || ' in database ' || @extschema@._quote_always(current_database()) END,
+                   format('%s = %L is a login default: PostgreSQL would start every new connection inside that '
+                          'workspace; tenancy ignores it at connection start (WARNING, no context)%s',
+                          d.name, d.value,
+                          CASE WHEN d.name <> 'tenancy.workspace_id'
+                               THEN '; RESET cannot remove this spelling: RESET ALL removes every setting of the entry '
+                                    || '(' || array_to_string(d.setconfig, ', ') || ')'
+                               ELSE '' END),
+                   CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN format('ALTER ROLE ALL RESET %s;', d.reset)
+                        WHEN d.setrole = 0 THEN format('ALTER DATABASE %s RESET %s;',
+                                                       @extschema@._quote_always(current_database()), d.reset)
+                        WHEN r.rolname IS NULL THEN NULL
+                        WHEN d.setdatabase = 0 THEN format('ALTER ROLE %s RESET %s;',
+                                                           @extschema@._quote_always(r.rolname), d.reset)
+                        ELSE format('ALTER ROLE %s IN DATABASE %s RESET %s;', @extschema@._quote_always(r.rolname),
+                                    @extschema@._quote_always(current_database()), d.reset) END
+              FROM (SELECT s.setdatabase, s.setrole, s.setconfig, split_part(c.setting, '=', 1) AS name,
+                           substr(c.setting, strpos(c.setting, '=') + 1) AS value,
+                           CASE WHEN split_part(c.setting, '=', 1) = 'tenancy.workspace_id'
+                                THEN 'tenancy.workspace_id' ELSE 'ALL' END AS reset
+                      FROM pg_db_role_setting s, unnest(s.setconfig) AS c(setting)
+                     WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                       AND lower(split_part(c.setting, '=', 1)) = 'tenancy.workspace_id') AS d
+              LEFT JOIN pg_roles r ON r.oid = d.setrole
            ) AS x
      WHERE EXISTS (SELECT 1 FROM t)
      ORDER BY CASE x.sev WHEN 'fail' THEN 0 WHEN 'warn' THEN 1 ELSE 2 END, x.chk COLLATE "C", x.obj COLLATE "C", x.det COLLATE "C";
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.audit(name) IS
-'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
 
 REVOKE ALL ON FUNCTION @extschema@._tenant_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._enable_rls_sql(text, name, boolean) FROM PUBLIC;

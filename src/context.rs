@@ -17,7 +17,10 @@
 //! - 55000 object_not_in_prerequisite_state: `require_workspace_id()` with no context;
 //! - 22004 null_value_not_allowed: `set_workspace(NULL)`;
 //! - 42704 undefined_object: `set_workspace()` of an unknown or Tombstoned workspace;
-//! - 42P01 / 42703: the configured workspace registry table or column does not exist.
+//! - 42P01 / 42703: the configured workspace registry table or column does not exist;
+//! - 42804 datatype_mismatch: the registry's id or parent column is not uuid;
+//! - 0A000 feature_not_supported: a role, database or server-wide default of
+//!   `tenancy.workspace_id` (the check hook; the WARNING at connection start).
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -222,12 +225,35 @@ mod guc_mem {
     }
 }
 
+/// Whether a value of `tenancy.workspace_id` from `source` would be a default for sessions
+/// other than the one setting it: a role or database default (`ALTER ROLE / DATABASE ... SET`,
+/// applied at connection start), the whole server's (postgresql.conf, `ALTER SYSTEM`, the
+/// server's command line). Such a default would start every new connection inside a workspace,
+/// so that a request that forgot its context no longer sees nothing: refused, whoever set it.
+/// What a client asks for itself (startup packet `options`, `SET`, `set_config`, a function's
+/// `SET` clause) is its own choice, as before.
+fn is_login_default(source: pg_sys::GucSource::Type) -> bool {
+    use pg_sys::GucSource::*;
+    matches!(
+        source,
+        PGC_S_ENV_VAR | PGC_S_FILE | PGC_S_ARGV | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
+    )
+}
+
 /// Check hook of `tenancy.workspace_id`.
+///
+/// A non-empty value from a login default ([`is_login_default`]) is refused with 0A000. At
+/// connection start PostgreSQL then logs (and sends the client) a WARNING and the session
+/// starts with no context (fail closed); `ALTER SYSTEM SET` and a reload of postgresql.conf get
+/// the same refusal. `ALTER ROLE / DATABASE ... SET` itself validates with `PGC_S_TEST` (as
+/// `CREATE FUNCTION ... SET` does), so the statement is refused by the utility hook
+/// (`stats::refuse_context_default`), and `audit()` reports defaults stored anyway
+/// (`context_default`). The empty value (unset) is accepted from any source.
 #[pg_guard]
 unsafe extern "C-unwind" fn check_workspace_id(
     newval: *mut *mut c_char,
     extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
+    source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: PostgreSQL passes a valid pointer to a (possibly null) NUL-terminated string.
     let raw: &[u8] = unsafe {
@@ -237,6 +263,26 @@ unsafe extern "C-unwind" fn check_workspace_id(
             CStr::from_ptr(*newval).to_bytes()
         }
     };
+    if !raw.is_empty() && is_login_default(source) {
+        // SAFETY: as below: GUC_check_* globals, strings palloc'd in the current context.
+        unsafe {
+            pg_sys::GUC_check_errcode(Code::ERRCODE_FEATURE_NOT_SUPPORTED as i32);
+            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+                c"tenancy.workspace_id cannot have a role, database or server-wide default: every \
+                  new connection would start inside that workspace. At connection start such a value \
+                  is ignored: the session starts with no workspace."
+                    .as_ptr(),
+            );
+            pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+                c"Remove it: ALTER ROLE ... [IN DATABASE ...] RESET tenancy.workspace_id, ALTER \
+                  DATABASE ... RESET tenancy.workspace_id, or ALTER SYSTEM RESET \
+                  tenancy.workspace_id (tenancy.audit() lists them as context_default). Set the \
+                  context per request with tenancy.set_workspace(id, true)."
+                    .as_ptr(),
+            );
+        }
+        return false;
+    }
     let parsed = if raw.is_empty() {
         None
     } else {

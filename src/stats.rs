@@ -195,16 +195,43 @@ pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Per open subtransaction: (id, NESTING, INTERNAL, STARTED length) at its start, restored
-/// when it aborts (an ERROR caught by a PL/pgSQL exception block or a ROLLBACK TO).
-static SUBXACTS: BackendLocal<Vec<(pg_sys::SubTransactionId, i64, i64, usize)>> = BackendLocal::new(Vec::new());
+/// Per open subtransaction: (id, NESTING, INTERNAL, STARTED length, UTILITY_FRAMES length) at
+/// its start, restored when it aborts (an ERROR caught by a PL/pgSQL exception block or a
+/// ROLLBACK TO).
+static SUBXACTS: BackendLocal<Vec<(pg_sys::SubTransactionId, i64, i64, usize, usize)>> = BackendLocal::new(Vec::new());
+
+/// NESTING before each utility statement still running (innermost last). A procedure (`CALL`)
+/// or `DO` block that runs `COMMIT` or `ROLLBACK` ends the transaction in the middle of the
+/// statement: the abort of a `ROLLBACK` must put NESTING back to the depth inside the innermost
+/// running utility statement, not to 0 (which would count the rest of the procedure as
+/// top-level statements and leave NESTING at -1 once the `CALL` returns: every later statement
+/// of the session nested, CPU time no longer read). Each utility statement restores the NESTING
+/// it started with when it returns.
+static UTILITY_FRAMES: BackendLocal<Vec<i64>> = BackendLocal::new(Vec::new());
 static SLOT_EXIT_REGISTERED: BackendLocal<bool> = BackendLocal::new(false);
 
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
-        NESTING.store(0, Relaxed);
+        // An abort with a portal still active is a ROLLBACK run by a procedure or DO block
+        // (SPI_rollback, inside the CALL's portal) or the cleanup of a failed COMMIT there: the
+        // utility statements around it keep running. After an ERROR, PortalRun has restored
+        // ActivePortal (to NULL at top level) before the transaction is aborted, and nothing of
+        // the statement runs any more.
+        // SAFETY: reading a backend-local PostgreSQL global.
+        let in_statement = unsafe { !pg_sys::ActivePortal.is_null() };
+        let depth = UTILITY_FRAMES.with(|f| {
+            let mut f = f.borrow_mut();
+            match f.last() {
+                Some(&outer) if in_statement => outer + 1,
+                _ => {
+                    f.clear();
+                    0
+                }
+            }
+        });
+        NESTING.store(depth, Relaxed);
         INTERNAL.store(0, Relaxed);
         STARTED.with(|s| s.borrow_mut().clear());
     }
@@ -229,15 +256,17 @@ unsafe extern "C-unwind" fn subxact_callback(
                 NESTING.load(Relaxed),
                 INTERNAL.load(Relaxed),
                 STARTED.with(|st| st.borrow().len()),
+                UTILITY_FRAMES.with(|f| f.borrow().len()),
             )),
             SUBXACT_EVENT_COMMIT_SUB | SUBXACT_EVENT_ABORT_SUB => {
                 if let Some(i) = s.iter().rposition(|(id, ..)| *id == my_subid) {
-                    let (_, nesting, internal, started) = s[i];
+                    let (_, nesting, internal, started, frames) = s[i];
                     s.truncate(i);
                     if event == SUBXACT_EVENT_ABORT_SUB {
                         NESTING.store(nesting, Relaxed);
                         INTERNAL.store(internal, Relaxed);
                         STARTED.with(|st| st.borrow_mut().truncate(started));
+                        UTILITY_FRAMES.with(|f| f.borrow_mut().truncate(frames));
                     }
                 }
             }
@@ -987,8 +1016,59 @@ extern "C-unwind" {
     );
 }
 
+/// Refuse `ALTER ROLE ... SET tenancy.workspace_id` and `ALTER DATABASE ... SET
+/// tenancy.workspace_id` (any role, database, `ALL`, `IN DATABASE`; `= value`, `TO value` and
+/// `FROM CURRENT`), for every role, superusers included: a login default would start every new
+/// connection inside a workspace (see `context::check_workspace_id`, which ignores such a value
+/// at connection start). `RESET` and `SET ... TO DEFAULT` remove a default and stay allowed.
+/// 0A000 feature_not_supported.
+unsafe fn refuse_context_default(pstmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: PostgreSQL hands the hook a valid planned utility statement; the node is read
+    // according to its tag.
+    let (setstmt, kind) = unsafe {
+        let node = (*pstmt).utilityStmt;
+        if node.is_null() {
+            return;
+        }
+        match (*node).type_ {
+            pg_sys::NodeTag::T_AlterRoleSetStmt => ((*node.cast::<pg_sys::AlterRoleSetStmt>()).setstmt, "ROLE"),
+            pg_sys::NodeTag::T_AlterDatabaseSetStmt => {
+                ((*node.cast::<pg_sys::AlterDatabaseSetStmt>()).setstmt, "DATABASE")
+            }
+            _ => return,
+        }
+    };
+    // SAFETY: a VariableSetStmt with a NUL-terminated name (NULL only for RESET ALL).
+    let name = unsafe {
+        let Some(set) = setstmt.as_ref() else { return };
+        use pg_sys::VariableSetKind::*;
+        if !matches!(set.kind, VAR_SET_VALUE | VAR_SET_CURRENT) || set.name.is_null() {
+            return;
+        }
+        std::ffi::CStr::from_ptr(set.name).to_bytes()
+    };
+    if !name.eq_ignore_ascii_case(crate::context::WORKSPACE_ID_GUC.to_bytes()) {
+        return;
+    }
+    TenancyError::new(
+        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("tenancy.workspace_id cannot have a default: ALTER {kind} ... SET tenancy.workspace_id is refused"),
+    )
+    .detail(
+        "A role or database default would start every new connection inside that workspace, so that a \
+         request that forgot its context would no longer see nothing. Such a default is ignored at \
+         connection start (with a WARNING) and reported by tenancy.audit() as context_default.",
+    )
+    .hint(
+        "Set the context per request: SELECT tenancy.set_workspace(id, true) or SET LOCAL \
+         tenancy.workspace_id inside the transaction. RESET tenancy.workspace_id removes an existing default.",
+    )
+    .raise()
+}
+
 /// Utility statements (DO, CALL, EXPLAIN ANALYZE, CREATE TABLE AS, ...) are not counted
-/// themselves; the statements they run are counted as nested ones.
+/// themselves; the statements they run are counted as nested ones. Each one restores the
+/// NESTING it started with when it returns (see [`UTILITY_FRAMES`]).
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
@@ -1001,19 +1081,29 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
+    // SAFETY: pstmt is the statement PostgreSQL is about to run.
+    unsafe { refuse_context_default(pstmt) };
     reset_if_top();
-    if NESTING.load(Relaxed) == 0 {
+    let outer = NESTING.load(Relaxed);
+    if outer == 0 {
         cpu_enter(None);
     }
-    NESTING.fetch_add(1, Relaxed);
-    // SAFETY: chaining with the same arguments (see the note above on raw calls).
+    let frame = UTILITY_FRAMES.with(|f| {
+        let mut f = f.borrow_mut();
+        f.push(outer);
+        f.len() - 1
+    });
+    NESTING.store(outer + 1, Relaxed);
+    // SAFETY: chaining with the same arguments (see the note above on raw calls). An ERROR
+    // skips what follows: the (sub)transaction abort callbacks repair NESTING and the frames.
     unsafe {
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
             None => raw_standard_process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
         }
     }
-    NESTING.fetch_sub(1, Relaxed);
+    UTILITY_FRAMES.with(|f| f.borrow_mut().truncate(frame));
+    NESTING.store(outer, Relaxed);
 }
 
 #[pg_guard]

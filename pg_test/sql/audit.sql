@@ -227,3 +227,57 @@ DROP OWNED BY "tenancy_regress_audit ""owner""";
 DROP ROLE "tenancy_regress_audit ""owner""";
 DROP OWNED BY "tenancy_regress_audit ""bypass""";
 DROP ROLE "tenancy_regress_audit ""bypass""";
+
+-- 12. A login default of the context. ALTER ROLE / DATABASE ... SET tenancy.workspace_id is
+--     refused for everyone, superusers included (0A000); RESET and SET ... TO DEFAULT stay
+--     allowed. A default stored anyway (before the extension was loaded, or written into the
+--     catalog by a superuser as here) is reported as context_default (fail) with the RESET
+--     that removes it, and is ignored at connection start: a WARNING, and no context.
+CREATE ROLE tenancy_regress_audit_ctx LOGIN;
+ALTER ROLE tenancy_regress_audit_ctx SET tenancy.workspace_id = '00000000-0000-0000-0000-0000000000d1';
+\echo :LAST_ERROR_SQLSTATE
+ALTER USER tenancy_regress_audit_ctx SET "Tenancy.Workspace_Id" FROM CURRENT;
+\echo :LAST_ERROR_SQLSTATE
+ALTER ROLE ALL SET tenancy.workspace_id = '00000000-0000-0000-0000-0000000000d1';
+\echo :LAST_ERROR_SQLSTATE
+DO $$ BEGIN EXECUTE format('ALTER ROLE tenancy_regress_audit_ctx IN DATABASE %I SET tenancy.workspace_id = %L',
+                            current_database(), '00000000-0000-0000-0000-0000000000d1'); END $$;
+\echo :LAST_ERROR_SQLSTATE
+DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET tenancy.workspace_id = %L',
+                            current_database(), '00000000-0000-0000-0000-0000000000d1'); END $$;
+\echo :LAST_ERROR_SQLSTATE
+ALTER ROLE tenancy_regress_audit_ctx RESET tenancy.workspace_id;
+ALTER ROLE tenancy_regress_audit_ctx SET tenancy.workspace_id TO DEFAULT;
+ALTER ROLE tenancy_regress_audit_ctx SET work_mem = '8MB';
+ALTER ROLE tenancy_regress_audit_ctx RESET work_mem;
+SELECT count(*) AS stored FROM pg_db_role_setting
+ WHERE setrole = 'tenancy_regress_audit_ctx'::regrole OR array_to_string(setconfig, ',') ILIKE '%tenancy.workspace_id%';
+INSERT INTO pg_db_role_setting
+SELECT d.oid, 'tenancy_regress_audit_ctx'::regrole, ARRAY['tenancy.workspace_id=00000000-0000-0000-0000-0000000000d1']
+  FROM pg_database d WHERE d.datname = current_database();
+INSERT INTO pg_db_role_setting
+VALUES (0, 'tenancy_regress_audit_ctx'::regrole, ARRAY['work_mem=8MB', 'tenancy.workspace_id=00000000-0000-0000-0000-0000000000d2']);
+INSERT INTO pg_db_role_setting
+SELECT d.oid, 0, ARRAY['Tenancy.Workspace_Id=00000000-0000-0000-0000-0000000000d3']
+  FROM pg_database d WHERE d.datname = current_database();
+\x on
+SELECT severity, "check", replace(object, '"' || current_database() || '"', '"(current)"') AS object, detail,
+       replace(fix, '"' || current_database() || '"', '"(current)"') AS fix
+  FROM tenancy.audit() WHERE "check" = 'context_default';
+\x off
+-- a new session of that role: three WARNINGs (role in database, role, database), no context
+\c - tenancy_regress_audit_ctx
+SELECT tenancy.current_workspace_id(), current_setting('tenancy.workspace_id') AS raw_setting,
+       current_setting('work_mem') AS work_mem;
+\c - postgres
+DO $$
+DECLARE f text;
+BEGIN
+    FOR f IN SELECT fix FROM tenancy.audit() WHERE "check" = 'context_default' LOOP
+        EXECUTE f;
+    END LOOP;
+END $$;
+SELECT count(*) AS reported FROM tenancy.audit() WHERE "check" = 'context_default';
+SELECT setconfig FROM pg_db_role_setting
+ WHERE setrole = 'tenancy_regress_audit_ctx'::regrole OR array_to_string(setconfig, ',') ILIKE '%tenancy.workspace_id%';
+DROP ROLE tenancy_regress_audit_ctx;

@@ -72,6 +72,35 @@ RESET ROLE;
 DROP ROLE tenancy_stats_viewer;
 SELECT tenancy.reset_stats(:w);
 
+-- a procedure or DO block that ends transactions inside (COMMIT, ROLLBACK), also one failing
+-- after its ROLLBACK, leaves the statement depth as it found it: its statements are nested
+-- ones, the statements after it are top-level ones again, and their CPU time is read
+\set w3 '''00000000-0000-0000-0000-0000000000f3'''
+CREATE TABLE stats_txn (n int);
+CREATE PROCEDURE stats_commit() LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO stats_txn VALUES (1); COMMIT; INSERT INTO stats_txn VALUES (2); END $$;
+CREATE PROCEDURE stats_rollback() LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO stats_txn VALUES (3); ROLLBACK; INSERT INTO stats_txn VALUES (4); END $$;
+CREATE PROCEDURE stats_rollback_fail() LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO stats_txn VALUES (5); ROLLBACK; INSERT INTO stats_txn VALUES (6); RAISE EXCEPTION 'fails after its rollback'; END $$;
+SELECT tenancy.reset_stats(:w3);
+SET tenancy.workspace_id = :w3;
+CALL stats_commit();
+CALL stats_rollback();
+DO $$ BEGIN CALL stats_rollback(); COMMIT; PERFORM 7; ROLLBACK; PERFORM 8; END $$;
+CALL stats_rollback_fail();
+SELECT 1 AS a;
+SELECT 2 AS b;
+SELECT count(*) AS busy FROM generate_series(1, 300000);
+RESET tenancy.workspace_id;
+-- 3 top-level statements; nested: 2 + 2 + (2 + 2) + 2
+SELECT queries, nested_queries, cpu_time_ms > 0 AS cpu_read
+  FROM tenancy.workspace_stats WHERE workspace_id = :w3 AND database = current_database();
+SELECT array_agg(n ORDER BY n) AS kept FROM stats_txn;
+DROP PROCEDURE stats_commit(), stats_rollback(), stats_rollback_fail();
+DROP TABLE stats_txn;
+SELECT tenancy.reset_stats(:w3);
+
 -- the views are documented
 SELECT c.relname, obj_description(c.oid, 'pg_class') IS NOT NULL AS commented
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
