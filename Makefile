@@ -1,6 +1,7 @@
 # tenancy: the two commands of the README are `make demo` and `make test`.
 SHELL := /bin/bash
-PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+include scripts/pg.env
+PG_CONFIG := $(PG_BIN)/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all setup install test test-unit test-regress test-live demo demo-stop bench clean
@@ -13,9 +14,7 @@ setup:
 
 ## Build (release) and install the extension into the system PostgreSQL 15.
 install: setup
-	@# a fresh inode (atomic rename): the installer rewrites in place, running servers keep the old one
-	@so="$$($(PG_CONFIG) --pkglibdir)/tenancy.so"; if [ -f "$$so" ]; then cp -p "$$so" "$$so.new" && mv -f "$$so.new" "$$so"; fi
-	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	@scripts/install.sh
 
 ## Every test suite: #[pg_test], pg_regress (pg_test/), live-server Rust tests (tests/).
 test: setup

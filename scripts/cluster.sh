@@ -14,7 +14,8 @@
 # "postgres" over 127.0.0.1 with trust authentication (loopback only, scratch data only).
 set -euo pipefail
 
-BIN=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/pg.env"
+BIN=$PG_BIN
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
 
 # The server must not inherit RUST_BACKTRACE: pgrx would append Rust backtraces to the

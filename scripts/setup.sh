@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+. "$(dirname "$0")/pg.env"
+PG_CONFIG=$PG_BIN/pg_config
 PACKAGES=(postgresql-15 postgresql-server-dev-15 clang libclang-dev pkg-config sudo pgbouncer ca-certificates)
 
 log() { printf '[setup] %s\n' "$*"; }

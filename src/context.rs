@@ -33,6 +33,7 @@ use pgrx::spi::quote_identifier;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::{TenancyError, TenancyResult};
+use crate::pg::scope::with_catalog_path;
 use crate::uuid_text;
 
 /// Name of the workspace setting.
@@ -186,12 +187,11 @@ fn store_current(value: Option<[u8; 16]>) {
 // returns false; PostgreSQL then raises 22023 "invalid value for parameter" itself.
 // ---------------------------------------------------------------------------------------------
 
-/// Memory for GUC strings and `extra` must come from the allocator guc.c frees with:
-/// plain malloc/free up to PostgreSQL 15, `guc_malloc`/`guc_free` from 16 on.
+/// Memory for GUC strings and `extra` must come from the allocator guc.c frees with: plain
+/// malloc/free in PostgreSQL 15 (16 moved to `guc_malloc`/`guc_free`; only 15 is built).
 mod guc_mem {
     use std::ffi::c_void;
 
-    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
     extern "C" {
         fn malloc(size: usize) -> *mut c_void;
         fn free(ptr: *mut c_void);
@@ -199,29 +199,13 @@ mod guc_mem {
 
     /// Returns null when out of memory (the hook then rejects the value).
     pub(super) unsafe fn alloc(size: usize) -> *mut c_void {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         // SAFETY: libc malloc, freed by guc.c with free().
-        unsafe {
-            malloc(size)
-        }
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        // SAFETY: LOG level makes guc_malloc return null instead of raising on OOM.
-        unsafe {
-            pgrx::pg_sys::guc_malloc(pgrx::pg_sys::LOG as i32, size)
-        }
+        unsafe { malloc(size) }
     }
 
     pub(super) unsafe fn release(ptr: *mut c_void) {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         // SAFETY: ptr came from malloc (guc.c's strdup of the proposed value, or alloc above).
-        unsafe {
-            free(ptr)
-        }
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        // SAFETY: ptr came from guc_malloc/guc_strdup.
-        unsafe {
-            pgrx::pg_sys::guc_free(ptr)
-        }
+        unsafe { free(ptr) }
     }
 }
 
@@ -574,22 +558,6 @@ fn split_qualified(text: &str) -> Option<(String, String)> {
     }
 }
 
-/// Run `f` under `search_path = pg_catalog` alone (no temporary schema), as the current user:
-/// operators, functions, types and unqualified names in what it prepares or runs resolve to
-/// the catalog's, whatever the session's path (PostgreSQL re-plans a kept plan when the path
-/// differs, so a plan must be prepared and run under the same override).
-pub(crate) fn with_catalog_path<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: the override path is copied by PostgreSQL and popped below, or by (sub)transaction
-    // abort when an ERROR unwinds from `f`.
-    unsafe {
-        let mut path = pg_sys::OverrideSearchPath { schemas: std::ptr::null_mut(), addCatalog: true, addTemp: false, generation: 0 };
-        pg_sys::PushOverrideSearchPath(&mut path);
-    }
-    let r = f();
-    // SAFETY: pops what was pushed above.
-    unsafe { pg_sys::PopOverrideSearchPath() };
-    r
-}
 
 pgrx::extension_sql_file!(
     "../sql/context.sql",

@@ -25,7 +25,8 @@ use pgrx::prelude::*;
 use pgrx::{PgBuiltInOids, PgOid};
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
 
-use crate::context::{self, with_catalog_path, Registry};
+use crate::context::{self, Registry};
+use crate::pg::scope::with_catalog_path;
 use crate::error::{TenancyError, TenancyResult};
 use pgrx::PgSqlErrorCode as Code;
 

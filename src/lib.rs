@@ -1,6 +1,8 @@
 //! `tenancy`: multi-tenant safety, fairness and observability inside PostgreSQL.
 //!
-//! Table of contents (one module per capability):
+//! Table of contents (one module per capability, above the PostgreSQL layer):
+//! - [`pg`]: the layer over PostgreSQL's C API (unguarded calls and their contract, shared
+//!   memory and LWLock guards, backend-local state, role and search-path scopes, read-only SPI).
 //! - [`error`]: the domain error type; every user-facing error and its SQLSTATE.
 //! - [`uuid_text`]: PostgreSQL-compatible uuid parsing and the canonical text form.
 //! - [`context`]: the `tenancy.workspace_id` setting, `current_workspace_id()`,
@@ -10,7 +12,6 @@
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; counters in shared
 //!   memory when preloaded, `quota::shared`, fed by `quota::transition`; who may put code in
 //!   `counted_when`, `quota::vet`; SQL in `sql/quota.sql`).
-//! - [`readonly`]: read-only SQL for the extension's lookups (never assigns a transaction id).
 //! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
 //! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
 //!   `sql/stats.sql`).
@@ -24,8 +25,8 @@ use pgrx::prelude::*;
 pub mod context;
 pub mod error;
 pub mod hierarchy;
+pub mod pg;
 pub mod quota;
-pub mod readonly;
 pub mod rls;
 pub mod stats;
 pub mod uuid_text;

@@ -55,6 +55,9 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::TenancyError;
+use crate::pg::ffi::{self as raw, raw_standard_executor_end, raw_standard_executor_finish, raw_standard_executor_run, raw_standard_executor_start, raw_standard_planner, raw_standard_process_utility};
+use crate::pg::local::BackendLocal;
+use crate::pg::shmem::{addin_shmem_init_lock, each_entry, shmem_hash, LwLockGuard};
 
 const TRANCHE: &std::ffi::CStr = c"tenancy";
 
@@ -162,25 +165,6 @@ static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 static NESTING: AtomicI64 = AtomicI64::new(0);
 /// Depth of tenancy's own SPI work (quota trigger, set_workspace): not counted as user activity.
 static INTERNAL: AtomicI64 = AtomicI64::new(0);
-
-/// Backend-local state in a plain static rather than `thread_local!`: a backend runs one thread,
-/// and thread-local storage in a shared library costs a `__tls_get_addr` call per access (it
-/// showed in `perf` profiles of the statement hooks).
-pub(crate) struct BackendLocal<T>(std::cell::RefCell<T>);
-
-// SAFETY: PostgreSQL backends are single-threaded; these statics are used only from hooks and
-// callbacks that PostgreSQL calls on that thread.
-unsafe impl<T> Sync for BackendLocal<T> {}
-
-impl<T> BackendLocal<T> {
-    pub(crate) const fn new(value: T) -> Self {
-        BackendLocal(std::cell::RefCell::new(value))
-    }
-
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&std::cell::RefCell<T>) -> R) -> R {
-        f(&self.0)
-    }
-}
 
 /// Workspace current when each running statement started, keyed by its QueryDesc: a
 /// statement is attributed to the context it started under (so `SELECT
@@ -474,8 +458,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let addin_lock = addin_shmem_init_lock();
-        pg_sys::LWLockAcquire(addin_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let addin_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
         let mut found = false;
         let shared = pg_sys::ShmemInitStruct(c"tenancy stats".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
             .cast::<Shared>();
@@ -499,7 +482,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             std::ptr::write_bytes(slots, 0, n as usize);
         }
         let hash = shmem_hash::<Key, Entry>(c"tenancy stats hash", MAX_WORKSPACES.get() as c_long);
-        pg_sys::LWLockRelease(addin_lock);
+        drop(addin_lock);
         SHARED.store(shared, Relaxed);
         HASH.store(hash, Relaxed);
         SLOTS.store(slots, Relaxed);
@@ -822,22 +805,22 @@ fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entry)) -> Reco
     unsafe {
         let key = Key { dbid: pg_sys::MyDatabaseId, _pad: 0, ws };
         let keyp = (&key as *const Key).cast::<c_void>();
-        raw::lwlock_acquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
-        let e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
-        if let Some(e) = e.as_ref() {
-            f(e);
-            e.last_activity.store(now, Relaxed);
-            raw::lwlock_release(shared.lock);
-            return Recorded::Yes;
+        {
+            let _lock = LwLockGuard::shared(shared.lock);
+            let e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+            if let Some(e) = e.as_ref() {
+                f(e);
+                e.last_activity.store(now, Relaxed);
+                return Recorded::Yes;
+            }
         }
-        raw::lwlock_release(shared.lock);
         match create {
             Create::Never => return Recorded::No,
             // refused without taking the lock EXCLUSIVE: a loop over new ids costs others nothing
             Create::Limited if !take_token(now, false) => return Recorded::Refused,
             _ => {}
         }
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let lock = LwLockGuard::exclusive(shared.lock);
         let mut e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
         if e.is_null() {
             if pg_sys::hash_get_num_entries(hash) >= shared.max {
@@ -857,45 +840,12 @@ fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entry)) -> Reco
             f(&*e);
             (*e).last_activity.store(now, Relaxed);
         }
-        pg_sys::LWLockRelease(shared.lock);
+        drop(lock);
         if e.is_null() {
             Recorded::No
         } else {
             Recorded::Yes
         }
-    }
-}
-
-/// Visit every entry of a shared hash table whose entries are `E`. Caller holds the table's lock
-/// (SHARED to read, EXCLUSIVE if `f` collects keys to remove afterwards), or is the postmaster
-/// at start/exit with no backend left.
-pub(crate) unsafe fn each_entry<E>(hash: *mut pg_sys::HTAB, mut f: impl FnMut(&E)) {
-    // SAFETY: see the caller's obligations above.
-    unsafe {
-        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
-        pg_sys::hash_seq_init(&mut seq, hash);
-        while let Some(e) = pg_sys::hash_seq_search(&mut seq).cast::<E>().as_ref() {
-            f(e);
-        }
-    }
-}
-
-/// PostgreSQL's AddinShmemInitLock, held while a shmem_startup_hook creates or attaches its
-/// structures.
-pub(crate) unsafe fn addin_shmem_init_lock() -> *mut pg_sys::LWLock {
-    // SAFETY: MainLWLockArray is initialised before any shmem_startup_hook runs.
-    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(21)).lock }
-}
-
-/// Create or attach the shared hash table `name` of `max` entries `E`, keyed by the bytes of
-/// `K` (the first field of `E`). Caller holds AddinShmemInitLock, in a shmem_startup_hook.
-pub(crate) unsafe fn shmem_hash<K, E>(name: &std::ffi::CStr, max: c_long) -> *mut pg_sys::HTAB {
-    // SAFETY: see the caller's obligations above.
-    unsafe {
-        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
-        info.keysize = std::mem::size_of::<K>();
-        info.entrysize = std::mem::size_of::<E>();
-        pg_sys::ShmemInitHash(name.as_ptr(), max, max, &mut info, (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int)
     }
 }
 
@@ -949,72 +899,6 @@ pub(crate) fn note_context(ws: Option<[u8; 16]>) {
 // those fields. No value with a destructor is alive in these frames at those calls; the
 // (sub)transaction abort callbacks repair NESTING and the other statement state.
 // ---------------------------------------------------------------------------------------------
-
-/// Hot-path PostgreSQL calls made without pgrx's FFI guard. The guard (a `sigsetjmp` and a
-/// thread check through thread-local storage on every call) is what lets an ERROR raised inside
-/// become a Rust panic; these functions cannot raise one as used here (a shared or exclusive
-/// LWLock taken and released in pairs, a hash lookup, a clock read, ending the instrumentation
-/// of a stopped node; `InstrAlloc`'s palloc can fail only out of memory, and then unwinds through
-/// frames that own nothing). Saves about 40 ns per call, six calls per statement.
-pub(crate) mod raw {
-    use pgrx::pg_sys;
-    use std::ffi::{c_int, c_void};
-
-    extern "C-unwind" {
-        #[link_name = "LWLockAcquire"]
-        pub(crate) fn lwlock_acquire(lock: *mut pg_sys::LWLock, mode: pg_sys::LWLockMode::Type) -> bool;
-        #[link_name = "LWLockRelease"]
-        pub(crate) fn lwlock_release(lock: *mut pg_sys::LWLock);
-        #[link_name = "hash_search"]
-        pub(crate) fn hash_search(
-            hashp: *mut pg_sys::HTAB,
-            key: *const c_void,
-            action: pg_sys::HASHACTION::Type,
-            found: *mut bool,
-        ) -> *mut c_void;
-        #[link_name = "GetCurrentTimestamp"]
-        pub(crate) fn now() -> pg_sys::TimestampTz;
-        #[link_name = "InstrAlloc"]
-        pub(crate) fn instr_alloc(n: c_int, instrument_options: c_int, async_mode: bool) -> *mut pg_sys::Instrumentation;
-        #[link_name = "InstrEndLoop"]
-        pub(crate) fn instr_end_loop(instr: *mut pg_sys::Instrumentation);
-    }
-}
-
-extern "C-unwind" {
-    #[link_name = "standard_planner"]
-    fn raw_standard_planner(
-        parse: *mut pg_sys::Query,
-        query_string: *const c_char,
-        cursor_options: c_int,
-        bound_params: pg_sys::ParamListInfo,
-    ) -> *mut pg_sys::PlannedStmt;
-    #[link_name = "standard_ExecutorStart"]
-    fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int);
-    #[link_name = "standard_ExecutorRun"]
-    fn raw_standard_executor_run(
-        query_desc: *mut pg_sys::QueryDesc,
-        direction: pg_sys::ScanDirection::Type,
-        count: u64,
-        execute_once: bool,
-    );
-    #[link_name = "standard_ExecutorFinish"]
-    fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ExecutorEnd"]
-    fn raw_standard_executor_end(query_desc: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ProcessUtility"]
-    #[allow(clippy::too_many_arguments)]
-    fn raw_standard_process_utility(
-        pstmt: *mut pg_sys::PlannedStmt,
-        query_string: *const c_char,
-        read_only_tree: bool,
-        context: pg_sys::ProcessUtilityContext::Type,
-        params: pg_sys::ParamListInfo,
-        query_env: *mut pg_sys::QueryEnvironment,
-        dest: *mut pg_sys::DestReceiver,
-        qc: *mut pg_sys::QueryCompletion,
-    );
-}
 
 /// Refuse `ALTER ROLE ... SET tenancy.workspace_id` and `ALTER DATABASE ... SET
 /// tenancy.workspace_id` (any role, database, `ALL`, `IN DATABASE`; `= value`, `TO value` and
@@ -1299,9 +1183,7 @@ fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
     let mut out = Vec::new();
     // SAFETY: shared lock held while iterating; entries are copied out before release.
     unsafe {
-        if lock {
-            pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
-        }
+        let guard = lock.then(|| LwLockGuard::shared(shared.lock));
         out.reserve(pg_sys::hash_get_num_entries(hash) as usize);
         each_entry(hash, |e: &Entry| {
             out.push(Snapshot {
@@ -1320,9 +1202,7 @@ fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
                 last: e.last_activity.load(Relaxed),
             })
         });
-        if lock {
-            pg_sys::LWLockRelease(shared.lock);
-        }
+        drop(guard);
     }
     out
 }
@@ -1353,7 +1233,7 @@ fn can_read_stats() -> bool {
     if unsafe { pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) } {
         return true;
     }
-    let owner = internal(|| crate::readonly::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'", &[]));
+    let owner = internal(|| crate::pg::spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'", &[]));
     // SAFETY: as above.
     matches!(owner, Ok(Some(owner)) if unsafe { pg_sys::has_privs_of_role(user, owner) })
 }
@@ -1430,10 +1310,8 @@ fn stats_info() -> Result<
     let hash = HASH.load(Relaxed);
     // SAFETY: shared lock for a consistent entry count.
     let entries = unsafe {
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
-        let n = pg_sys::hash_get_num_entries(hash) as i64;
-        pg_sys::LWLockRelease(shared.lock);
-        n
+        let _lock = LwLockGuard::shared(shared.lock);
+        pg_sys::hash_get_num_entries(hash) as i64
     };
     let per_entry = {
         // SAFETY: pure size computations.
@@ -1460,7 +1338,7 @@ fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pg
     let target = workspace.map(|w| *w.as_bytes());
     // SAFETY: exclusive lock while removing entries.
     unsafe {
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let _lock = LwLockGuard::exclusive(shared.lock);
         let mut keys = Vec::new();
         each_entry(hash, |e: &Entry| {
             if target.is_none() || target == Some(e.key.ws) {
@@ -1473,7 +1351,6 @@ fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pg
         if target.is_none() {
             shared.reset_at.store(pg_sys::GetCurrentTimestamp(), Relaxed);
         }
-        pg_sys::LWLockRelease(shared.lock);
     }
     Ok(())
 }

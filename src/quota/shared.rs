@@ -61,7 +61,9 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::TenancyError;
-use crate::stats::{addin_shmem_init_lock, each_entry, raw, shmem_hash, BackendLocal};
+use crate::pg::ffi as raw;
+use crate::pg::local::BackendLocal;
+use crate::pg::shmem::{addin_shmem_init_lock, each_entry, shmem_hash, LwLockGuard};
 
 const TRANCHE: &std::ffi::CStr = c"tenancy quota";
 /// `locktag_field4` of the per-(table, workspace) initialisation lock (user advisory locks
@@ -194,8 +196,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let addin_lock = addin_shmem_init_lock();
-        pg_sys::LWLockAcquire(addin_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let addin_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
         let mut found = false;
         let shared = pg_sys::ShmemInitStruct(c"tenancy quota".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
             .cast::<Shared>();
@@ -207,7 +208,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             });
         }
         let hash = shmem_hash::<Key, Entry>(c"tenancy quota hash", MAX_ENTRIES.get() as c_long);
-        pg_sys::LWLockRelease(addin_lock);
+        drop(addin_lock);
         SHARED.store(shared, Relaxed);
         HASH.store(hash, Relaxed);
     }
@@ -239,12 +240,10 @@ fn with_entry<R>(key: &Key, f: impl FnOnce(&Entry) -> R) -> Option<R> {
     let hash = HASH.load(Relaxed);
     // SAFETY: the entry pointer is used only while the lock keeping it alive is held.
     unsafe {
-        raw::lwlock_acquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
+        let _lock = LwLockGuard::shared(shared.lock);
         let e = raw::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
             .cast::<Entry>();
-        let r = e.as_ref().map(f);
-        raw::lwlock_release(shared.lock);
-        r
+        e.as_ref().map(f)
     }
 }
 
@@ -381,7 +380,7 @@ fn insert(key: &Key, used: i64) -> Result<(), TenancyError> {
     let hash = HASH.load(Relaxed);
     // SAFETY: membership changes under the EXCLUSIVE lock; no error is raised while it is held.
     let inserted = unsafe {
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let _lock = LwLockGuard::exclusive(shared.lock);
         let present = !raw::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
             .is_null();
         if !present && pg_sys::hash_get_num_entries(hash) >= shared.max {
@@ -401,7 +400,6 @@ fn insert(key: &Key, used: i64) -> Result<(), TenancyError> {
             (*e).in_flight = AtomicI64::new(0);
             (*e).last_used = AtomicI64::new(pg_sys::GetCurrentTimestamp());
         }
-        pg_sys::LWLockRelease(shared.lock);
         !e.is_null()
     };
     if !inserted {
@@ -443,7 +441,7 @@ fn remove_table(relid: pg_sys::Oid) {
     let hash = HASH.load(Relaxed);
     // SAFETY: membership changes under the EXCLUSIVE lock.
     unsafe {
-        pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let _lock = LwLockGuard::exclusive(shared.lock);
         let mut keys = Vec::new();
         let db = pg_sys::MyDatabaseId;
         each_entry(hash, |e: &Entry| {
@@ -454,7 +452,6 @@ fn remove_table(relid: pg_sys::Oid) {
         for key in &keys {
             pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
         }
-        pg_sys::LWLockRelease(shared.lock);
     }
 }
 
@@ -591,13 +588,12 @@ fn quota_entries() -> TableIterator<
         // SAFETY: copy under the SHARED lock, build rows after releasing it.
         unsafe {
             let db = pg_sys::MyDatabaseId;
-            pg_sys::LWLockAcquire(shared.lock, pg_sys::LWLockMode::LW_SHARED);
+            let _lock = LwLockGuard::shared(shared.lock);
             each_entry(hash, |e: &Entry| {
                 if e.key.dbid == db {
                     rows.push((e.key.relid, e.key.ws, e.used.load(Relaxed), e.in_flight.load(Relaxed)));
                 }
             });
-            pg_sys::LWLockRelease(shared.lock);
         }
     }
     TableIterator::new(rows.into_iter().map(|(r, ws, u, f)| (r, pgrx::Uuid::from_bytes(ws), u, f)))

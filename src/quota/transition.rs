@@ -17,6 +17,7 @@ use pgrx::PgSqlErrorCode as Code;
 
 use super::Event;
 use crate::error::TenancyError;
+use crate::pg::scope::as_user;
 
 /// The compiled delta reader of one table. Owns a memory context (child of CacheMemoryContext)
 /// holding the expression and its evaluation context.
@@ -117,28 +118,20 @@ impl Deltas {
     }
 
     /// Per-workspace net change of counted rows of one statement (new rows +1, old rows -1),
-    /// in workspace order, zeros left out.
-    /// `counted_when` is evaluated as `owner` in a security-restricted operation (as the SPI
-    /// path runs it; its operators and functions were resolved when it was compiled, under
-    /// `search_path = pg_catalog`).
+    /// in workspace order, zeros left out. `counted_when` is evaluated as `owner` (the table's
+    /// owner) in a security-restricted operation under `search_path = pg_catalog`, as the SPI
+    /// path runs it ([`as_user`]): a PL/pgSQL function it calls resolves the names in its body
+    /// against the catalog, never against the writing session's search path.
     pub(super) fn deltas(&self, td: &pg_sys::TriggerData, event: Event, owner: pg_sys::Oid) -> Vec<([u8; 16], i64)> {
-        let mut map = BTreeMap::<[u8; 16], i64>::new();
-        let mut saved_user = pg_sys::InvalidOid;
-        let mut saved_ctx: i32 = 0;
         if self.cond.is_some() {
-            // SAFETY: plain reads/writes of the current user id and security context, restored
-            // below, or by (sub)transaction abort when an ERROR unwinds from the evaluation.
-            unsafe {
-                pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-                pg_sys::SetUserIdAndSecContext(
-                    owner,
-                    saved_ctx
-                        | (pg_sys::SECURITY_LOCAL_USERID_CHANGE
-                            | pg_sys::SECURITY_RESTRICTED_OPERATION
-                            | pg_sys::SECURITY_NOFORCE_RLS) as i32,
-                );
-            }
+            as_user(owner, || self.read(td, event))
+        } else {
+            self.read(td, event)
         }
+    }
+
+    fn read(&self, td: &pg_sys::TriggerData, event: Event) -> Vec<([u8; 16], i64)> {
+        let mut map = BTreeMap::<[u8; 16], i64>::new();
         let stores: &[(*mut pg_sys::Tuplestorestate, i64)] = match event {
             Event::Insert => &[(td.tg_newtable, 1)],
             Event::Delete => &[(td.tg_oldtable, -1)],
@@ -183,10 +176,6 @@ impl Deltas {
                 }
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
-        }
-        if self.cond.is_some() {
-            // SAFETY: restores exactly what was saved above.
-            unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
         }
         map.into_iter().filter(|&(_, n)| n != 0).collect()
     }

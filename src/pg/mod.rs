@@ -1,0 +1,14 @@
+//! The layer between tenancy and PostgreSQL's C API: what the domain modules use instead of
+//! calling `pg_sys` for infrastructure.
+//! - [`ffi`]: PostgreSQL functions called without pgrx's FFI guard, with their safety contract;
+//! - [`shmem`]: shared-memory hash tables, the creation lock, LWLock guards that release on drop;
+//! - [`local`]: backend-local state without thread-local storage;
+//! - [`scope`]: running code as another role in a security-restricted operation, and under a
+//!   `pg_catalog`-only search path;
+//! - [`spi`]: read-only SQL (never assigns a transaction id).
+
+pub(crate) mod ffi;
+pub(crate) mod local;
+pub(crate) mod scope;
+pub(crate) mod shmem;
+pub(crate) mod spi;

@@ -1,0 +1,62 @@
+//! Scopes that change who runs code, or how names resolve, for the duration of a closure.
+//!
+//! Both are undone by PostgreSQL's (sub)transaction abort when an ERROR unwinds from the
+//! closure: it restores the user id and security context and pops override search paths.
+
+use pgrx::pg_sys;
+
+/// Run `f` as `role` (the owner of the counter table for the bookkeeping, the enforced table's
+/// owner for anything evaluating `counted_when`), as PostgreSQL's RI triggers do, so that
+/// application roles need no privilege on the bookkeeping tables and row-level security hides no
+/// row from a count; as a security-restricted operation, and with `search_path` fixed to
+/// `pg_catalog` alone so that no function or operator of the session's own
+/// schemas can be picked up by what runs with the owner's rights (kept plans are re-analysed
+/// when the search path differs, so it is fixed both when they are prepared and when they run).
+/// An error raised inside is cleaned up by transaction or subtransaction abort, which restores
+/// the user id and pops the search path.
+pub(crate) fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: plain reads/writes of the backend's current user id and security context; the
+    // override search path is allocated by PostgreSQL and popped below (or at abort).
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx
+                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS)
+                    as i32,
+        );
+        let mut path = pg_sys::OverrideSearchPath {
+            schemas: std::ptr::null_mut(),
+            addCatalog: true,
+            addTemp: false,
+            generation: 0,
+        };
+        pg_sys::PushOverrideSearchPath(&mut path);
+    }
+    let r = f();
+    // SAFETY: restores exactly what was saved above.
+    unsafe {
+        pg_sys::PopOverrideSearchPath();
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+    }
+    r
+}
+
+/// Run `f` under `search_path = pg_catalog` alone (no temporary schema), as the current user:
+/// operators, functions, types and unqualified names in what it prepares or runs resolve to
+/// the catalog's, whatever the session's path (PostgreSQL re-plans a kept plan when the path
+/// differs, so a plan must be prepared and run under the same override).
+pub(crate) fn with_catalog_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the override path is copied by PostgreSQL and popped below, or by (sub)transaction
+    // abort when an ERROR unwinds from `f`.
+    unsafe {
+        let mut path = pg_sys::OverrideSearchPath { schemas: std::ptr::null_mut(), addCatalog: true, addTemp: false, generation: 0 };
+        pg_sys::PushOverrideSearchPath(&mut path);
+    }
+    let r = f();
+    // SAFETY: pops what was pushed above.
+    unsafe { pg_sys::PopOverrideSearchPath() };
+    r
+}

@@ -1,0 +1,78 @@
+//! Shared memory: hash tables in PostgreSQL's shared memory, the lock that guards their
+//! creation, and LWLock guards that release on drop.
+//!
+//! A [`LwLockGuard`] takes its lock without pgrx's FFI guard (see [`super::ffi`]) and releases
+//! it when dropped: no lock is paired by hand. An ERROR raised while one is held skips the drop;
+//! PostgreSQL's abort processing (`LWLockReleaseAll`) releases the lock then. A Rust panic
+//! unwinding through it releases it in the drop, before that.
+
+use std::ffi::{c_int, c_long};
+
+use pgrx::pg_sys;
+
+use super::ffi;
+
+/// An LWLock held until dropped.
+pub(crate) struct LwLockGuard(*mut pg_sys::LWLock);
+
+impl LwLockGuard {
+    /// Take `lock` SHARED.
+    ///
+    /// # Safety
+    /// `lock` is a valid LWLock of shared memory.
+    pub(crate) unsafe fn shared(lock: *mut pg_sys::LWLock) -> LwLockGuard {
+        // SAFETY: see the function's obligations.
+        unsafe { ffi::lwlock_acquire(lock, pg_sys::LWLockMode::LW_SHARED) };
+        LwLockGuard(lock)
+    }
+
+    /// Take `lock` EXCLUSIVE.
+    ///
+    /// # Safety
+    /// `lock` is a valid LWLock of shared memory.
+    pub(crate) unsafe fn exclusive(lock: *mut pg_sys::LWLock) -> LwLockGuard {
+        // SAFETY: see the function's obligations.
+        unsafe { ffi::lwlock_acquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        LwLockGuard(lock)
+    }
+}
+
+impl Drop for LwLockGuard {
+    fn drop(&mut self) {
+        // SAFETY: the lock was taken by this guard and is still held.
+        unsafe { ffi::lwlock_release(self.0) };
+    }
+}
+
+/// Visit every entry of a shared hash table whose entries are `E`. Caller holds the table's lock
+/// (SHARED to read, EXCLUSIVE if `f` collects keys to remove afterwards), or is the postmaster
+/// at start/exit with no backend left.
+pub(crate) unsafe fn each_entry<E>(hash: *mut pg_sys::HTAB, mut f: impl FnMut(&E)) {
+    // SAFETY: see the caller's obligations above.
+    unsafe {
+        let mut seq: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
+        pg_sys::hash_seq_init(&mut seq, hash);
+        while let Some(e) = pg_sys::hash_seq_search(&mut seq).cast::<E>().as_ref() {
+            f(e);
+        }
+    }
+}
+
+/// PostgreSQL's AddinShmemInitLock, held while a shmem_startup_hook creates or attaches its
+/// structures.
+pub(crate) unsafe fn addin_shmem_init_lock() -> *mut pg_sys::LWLock {
+    // SAFETY: MainLWLockArray is initialised before any shmem_startup_hook runs.
+    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(21)).lock }
+}
+
+/// Create or attach the shared hash table `name` of `max` entries `E`, keyed by the bytes of
+/// `K` (the first field of `E`). Caller holds AddinShmemInitLock, in a shmem_startup_hook.
+pub(crate) unsafe fn shmem_hash<K, E>(name: &std::ffi::CStr, max: c_long) -> *mut pg_sys::HTAB {
+    // SAFETY: see the caller's obligations above.
+    unsafe {
+        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
+        info.keysize = std::mem::size_of::<K>();
+        info.entrysize = std::mem::size_of::<E>();
+        pg_sys::ShmemInitHash(name.as_ptr(), max, max, &mut info, (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int)
+    }
+}
