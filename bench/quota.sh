@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-6}
 ROUNDS=${BENCH_ROUNDS:-5}
-PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 DB=bench_quota
 psql() { command psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
 work=$(mktemp -d)

@@ -23,7 +23,6 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-4}  # per variant and round
 ROUNDS=${BENCH_ROUNDS:-5}
-PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 DB=bench_rls
 APP=bench_rls_app
 psql() { command psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }

@@ -17,7 +17,6 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-8}
-PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 work=$(mktemp -d)
 trap 'rm -rf "$work"; scripts/cluster.sh stop bench-stats >/dev/null 2>&1 || true; scripts/cluster.sh stop bench-plain >/dev/null 2>&1 || true' EXIT
 
