@@ -1,7 +1,7 @@
 -- Per-workspace row quotas. The trigger and its caches are in src/quota.rs; this file holds
 -- the bookkeeping tables, the administrative functions and the quota_usage view.
 --
--- Errors (see the README's "Errors" table):
+-- Errors (see the "Errors" table of docs/reference.md):
 --   53400 configuration_limit_exceeded  a statement would take a workspace over its limit
 --   22023 invalid_parameter_value       negative max_rows
 --   22004 null_value_not_allowed        NULL table

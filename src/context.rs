@@ -12,7 +12,7 @@
 //! `current_workspace_id()` therefore costs one function call and two relaxed atomic loads:
 //! no GUC hash lookup, no text parsing. It runs in every row-level-security check.
 //!
-//! Error codes raised here (the README's "Errors" table is the reference):
+//! Error codes raised here (the "Errors" table of docs/reference.md is the reference):
 //! - 22023 invalid_parameter_value: bad spelling in `SET tenancy.workspace_id` (from the hook);
 //! - 55000 object_not_in_prerequisite_state: `require_workspace_id()` with no context;
 //! - 22004 null_value_not_allowed: `set_workspace(NULL)`;

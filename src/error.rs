@@ -1,5 +1,5 @@
 //! The domain error type. Every error a user can meet is built here, so that each one carries
-//! a precise, documented SQLSTATE (see the README's "Errors" table), a message naming the
+//! a precise, documented SQLSTATE (see the "Errors" table of docs/reference.md), a message naming the
 //! object, and a detail or hint.
 
 use pgrx::pg_sys::panic::ErrorReport;

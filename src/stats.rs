@@ -366,7 +366,7 @@ pub(crate) fn init() {
         GucRegistry::define_int_guc(
         c"tenancy.max_workspaces",
         c"Number of (database, workspace) entries kept in shared memory for usage statistics.",
-        c"Server start only. About 240 bytes each; the least recently active are evicted when full.",
+        c"Server start only. About 130 bytes each (see tenancy.stats_info.bytes_per_entry); the least recently active are evicted when full.",
         &MAX_WORKSPACES,
         100,
         1_000_000,
