@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Run the test layers and print a summary per layer. Exit non-zero if any layer failed.
-#   scripts/test.sh all|unit|regress|live
+#   scripts/test.sh all|unit|regress|isolation|live
 # LIVE_TEST=name runs one file of tests/ only (e.g. LIVE_TEST=replica scripts/test.sh live).
 # Every server started here is stopped on exit, also on failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/pg.env
+PG_CONFIG=$PG_BIN/pg_config
+PGBIN=$PG_BIN
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
 export TENANCY_RUN_DIR=$RUN_DIR
 # Fixed ports of this project (demo 25432, regress 25441, live 25442, live tests' own clusters and
@@ -38,6 +39,7 @@ done
 cleanup() {
     scripts/cluster.sh stop regress >/dev/null 2>&1 || true
     scripts/cluster.sh stop live >/dev/null 2>&1 || true
+    scripts/cluster.sh stop isolation >/dev/null 2>&1 || true
     pkill -f "$RUN_DIR/pgbouncer" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -58,14 +60,9 @@ make_fixture_db() { # port dbname
             -c "SELECT count(*) AS workspaces FROM fixture.generate(2, 2, 3, 10)" >/dev/null
 }
 
-# Give the installed library a new inode before installing over it: the installer rewrites the
-# file in place, which would corrupt the mapping of servers still running from it (another
-# cluster of this machine). The copy is renamed over the old name (atomic: the file never goes
-# missing); running servers keep the old, now unlinked, inode intact.
+# A fresh inode for the installed library before anything installs over it (scripts/install.sh).
 unlink_installed_library() {
-    local so
-    so="$($PG_CONFIG --pkglibdir)/tenancy.so"
-    if [ -f "$so" ]; then cp -p "$so" "$so.new" && mv -f "$so.new" "$so"; fi
+    scripts/install.sh --fresh-inode-only
 }
 
 layer_unit() {
@@ -88,8 +85,7 @@ layer_unit() {
 install_release() {
     [ -n "${INSTALLED:-}" ] && return 0
     echo "=== installing the release build"
-    unlink_installed_library
-    cargo pgrx install --release --pg-config "$PG_CONFIG" >"$RUN_DIR/install.log" 2>&1 \
+    scripts/install.sh >"$RUN_DIR/install.log" 2>&1 \
         || { tail -30 "$RUN_DIR/install.log"; return 1; }
     INSTALLED=1
 }
@@ -134,6 +130,35 @@ layer_live() {
     scripts/cluster.sh stop live
 }
 
+# Quota interleavings as PostgreSQL isolation specs (pg_test/isolation/), run by
+# pg_isolation_regress on a scratch cluster with tenancy preloaded (the shared-memory path).
+ISOLATION_PORT=${TENANCY_ISOLATION_PORT:-25456}
+layer_isolation() {
+    local label="isolation (specs)"
+    echo "=== layer: pg_isolation_regress (pg_test/isolation/) on a scratch cluster, port $ISOLATION_PORT"
+    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+    install_release || { record "$label" "1 install failed"; return; }
+    scripts/cluster.sh start isolation "$ISOLATION_PORT" --fresh || { record "$label" "1 cluster failed"; return; }
+    if ! psql_at "$ISOLATION_PORT" -d postgres -c "CREATE DATABASE tenancy_isolation" >/dev/null ||
+        ! psql_at "$ISOLATION_PORT" -d tenancy_isolation -c "CREATE EXTENSION tenancy" >/dev/null; then
+        record "$label" "1 database failed"; scripts/cluster.sh stop isolation; return
+    fi
+    local out="$RUN_DIR/isolation-out"
+    rm -rf "$out" && mkdir -p "$out"
+    "$(dirname "$($PG_CONFIG --pgxs)")/../test/isolation/pg_isolation_regress" \
+        --use-existing --host=127.0.0.1 --port="$ISOLATION_PORT" --user=postgres \
+        --dbname=tenancy_isolation --inputdir=pg_test/isolation --outputdir="$out" \
+        --schedule=pg_test/isolation/schedule 2>&1 | tee "$RUN_DIR/isolation.log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ] && [ -f "$out/regression.diffs" ]; then
+        echo "--- regression.diffs"; cat "$out/regression.diffs"
+    fi
+    local summary
+    summary=$(grep -E 'tests passed|tests failed|failed \(ignoring|of [0-9]+ tests' "$RUN_DIR/isolation.log" | tail -1)
+    record "$label" "$rc ${summary:-no summary (see $RUN_DIR/isolation.log)}"
+    scripts/cluster.sh stop isolation
+}
+
 # After the other layers: no internal error (SQLSTATE XX000, logged through log_line_prefix's %e,
 # see scripts/cluster.sh) and no Rust panic in the server log of any cluster this run started.
 # The #[pg_test] server's log is not kept: cargo-pgrx sends it to a pipe its test framework reads
@@ -145,7 +170,7 @@ layer_server_logs() {
     while IFS= read -r conf; do
         dir=$(dirname "$conf")
         name=$(basename "$dir")
-        case "$name" in regress | live | it-*) ;; *) continue ;; esac
+        case "$name" in regress | live | isolation | it-*) ;; *) continue ;; esac
         log="$dir/server.log"
         [ -f "$log" ] || continue
         from=1
@@ -169,11 +194,12 @@ layer_server_logs() {
 }
 
 case "$what" in
-all) layer_unit; layer_regress; layer_live ;;
+all) layer_unit; layer_regress; layer_isolation; layer_live ;;
 unit) layer_unit ;;
 regress) layer_regress ;;
 live) layer_live ;;
-*) echo "usage: test.sh all|unit|regress|live" >&2; exit 2 ;;
+isolation) layer_isolation ;;
+*) echo "usage: test.sh all|unit|regress|isolation|live" >&2; exit 2 ;;
 esac
 layer_server_logs
 
