@@ -1,0 +1,189 @@
+//! The SQL API of the statistics: the rows of `workspace_stats`, `stats_info` and
+//! `reset_stats`, and who may read them.
+
+use super::*;
+
+pub(super) struct Snapshot {
+    pub(super) key: Key,
+    pub(super) v: [u64; 9],
+    pub(super) last: i64,
+}
+
+/// Copy every entry out. `lock`: take the lock SHARED (false only at postmaster exit, where
+/// no backend is left and the postmaster cannot take LWLocks).
+pub(super) fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
+    let hash = HASH.load(Relaxed);
+    let mut out = Vec::new();
+    // SAFETY: shared lock held while iterating; entries are copied out before release.
+    unsafe {
+        let guard = lock.then(|| LwLockGuard::shared(shared.lock));
+        out.reserve(pg_sys::hash_get_num_entries(hash) as usize);
+        each_entry(hash, |e: &Entry| {
+            out.push(Snapshot {
+                key: e.key,
+                v: [
+                    e.queries_top.load(Relaxed),
+                    e.queries_nested.load(Relaxed),
+                    e.rows.load(Relaxed),
+                    e.exec_ns.load(Relaxed),
+                    e.plan_ns.load(Relaxed),
+                    e.cpu_ns.load(Relaxed),
+                    e.rows_added.load(Relaxed),
+                    e.rows_removed.load(Relaxed),
+                    e.quota_rejections.load(Relaxed),
+                ],
+                last: e.last_activity.load(Relaxed),
+            })
+        });
+        drop(guard);
+    }
+    out
+}
+
+pub(super) fn sessions_by_key() -> std::collections::HashMap<(u32, [u8; 16]), i64> {
+    let mut m = std::collections::HashMap::new();
+    let slots = SLOTS.load(Relaxed);
+    for i in 0..SLOT_COUNT.load(Relaxed) {
+        // SAFETY: i < SLOT_COUNT; atomics read without lock (see the module header).
+        let s = unsafe { &*slots.add(i as usize) };
+        if s.set.load(Relaxed) {
+            let mut ws = [0u8; 16];
+            ws[..8].copy_from_slice(&s.hi.load(Relaxed).to_be_bytes());
+            ws[8..].copy_from_slice(&s.lo.load(Relaxed).to_be_bytes());
+            *m.entry((s.dbid.load(Relaxed) as u32, ws)).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// Who may read the rows of `workspace_stats`: roles with the privileges of `pg_read_all_stats`
+/// (superusers have every role's) or of the extension's owner. The claimed context counts for
+/// nothing: anyone can claim any workspace.
+pub(super) fn can_read_stats() -> bool {
+    // SAFETY: catalog lookups on the current user.
+    let user = unsafe { pg_sys::GetUserId() };
+    // SAFETY: as above.
+    if unsafe { pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) } {
+        return true;
+    }
+    let owner = internal(|| crate::pg::spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'", &[]));
+    // SAFETY: as above.
+    matches!(owner, Ok(Some(owner)) if unsafe { pg_sys::has_privs_of_role(user, owner) })
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_restricted, name = "_workspace_stats")]
+pub(super) fn stats_rows() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(workspace_id, pgrx::Uuid),
+            name!(dbid, pg_sys::Oid),
+            name!(queries, i64),
+            name!(nested_queries, i64),
+            name!(rows, i64),
+            name!(exec_time_ms, f64),
+            name!(plan_time_ms, f64),
+            name!(cpu_time_ms, f64),
+            name!(quota_rows_added, i64),
+            name!(quota_rows_removed, i64),
+            name!(quota_rejections, i64),
+            name!(sessions, i64),
+            name!(last_activity_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    let shared = require_preloaded()?;
+    if !can_read_stats() {
+        return Ok(TableIterator::new(Vec::new()));
+    }
+    let sessions = sessions_by_key();
+    let rows: Vec<_> = copy_entries(shared, true)
+        .into_iter()
+        .map(|s| {
+            let ms = |ns: u64| ns as f64 / 1e6;
+            (
+                pgrx::Uuid::from_bytes(s.key.ws),
+                s.key.dbid,
+                s.v[0] as i64,
+                s.v[1] as i64,
+                s.v[2] as i64,
+                ms(s.v[3]),
+                ms(s.v[4]),
+                ms(s.v[5]),
+                s.v[6] as i64,
+                s.v[7] as i64,
+                s.v[8] as i64,
+                sessions.get(&(u32::from(s.key.dbid), s.key.ws)).copied().unwrap_or(0),
+                s.last,
+            )
+        })
+        .collect();
+    Ok(TableIterator::new(rows))
+}
+
+#[pg_extern(volatile, parallel_restricted, name = "_stats_info")]
+pub(super) fn stats_info() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(capacity, i64),
+            name!(entries, i64),
+            name!(evictions, i64),
+            name!(refused_statements, i64),
+            name!(shared_memory_bytes, i64),
+            name!(bytes_per_entry, i64),
+            name!(last_reset_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    let shared = require_preloaded()?;
+    let hash = HASH.load(Relaxed);
+    // SAFETY: shared lock for a consistent entry count.
+    let entries = unsafe {
+        let _lock = LwLockGuard::shared(shared.lock);
+        pg_sys::hash_get_num_entries(hash) as i64
+    };
+    let per_entry = {
+        // SAFETY: pure size computations.
+        let big = unsafe { pg_sys::hash_estimate_size(100_000, std::mem::size_of::<Entry>()) };
+        (big / 100_000) as i64
+    };
+    let reset = shared.reset_at.load(Relaxed);
+    Ok(TableIterator::once((
+        shared.max,
+        entries,
+        shared.evictions.load(Relaxed) as i64,
+        shared.refused.load(Relaxed) as i64,
+        shared_size() as i64,
+        per_entry,
+        reset,
+    )))
+}
+
+/// Remove the statistics of one workspace (all databases), or of everything when NULL.
+#[pg_extern(volatile, parallel_unsafe)]
+pub(super) fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pgrx::pg_sys::panic::ErrorReport> {
+    let shared = require_preloaded()?;
+    let hash = HASH.load(Relaxed);
+    let target = workspace.map(|w| *w.as_bytes());
+    // SAFETY: exclusive lock while removing entries.
+    unsafe {
+        let _lock = LwLockGuard::exclusive(shared.lock);
+        let mut keys = Vec::new();
+        each_entry(hash, |e: &Entry| {
+            if target.is_none() || target == Some(e.key.ws) {
+                keys.push(e.key);
+            }
+        });
+        for key in &keys {
+            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+        }
+        if target.is_none() {
+            shared.reset_at.store(pg_sys::GetCurrentTimestamp(), Relaxed);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! The shared table of per-workspace entries: shared-memory request and startup, recording
+//! into an entry (creating it within the backend's allowance), eviction, whether this database
+//! tracks at all, and the per-backend session slots.
+
+use super::*;
+
+/// Backend exit: this backend no longer holds a workspace.
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn clear_slot(_code: c_int, _arg: pg_sys::Datum) {
+    note_context(None);
+}
+
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: called by PostgreSQL in the postmaster during shmem sizing.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(shared_size());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: the standard ShmemInitStruct / ShmemInitHash protocol under AddinShmemInitLock,
+    // as pg_stat_statements does it.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP {
+            prev();
+        }
+        let addin_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
+        let mut found = false;
+        let shared = pg_sys::ShmemInitStruct(c"tenancy stats".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
+            .cast::<Shared>();
+        if !found {
+            shared.write(Shared {
+                lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
+                evictions: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                reset_at: AtomicI64::new(pg_sys::GetCurrentTimestamp()),
+                max: MAX_WORKSPACES.get() as i64,
+            });
+        }
+        let n = slot_count();
+        let slots = pg_sys::ShmemInitStruct(
+            c"tenancy stats sessions".as_ptr(),
+            n as usize * std::mem::size_of::<Slot>(),
+            &mut found,
+        )
+        .cast::<Slot>();
+        if !found {
+            std::ptr::write_bytes(slots, 0, n as usize);
+        }
+        let hash = shmem_hash::<Key, Entry>(c"tenancy stats hash", MAX_WORKSPACES.get() as c_long);
+        drop(addin_lock);
+        SHARED.store(shared, Relaxed);
+        HASH.store(hash, Relaxed);
+        SLOTS.store(slots, Relaxed);
+        SLOT_COUNT.store(n, Relaxed);
+        if !pg_sys::IsUnderPostmaster {
+            // the postmaster: load what a clean shutdown saved, and save again at exit
+            load_file(&*shared, hash);
+            pg_sys::on_shmem_exit(Some(shmem_shutdown), pg_sys::Datum::from(0));
+        }
+    }
+}
+
+pub(super) fn tracking() -> Option<[u8; 16]> {
+    if SHARED.load(Relaxed).is_null() || INTERNAL.load(Relaxed) > 0 || !TRACK.get() {
+        return None;
+    }
+    let ws = crate::context::current()?;
+    installed_here().then_some(ws)
+}
+
+/// Whether the extension is installed in this backend's database, cached per backend:
+/// `EXT_UNKNOWN`, `EXT_ABSENT`, or the oid of the relation `tenancy.workspace_stats` (the marker
+/// whose invalidation means the extension may have been dropped or replaced).
+pub(super) static EXT_STATE: AtomicU64 = AtomicU64::new(EXT_UNKNOWN);
+pub(super) const EXT_UNKNOWN: u64 = u64::MAX;
+pub(super) const EXT_ABSENT: u64 = u64::MAX - 1;
+/// Bumped by every invalidation that clears [`EXT_STATE`]: a lookup during which one arrived is
+/// not cached.
+pub(super) static EXT_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// Relcache invalidation (this database's or a shared relation's; `relid` 0: all of them, e.g.
+/// after a sinval queue overflow). While the extension is known to be absent, any invalidation
+/// may be its CREATE EXTENSION (which creates relations: their pg_class rows invalidate them
+/// everywhere); while it is installed, only one of the marker relation (dropped with the
+/// extension) or a full reset. Invalidations are rare next to statements (DDL, ANALYZE), so the
+/// hot path only reads `EXT_STATE`.
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let state = EXT_STATE.load(Relaxed);
+    let relid = u64::from(u32::from(relid));
+    if state == EXT_UNKNOWN {
+        return;
+    }
+    if state == EXT_ABSENT || relid == 0 || relid == state {
+        EXT_GEN.fetch_add(1, Relaxed);
+        EXT_STATE.store(EXT_UNKNOWN, Relaxed);
+    }
+}
+
+/// Is the extension installed in this database (with its statistics view)? A catalog lookup once
+/// per invalidation (see [`relcache_callback`]), else one atomic load. Callers are in a
+/// transaction (planner, executor).
+pub(super) fn installed_here() -> bool {
+    match EXT_STATE.load(Relaxed) {
+        EXT_ABSENT => false,
+        EXT_UNKNOWN => {
+            // SAFETY: called from the planner and executor hooks, in a valid transaction.
+            if !unsafe { pg_sys::IsTransactionState() } {
+                return false;
+            }
+            let gen = EXT_GEN.load(Relaxed);
+            // SAFETY: catalog lookups in a transaction (errors become Rust panics through the
+            // guarded pg_sys calls, as anywhere in the hooks).
+            let marker = unsafe {
+                let ext = pg_sys::get_extension_oid(c"tenancy".as_ptr(), true);
+                if ext == pg_sys::InvalidOid {
+                    None
+                } else {
+                    // the control file fixes the schema (schema = tenancy, not relocatable)
+                    let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+                    let rel = if nsp == pg_sys::InvalidOid {
+                        pg_sys::InvalidOid
+                    } else {
+                        pg_sys::get_relname_relid(c"workspace_stats".as_ptr(), nsp)
+                    };
+                    (rel != pg_sys::InvalidOid).then_some(u64::from(u32::from(rel)))
+                }
+            };
+            if EXT_GEN.load(Relaxed) == gen {
+                EXT_STATE.store(marker.unwrap_or(EXT_ABSENT), Relaxed);
+            }
+            marker.is_some()
+        }
+        _ => true,
+    }
+}
+
+/// Whether [`record_at`] may create the entry when it does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Create {
+    /// Yes (the quota trigger: the workspace of rows actually written).
+    Always,
+    /// Within the backend's `tenancy.stats_new_entry_limit` (statements under a claimed context).
+    Limited,
+    /// No (parallel workers: the leader creates the entry).
+    Never,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recorded {
+    Yes,
+    /// No entry, and the backend's allowance of new entries is used up.
+    Refused,
+    /// Not tracking, or no entry and `Create::Never`.
+    No,
+}
+
+/// Add to the entry of (current database, `ws`), creating it if needed. Never fails. For the
+/// quota trigger: the rows' workspace, not limited by `tenancy.stats_new_entry_limit`.
+pub(crate) fn record(ws: [u8; 16], f: impl Fn(&Entry)) {
+    // SAFETY: plain clock read (vDSO).
+    record_at(ws, unsafe { raw::now() }, Create::Always, f);
+}
+
+/// Backend-local bucket for a process without a slot of its own.
+pub(super) static LOCAL_BUCKET: BackendLocal<(f64, i64)> = BackendLocal::new((0.0, 0));
+
+/// This backend's shared slot, if it has one.
+pub(super) fn my_slot() -> Option<&'static Slot> {
+    let slots = SLOTS.load(Relaxed);
+    // SAFETY: MyBackendId indexes this backend's own slot (1..=MaxBackends), shared memory that
+    // lives as long as the process.
+    unsafe {
+        let id = pg_sys::MyBackendId as i64;
+        if slots.is_null() || id <= 0 || id >= SLOT_COUNT.load(Relaxed) {
+            return None;
+        }
+        Some(&*slots.add(id as usize))
+    }
+}
+
+/// Take one token of this backend's new-entry allowance at `now` (us); false when none is left.
+/// `give_back`: return a token taken for an entry another backend created meanwhile.
+pub(super) fn take_token(now: i64, give_back: bool) -> bool {
+    let limit = NEW_ENTRY_LIMIT.get();
+    if limit <= 0 {
+        // 0: no new entry, and the allowance is left as it is; -1 (superuser-only, as every
+        // value of the setting): no limit, and the allowance is full again once it applies
+        if limit < 0 {
+            if let Some(slot) = my_slot() {
+                slot.tokens_at.store(0, Relaxed);
+            }
+            LOCAL_BUCKET.with(|b| b.borrow_mut().1 = 0);
+        }
+        return limit < 0;
+    }
+    let limit = f64::from(limit);
+    let update = |tokens: f64, at: i64| -> (bool, f64) {
+        let tokens = if give_back {
+            return (true, (tokens + 1.0).min(limit));
+        } else if at == 0 {
+            limit
+        } else {
+            (tokens + (now - at).max(0) as f64 * limit / 60e6).min(limit)
+        };
+        if tokens >= 1.0 {
+            (true, tokens - 1.0)
+        } else {
+            (false, tokens)
+        }
+    };
+    match my_slot() {
+        // only this backend writes its slot
+        Some(slot) => {
+            let (ok, tokens) = update(f64::from_bits(slot.tokens.load(Relaxed)), slot.tokens_at.load(Relaxed));
+            slot.tokens.store(tokens.to_bits(), Relaxed);
+            slot.tokens_at.store(now, Relaxed);
+            ok
+        }
+        None => LOCAL_BUCKET.with(|b| {
+            let mut b = b.borrow_mut();
+            let (ok, tokens) = update(b.0, b.1);
+            *b = (tokens, now);
+            ok
+        }),
+    }
+}
+
+/// Add to the entry of (current database, `ws`), with its last activity set to `now` (us) the
+/// caller already read; `create` says whether a missing entry may be created.
+pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entry)) -> Recorded {
+    let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return Recorded::No };
+    if !TRACK.get() {
+        return Recorded::No;
+    }
+    // SAFETY: MyDatabaseId is the backend's database; the hash is valid shared memory; every
+    // entry pointer is used only while the lock keeping it alive is held.
+    unsafe {
+        let key = Key { dbid: pg_sys::MyDatabaseId, _pad: 0, ws };
+        let keyp = (&key as *const Key).cast::<c_void>();
+        {
+            let _lock = LwLockGuard::shared(shared.lock);
+            let e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+            if let Some(e) = e.as_ref() {
+                f(e);
+                e.last_activity.store(now, Relaxed);
+                return Recorded::Yes;
+            }
+        }
+        match create {
+            Create::Never => return Recorded::No,
+            // refused without taking the lock EXCLUSIVE: a loop over new ids costs others nothing
+            Create::Limited if !take_token(now, false) => return Recorded::Refused,
+            _ => {}
+        }
+        let lock = LwLockGuard::exclusive(shared.lock);
+        let mut e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+        if e.is_null() {
+            if pg_sys::hash_get_num_entries(hash) >= shared.max {
+                evict(shared, hash);
+            }
+            let mut found = false;
+            e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>();
+            if !e.is_null() && !found {
+                // zero every counter (the key is already in place)
+                let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
+                std::ptr::write_bytes(counters, 0, std::mem::size_of::<Entry>() - std::mem::size_of::<Key>());
+            }
+        } else if create == Create::Limited {
+            take_token(now, true); // another backend created it meanwhile
+        }
+        if !e.is_null() {
+            f(&*e);
+            (*e).last_activity.store(now, Relaxed);
+        }
+        drop(lock);
+        if e.is_null() {
+            Recorded::No
+        } else {
+            Recorded::Yes
+        }
+    }
+}
+
+/// Remove the least recently active 5% (at least one). Caller holds the lock EXCLUSIVE.
+pub(super) unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
+    // SAFETY: caller holds the lock exclusively, so entries cannot change membership.
+    unsafe {
+        let mut all: Vec<(i64, Key)> = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
+        each_entry(hash, |e: &Entry| all.push((e.last_activity.load(Relaxed), e.key)));
+        all.sort_by_key(|(t, _)| *t);
+        let n = (all.len() / 20).max(1);
+        for (_, key) in all.iter().take(n) {
+            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+        }
+        shared.evictions.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// Called by the `tenancy.workspace_id` assign hook: publish this backend's workspace.
+/// Parallel workers skip: they restore the leader's settings, but are not sessions.
+pub(crate) fn note_context(ws: Option<[u8; 16]>) {
+    if is_parallel_worker() {
+        return;
+    }
+    // Only this backend writes its slot. Processes without a backend id (postmaster, auxiliary)
+    // skip.
+    let Some(slot) = my_slot() else { return };
+    // SAFETY: registering a 'static callback for this backend's exit; reading its database id.
+    unsafe {
+        if ws.is_some() && !SLOT_EXIT_REGISTERED.with(|r| r.replace(true)) {
+            pg_sys::before_shmem_exit(Some(clear_slot), pg_sys::Datum::from(0));
+        }
+        match ws {
+            None => slot.set.store(false, Relaxed),
+            Some(b) => {
+                slot.dbid.store(u32::from(pg_sys::MyDatabaseId) as u64, Relaxed);
+                slot.hi.store(u64::from_be_bytes(b[..8].try_into().unwrap()), Relaxed);
+                slot.lo.store(u64::from_be_bytes(b[8..].try_into().unwrap()), Relaxed);
+                slot.set.store(true, Relaxed);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+//
+// The chained calls (previous hook or standard_*) are made without pgrx's error conversion, as
+// a C hook makes them: an ERROR raised inside them propagates unchanged (position, internal
+// query and context included) instead of being caught and re-raised by pgrx, which loses
+// those fields. No value with a destructor is alive in these frames at those calls; the
+// (sub)transaction abort callbacks repair NESTING and the other statement state.
+// ---------------------------------------------------------------------------------------------
