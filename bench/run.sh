@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark reports ratios against a baseline measured in the same run,
 # as medians of repeated, interleaved runs (the machines are shared and noisy).
-#   bench/run.sh [name...]     names: context quota stats rls (default: all)
+#   bench/run.sh [name...]     names: context quota stats rls instructions (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
@@ -19,7 +19,11 @@ cleanup() {
 trap cleanup EXIT
 
 benches=("$@")
-[ ${#benches[@]} -eq 0 ] && benches=(context quota stats rls)
+[ ${#benches[@]} -eq 0 ] && benches=(context quota stats rls instructions)
+# instructions.sh counts with valgrind (callgrind): install it where missing
+if [[ " ${benches[*]} " == *" instructions "* ]] && ! command -v valgrind >/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind
+fi
 scripts/cluster.sh start bench "$BENCH_PORT" --fresh --conf "max_parallel_workers_per_gather = 0" --conf "jit = off"
 for b in "${benches[@]}"; do
     echo "=== bench: $b"

@@ -12,6 +12,21 @@ use pgrx::pg_sys;
 
 use super::ffi;
 
+/// The `n` least recently used of `items` (last use, key), oldest first: what an eviction
+/// removes (statistics and quota counters alike choose this way). Pure: unit-tested below.
+pub(crate) fn least_recent<K: Copy>(mut items: Vec<(i64, K)>, n: usize) -> Vec<K> {
+    items.sort_by_key(|(t, _)| *t);
+    items.into_iter().take(n).map(|(_, k)| k).collect()
+}
+
+/// Remove `keys` from a shared hash table keyed by `K`. Caller holds its lock EXCLUSIVE.
+pub(crate) unsafe fn remove_keys<K>(hash: *mut pg_sys::HTAB, keys: &[K]) {
+    for key in keys {
+        // SAFETY: see the caller's obligations; HASH_REMOVE of a key raises no error.
+        unsafe { pg_sys::hash_search(hash, (key as *const K).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut()) };
+    }
+}
+
 /// An LWLock held until dropped.
 pub(crate) struct LwLockGuard(*mut pg_sys::LWLock);
 
@@ -74,5 +89,19 @@ pub(crate) unsafe fn shmem_hash<K, E>(name: &std::ffi::CStr, max: c_long) -> *mu
         info.keysize = std::mem::size_of::<K>();
         info.entrysize = std::mem::size_of::<E>();
         pg_sys::ShmemInitHash(name.as_ptr(), max, max, &mut info, (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_recent;
+
+    #[test]
+    fn least_recent_takes_the_oldest_first() {
+        let items = vec![(30, 'c'), (10, 'a'), (50, 'e'), (20, 'b'), (40, 'd')];
+        assert_eq!(least_recent(items.clone(), 2), vec!['a', 'b']);
+        assert_eq!(least_recent(items.clone(), 0), Vec::<char>::new());
+        assert_eq!(least_recent(items, 9), vec!['a', 'b', 'c', 'd', 'e']);
+        assert_eq!(least_recent(Vec::<(i64, u8)>::new(), 3), Vec::<u8>::new());
     }
 }

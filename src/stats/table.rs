@@ -202,20 +202,7 @@ pub(super) fn take_token(now: i64, give_back: bool) -> bool {
         return limit < 0;
     }
     let limit = f64::from(limit);
-    let update = |tokens: f64, at: i64| -> (bool, f64) {
-        let tokens = if give_back {
-            return (true, (tokens + 1.0).min(limit));
-        } else if at == 0 {
-            limit
-        } else {
-            (tokens + (now - at).max(0) as f64 * limit / 60e6).min(limit)
-        };
-        if tokens >= 1.0 {
-            (true, tokens - 1.0)
-        } else {
-            (false, tokens)
-        }
-    };
+    let update = |tokens: f64, at: i64| bucket(tokens, at, now, limit, give_back);
     match my_slot() {
         // only this backend writes its slot
         Some(slot) => {
@@ -230,6 +217,51 @@ pub(super) fn take_token(now: i64, give_back: bool) -> bool {
             *b = (tokens, now);
             ok
         }),
+    }
+}
+
+/// The new-entry token bucket: `tokens` left at `at` (us; 0: never used, a full bucket), refilled
+/// continuously at `limit` per minute up to `limit`; take one at `now` (true when there was one),
+/// or give one back. Returns (taken, tokens left). Pure: unit-tested below.
+pub(super) fn bucket(tokens: f64, at: i64, now: i64, limit: f64, give_back: bool) -> (bool, f64) {
+    if give_back {
+        return (true, (tokens + 1.0).min(limit));
+    }
+    let tokens = if at == 0 { limit } else { (tokens + (now - at).max(0) as f64 * limit / 60e6).min(limit) };
+    if tokens >= 1.0 {
+        (true, tokens - 1.0)
+    } else {
+        (false, tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket;
+
+    #[test]
+    fn a_fresh_bucket_allows_a_burst_of_limit_then_refills_per_minute() {
+        let (mut tokens, mut at, limit) = (0.0, 0, 5.0);
+        let mut taken = 0;
+        for i in 0..8 {
+            let now = 1_000_000 + i; // within a microsecond of each other: no refill to speak of
+            let (ok, left) = bucket(tokens, at, now, limit, false);
+            taken += ok as i32;
+            tokens = left;
+            at = now;
+        }
+        assert_eq!(taken, 5, "a burst of exactly the limit");
+        // twelve seconds later: a fifth of a minute refills one token of five per minute
+        let (ok, _) = bucket(tokens, at, at + 12_000_000, limit, false);
+        assert!(ok);
+        let (ok, _) = bucket(tokens, at, at + 11_000_000, limit, false);
+        assert!(!ok, "not yet a whole token");
+        // never more than the limit, however long the pause; a token given back is usable again
+        let (_, left) = bucket(0.0, 1, 3_600_000_000, limit, false);
+        assert_eq!(left, limit - 1.0);
+        assert_eq!(bucket(limit, 1, 2, limit, true), (true, limit));
+        let (ok, left) = bucket(0.2, at, at, limit, true);
+        assert!(ok && (left - 1.2).abs() < 1e-9);
     }
 }
 
@@ -295,12 +327,10 @@ pub(super) unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
     unsafe {
         let mut all: Vec<(i64, Key)> = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
         each_entry(hash, |e: &Entry| all.push((e.last_activity.load(Relaxed), e.key)));
-        all.sort_by_key(|(t, _)| *t);
         let n = (all.len() / 20).max(1);
-        for (_, key) in all.iter().take(n) {
-            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
-        }
-        shared.evictions.fetch_add(n as u64, Relaxed);
+        let keys = crate::pg::shmem::least_recent(all, n);
+        crate::pg::shmem::remove_keys(hash, &keys);
+        shared.evictions.fetch_add(keys.len() as u64, Relaxed);
     }
 }
 

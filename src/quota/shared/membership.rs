@@ -85,12 +85,9 @@ pub(super) unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
                 idle.push((e.last_used.load(Relaxed), e.key));
             }
         });
-        idle.sort_by_key(|(t, _)| *t);
-        let n = (shared.max as usize / 20).max(1).min(idle.len());
-        for (_, key) in idle.iter().take(n) {
-            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
-        }
-        shared.evictions.fetch_add(n as u64, Relaxed);
+        let keys = crate::pg::shmem::least_recent(idle, (shared.max as usize / 20).max(1));
+        crate::pg::shmem::remove_keys(hash, &keys);
+        shared.evictions.fetch_add(keys.len() as u64, Relaxed);
     }
 }
 
