@@ -43,6 +43,15 @@ mod registry;
 use guc::*;
 pub(crate) use registry::Registry;
 
+/// Told of every change of this backend's workspace (the statistics' session slots): set once by
+/// `crate::hooks`, so that the context depends on no capability above it.
+static LISTENER: std::sync::OnceLock<fn(Option<[u8; 16]>)> = std::sync::OnceLock::new();
+
+/// Register the one listener of context changes (see [`LISTENER`]).
+pub(crate) fn set_listener(f: fn(Option<[u8; 16]>)) {
+    let _ = LISTENER.set(f);
+}
+
 pub const WORKSPACE_ID_GUC: &CStr = c"tenancy.workspace_id";
 const REGISTRY_TABLE_GUC: &CStr = c"tenancy.registry_table";
 const REGISTRY_ID_COLUMN_GUC: &CStr = c"tenancy.registry_id_column";
@@ -84,7 +93,7 @@ struct WorkspaceExtra {
     bytes: [u8; 16],
 }
 
-pub(crate) fn init() {
+pub(crate) fn define_settings() {
     // SAFETY: called from _PG_init; the hooks are `extern "C-unwind"` functions with the
     // signatures PostgreSQL expects, and the settings are 'static.
     unsafe {
@@ -235,7 +244,7 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
     })?;
     let canon = uuid_text::canonical(workspace.as_bytes());
     let registry = Registry::from_settings();
-    match crate::stats::internal(|| registry.lookup_status(workspace))? {
+    match crate::pg::local::internal(|| registry.lookup_status(workspace))? {
         None => {
             return Err(TenancyError::new(
                 Code::ERRCODE_UNDEFINED_OBJECT,

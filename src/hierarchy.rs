@@ -44,7 +44,7 @@ fn readable_workspace_ids() -> Result<Option<Vec<pgrx::Uuid>>, pgrx::pg_sys::pan
         return Ok(None);
     };
     let current = pgrx::Uuid::from_bytes(current);
-    crate::stats::internal(|| readable(current)).map(Some).map_err(Into::into)
+    crate::pg::local::internal(|| readable(current)).map(Some).map_err(Into::into)
 }
 
 fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {

@@ -3,6 +3,7 @@
 //! Table of contents (one module per capability, above the PostgreSQL layer):
 //! - [`pg`]: the layer over PostgreSQL's C API (unguarded calls and their contract, shared
 //!   memory and LWLock guards, backend-local state, role and search-path scopes, read-only SPI).
+//! - [`hooks`]: every setting, hook and callback tenancy installs, in one documented order.
 //! - [`error`]: the domain error type; every user-facing error and its SQLSTATE.
 //! - [`uuid_text`]: PostgreSQL-compatible uuid parsing and the canonical text form.
 //! - [`context`]: the `tenancy.workspace_id` setting, `current_workspace_id()`,
@@ -24,6 +25,7 @@ use pgrx::prelude::*;
 
 pub mod context;
 pub mod error;
+pub mod hooks;
 pub mod hierarchy;
 pub mod pg;
 pub mod quota;
@@ -37,10 +39,7 @@ pgrx::extension_sql_file!("../sql/schema.sql", name = "schema_sql", bootstrap);
 /// `shared_preload_libraries`, otherwise each backend at first use.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    context::init();
-    quota::init();
-    stats::init();
-    context::reserve_prefix(); // last: after every tenancy.* setting is defined
+    hooks::install(); // every setting, hook and callback, in one documented order
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -105,8 +105,10 @@ impl TableQuota {
 }
 
 
-pub(crate) fn init() {
-    shared::init();
+pub(crate) use shared::{define_settings, install_hooks};
+
+/// The caches' invalidation callbacks (see `crate::hooks` for the order).
+pub(crate) fn register_cache_callbacks() {
     // SAFETY: registers a callback with a 'static function; at most once per process (this
     // runs from _PG_init, which PostgreSQL calls once per process that loads the library).
     unsafe {

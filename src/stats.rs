@@ -72,7 +72,6 @@ use sql::*;
 use table::*;
 
 // what the other capabilities use
-pub(crate) use hooks::internal;
 pub(crate) use table::{note_context, record};
 
 const TRANCHE: &std::ffi::CStr = c"tenancy";
@@ -138,14 +137,17 @@ static HASH: AtomicPtr<pg_sys::HTAB> = AtomicPtr::new(std::ptr::null_mut());
 static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
 static SLOT_COUNT: AtomicI64 = AtomicI64::new(0);
 
-pub(crate) fn init() {
-    // SAFETY: reading a PostgreSQL global flag in _PG_init.
-    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+/// The statement state's transaction callbacks (see `crate::hooks` for the order).
+pub(crate) fn register_xact_callbacks() {
     // SAFETY: registering 'static callbacks, once per process that loads the library.
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
     }
+}
+
+/// The statistics' settings; `tenancy.max_workspaces` only while preloading (server start).
+pub(crate) fn define_settings(preloading: bool) {
     if preloading {
         // a server-start setting can only be defined while preloading
         GucRegistry::define_int_guc(
@@ -185,13 +187,19 @@ pub(crate) fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    if !preloading {
-        return;
-    }
+}
+
+/// The relcache callback of "is the extension installed here" (preload only).
+pub(crate) fn register_cache_callbacks() {
+    // SAFETY: registers a 'static callback, once per process.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+}
+
+/// Shared-memory hooks and the planner, executor and utility hooks (preload only), chained.
+pub(crate) fn install_hooks() {
     // SAFETY: installing hooks from _PG_init in the postmaster, chaining the previous ones;
     // every hook function below has the exact signature PostgreSQL expects.
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
         PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(shmem_request);
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;

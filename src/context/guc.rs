@@ -146,5 +146,7 @@ pub(super) unsafe extern "C-unwind" fn assign_workspace_id(_newval: *const c_cha
         }
     };
     store_current(value);
-    crate::stats::note_context(value);
+    if let Some(listener) = LISTENER.get() {
+        listener(value);
+    }
 }

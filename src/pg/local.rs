@@ -18,3 +18,16 @@ impl<T> BackendLocal<T> {
         f(&self.0)
     }
 }
+
+/// Depth of tenancy's own SQL (the quota trigger's bookkeeping, the registry lookups): the
+/// statistics hooks do not count it as the workspace's activity. Put back to 0 by the statistics'
+/// transaction callbacks after an abort.
+pub(crate) static INTERNAL: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Run tenancy's own SQL without counting it as the workspace's activity.
+pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
+    INTERNAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = f();
+    INTERNAL.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    r
+}

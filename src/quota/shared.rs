@@ -152,11 +152,8 @@ pub(crate) fn mark_inserted() {
     LOCAL.with(|l| l.borrow_mut().marks.push(lvl));
 }
 
-pub(crate) fn init() {
-    // SAFETY: reading a PostgreSQL global flag in _PG_init.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
+/// `tenancy.max_quota_entries` (preload only: a server-start setting).
+pub(crate) fn define_settings() {
     GucRegistry::define_int_guc(
         c"tenancy.max_quota_entries",
         c"Number of (database, table, workspace) quota counters kept in shared memory.",
@@ -167,6 +164,10 @@ pub(crate) fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+/// The shared-memory hooks and the reservations' transaction callbacks (preload only).
+pub(crate) fn install_hooks() {
     // SAFETY: installing hooks from _PG_init in the postmaster, chaining the previous ones.
     unsafe {
         PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;

@@ -130,9 +130,9 @@ pub(super) fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) 
             let rows = reader.deltas(t.trigger_data(), event, table_owner).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
             let counter = caches.counts.get(&relid).expect("prepared with the reader");
-            return crate::stats::internal(|| apply_shared(rel, relid, quota, counter, table_owner, rows));
+            return crate::pg::local::internal(|| apply_shared(rel, relid, quota, counter, table_owner, rows));
         }
-        crate::stats::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
+        crate::pg::local::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
             // opened, as PL/pgSQL does; the TriggerData outlives the connection.
             unsafe {

@@ -17,21 +17,14 @@ pub(super) static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = N
 
 // Backend-local statement state.
 pub(super) static NESTING: AtomicI64 = AtomicI64::new(0);
-/// Depth of tenancy's own SPI work (quota trigger, set_workspace): not counted as user activity.
-pub(super) static INTERNAL: AtomicI64 = AtomicI64::new(0);
+// Depth of tenancy's own SQL (see crate::pg::local::INTERNAL): not counted as user activity.
+pub(super) use crate::pg::local::INTERNAL;
 
 /// Workspace current when each running statement started, keyed by its QueryDesc: a
 /// statement is attributed to the context it started under (so `SELECT
 /// tenancy.set_workspace(x)` belongs to the context before it).
 pub(super) static STARTED: BackendLocal<Vec<(usize, [u8; 16])>> = BackendLocal::new(Vec::new());
 
-/// Run tenancy's own SQL without counting it as the workspace's activity.
-pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
-    INTERNAL.fetch_add(1, Relaxed);
-    let r = f();
-    INTERNAL.fetch_sub(1, Relaxed);
-    r
-}
 
 /// Per open subtransaction: (id, NESTING, INTERNAL, STARTED length, UTILITY_FRAMES length) at
 /// its start, restored when it aborts (an ERROR caught by a PL/pgSQL exception block or a

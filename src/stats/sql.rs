@@ -66,7 +66,7 @@ pub(super) fn can_read_stats() -> bool {
     if unsafe { pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) } {
         return true;
     }
-    let owner = internal(|| crate::pg::spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'", &[]));
+    let owner = crate::pg::local::internal(|| crate::pg::spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'", &[]));
     // SAFETY: as above.
     matches!(owner, Ok(Some(owner)) if unsafe { pg_sys::has_privs_of_role(user, owner) })
 }

@@ -1,0 +1,51 @@
+//! Every setting, hook and callback tenancy installs, in one place and in one order, as
+//! `contrib/pg_stat_statements` does in its `_PG_init`. Called once per process that loads the
+//! library: the postmaster when tenancy is in `shared_preload_libraries` (then the hooks are
+//! inherited by every backend), otherwise each backend at first use (then only the settings,
+//! the statement state's transaction callbacks and the quota caches' invalidation callbacks are
+//! installed: no shared memory, no executor hooks).
+//!
+//! PostgreSQL calls transaction callbacks and cache callbacks in the reverse order of their
+//! registration, and chained hooks run the one installed last first: the order below is the
+//! one the capabilities were tested with.
+//!
+//! 1. Settings, each capability its own: the context (with its check and assign hooks), the
+//!    quota counters' table size (preload only), the statistics.
+//! 2. Quotas (preload only): shared-memory request and startup hooks; the reservations'
+//!    transaction and subtransaction callbacks (they settle at commit and abort).
+//! 3. Quota caches: relcache (config tables, enforced tables) and syscache (functions, types)
+//!    invalidation callbacks.
+//! 4. Statistics: the statement state's transaction and subtransaction callbacks (nesting depth
+//!    and internal depth repaired after an abort; the utility hook restores the depth at the
+//!    call itself); then, preload only, the relcache callback of "is the extension installed
+//!    here", the shared-memory hooks, and the planner, executor and utility hooks.
+//! 5. The `tenancy.` prefix reserved, last: every tenancy setting is defined by then.
+
+use pgrx::pg_sys;
+
+/// Install everything (see the module documentation for the order).
+pub(crate) fn install() {
+    // SAFETY: reading a PostgreSQL global flag in _PG_init.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    // 1.
+    crate::context::define_settings();
+    crate::context::set_listener(crate::stats::note_context);
+    if preloading {
+        crate::quota::define_settings();
+    }
+    crate::stats::define_settings(preloading);
+    // 2.
+    if preloading {
+        crate::quota::install_hooks();
+    }
+    // 3.
+    crate::quota::register_cache_callbacks();
+    // 4.
+    crate::stats::register_xact_callbacks();
+    if preloading {
+        crate::stats::register_cache_callbacks();
+        crate::stats::install_hooks();
+    }
+    // 5.
+    crate::context::reserve_prefix();
+}
