@@ -57,7 +57,7 @@ use pgrx::PgSqlErrorCode as Code;
 use crate::error::TenancyError;
 use crate::pg::ffi::{self as raw, raw_standard_executor_end, raw_standard_executor_finish, raw_standard_executor_run, raw_standard_executor_start, raw_standard_planner, raw_standard_process_utility};
 use crate::pg::local::BackendLocal;
-use crate::pg::shmem::{addin_shmem_init_lock, each_entry, shmem_hash, LwLockGuard};
+use crate::pg::shmem::{each_entry, LwLockGuard};
 
 mod cpu;
 mod hooks;

@@ -6,7 +6,7 @@
 //! PostgreSQL's abort processing (`LWLockReleaseAll`) releases the lock then. A Rust panic
 //! unwinding through it releases it in the drop, before that.
 
-use std::ffi::{c_int, c_long};
+use std::ffi::{c_int, c_long, CStr};
 
 use pgrx::pg_sys;
 
@@ -24,6 +24,48 @@ pub(crate) unsafe fn remove_keys<K>(hash: *mut pg_sys::HTAB, keys: &[K]) {
     for key in keys {
         // SAFETY: see the caller's obligations; HASH_REMOVE of a key raises no error.
         unsafe { pg_sys::hash_search(hash, (key as *const K).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut()) };
+    }
+}
+
+/// In a `shmem_request_hook`: ask for `bytes` of shared memory and a named tranche of one
+/// LWLock, the lock that guards a table's membership.
+///
+/// # Safety
+/// Called from a `shmem_request_hook` (postmaster, PostgreSQL 15).
+pub(crate) unsafe fn request(bytes: usize, tranche: &CStr) {
+    // SAFETY: see the function's obligations.
+    unsafe {
+        pg_sys::RequestAddinShmemSpace(bytes);
+        pg_sys::RequestNamedLWLockTranche(tranche.as_ptr(), 1);
+    }
+}
+
+/// In a `shmem_startup_hook`: attach the struct `name` (created with `init(lock)` the first
+/// time, `lock` being the tranche's LWLock), run `more` (further structs of the same
+/// capability), and attach the hash table `hash_name` of `max` entries `E` keyed by `K`, all
+/// under AddinShmemInitLock (the protocol of `contrib/pg_stat_statements`).
+///
+/// # Safety
+/// Called from a `shmem_startup_hook`, after [`request`] asked for the space and the tranche.
+pub(crate) unsafe fn startup<S, K, E, R>(
+    name: &CStr,
+    tranche: &CStr,
+    hash_name: &CStr,
+    max: c_long,
+    init: impl FnOnce(*mut pg_sys::LWLock) -> S,
+    more: impl FnOnce() -> R,
+) -> (*mut S, *mut pg_sys::HTAB, R) {
+    // SAFETY: see the function's obligations.
+    unsafe {
+        let _init_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
+        let mut found = false;
+        let shared = pg_sys::ShmemInitStruct(name.as_ptr(), std::mem::size_of::<S>(), &mut found).cast::<S>();
+        if !found {
+            shared.write(init(&raw mut (*pg_sys::GetNamedLWLockTranche(tranche.as_ptr())).lock));
+        }
+        let r = more();
+        let hash = shmem_hash::<K, E>(hash_name, max);
+        (shared, hash, r)
     }
 }
 

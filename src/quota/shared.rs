@@ -63,7 +63,7 @@ use pgrx::PgSqlErrorCode as Code;
 use crate::error::TenancyError;
 use crate::pg::ffi as raw;
 use crate::pg::local::BackendLocal;
-use crate::pg::shmem::{addin_shmem_init_lock, each_entry, shmem_hash, LwLockGuard};
+use crate::pg::shmem::{each_entry, LwLockGuard};
 
 mod membership;
 mod txn;
@@ -192,8 +192,7 @@ unsafe extern "C-unwind" fn shmem_request() {
         if let Some(prev) = PREV_SHMEM_REQUEST {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(shared_size());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+        crate::pg::shmem::request(shared_size(), TRANCHE);
     }
 }
 
@@ -204,19 +203,14 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let addin_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
-        let mut found = false;
-        let shared = pg_sys::ShmemInitStruct(c"tenancy quota".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
-            .cast::<Shared>();
-        if !found {
-            shared.write(Shared {
-                lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
-                max: MAX_ENTRIES.get() as i64,
-                evictions: AtomicU64::new(0),
-            });
-        }
-        let hash = shmem_hash::<Key, Entry>(c"tenancy quota hash", MAX_ENTRIES.get() as c_long);
-        drop(addin_lock);
+        let (shared, hash, ()) = crate::pg::shmem::startup::<Shared, Key, Entry, ()>(
+            c"tenancy quota",
+            TRANCHE,
+            c"tenancy quota hash",
+            MAX_ENTRIES.get() as c_long,
+            |lock| Shared { lock, max: MAX_ENTRIES.get() as i64, evictions: AtomicU64::new(0) },
+            || (),
+        );
         SHARED.store(shared, Relaxed);
         HASH.store(hash, Relaxed);
     }

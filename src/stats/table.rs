@@ -17,8 +17,7 @@ pub(super) unsafe extern "C-unwind" fn shmem_request() {
         if let Some(prev) = PREV_SHMEM_REQUEST {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(shared_size());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+        crate::pg::shmem::request(shared_size(), TRANCHE);
     }
 }
 
@@ -30,31 +29,34 @@ pub(super) unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let addin_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
-        let mut found = false;
-        let shared = pg_sys::ShmemInitStruct(c"tenancy stats".as_ptr(), std::mem::size_of::<Shared>(), &mut found)
-            .cast::<Shared>();
-        if !found {
-            shared.write(Shared {
-                lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
+        let n = slot_count();
+        let (shared, hash, slots) = crate::pg::shmem::startup::<Shared, Key, Entry, _>(
+            c"tenancy stats",
+            TRANCHE,
+            c"tenancy stats hash",
+            MAX_WORKSPACES.get() as c_long,
+            |lock| Shared {
+                lock,
                 evictions: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 reset_at: AtomicI64::new(pg_sys::GetCurrentTimestamp()),
                 max: MAX_WORKSPACES.get() as i64,
-            });
-        }
-        let n = slot_count();
-        let slots = pg_sys::ShmemInitStruct(
-            c"tenancy stats sessions".as_ptr(),
-            n as usize * std::mem::size_of::<Slot>(),
-            &mut found,
-        )
-        .cast::<Slot>();
-        if !found {
-            std::ptr::write_bytes(slots, 0, n as usize);
-        }
-        let hash = shmem_hash::<Key, Entry>(c"tenancy stats hash", MAX_WORKSPACES.get() as c_long);
-        drop(addin_lock);
+            },
+            || {
+                // the session slots, one per backend id
+                let mut found = false;
+                let slots = pg_sys::ShmemInitStruct(
+                    c"tenancy stats sessions".as_ptr(),
+                    n as usize * std::mem::size_of::<Slot>(),
+                    &mut found,
+                )
+                .cast::<Slot>();
+                if !found {
+                    std::ptr::write_bytes(slots, 0, n as usize);
+                }
+                slots
+            },
+        );
         SHARED.store(shared, Relaxed);
         HASH.store(hash, Relaxed);
         SLOTS.store(slots, Relaxed);
