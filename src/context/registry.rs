@@ -63,25 +63,19 @@ impl Registry {
         if relid == pg_sys::InvalidOid {
             return Err(missing());
         }
-        let table = format!("{}.{}", quote_identifier(&schema), quote_identifier(&name));
+        let table = crate::pg::catalog::qualified_name(relid);
         for col in columns {
-            let c_col = CString::new(*col).unwrap_or_default();
-            // SAFETY: syscache lookup; InvalidAttrNumber (0) for a missing or dropped column.
-            let attnum = unsafe { pg_sys::get_attnum(relid, c_col.as_ptr()) };
-            if attnum <= 0 {
+            let Some(typid) = crate::pg::catalog::column_type(relid, col) else {
                 return Err(TenancyError::new(
                     Code::ERRCODE_UNDEFINED_COLUMN,
                     format!("column \"{col}\" of workspace registry table {table} does not exist"),
                 )
                 .hint("Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...)."));
-            }
+            };
             // the id and parent columns are compared with uuids
             let is_id = *col == self.id_column.as_str() || Some(*col) == self.parent_column.as_deref();
-            // SAFETY: syscache lookup of an existing column.
-            let typid = unsafe { pg_sys::get_atttype(relid, attnum) };
             if is_id && typid != pg_sys::UUIDOID {
-                // SAFETY: syscache lookup; a palloc'd name, read at once.
-                let type_name = unsafe { CStr::from_ptr(pg_sys::format_type_be(typid)).to_string_lossy().into_owned() };
+                let type_name = crate::pg::catalog::type_name(typid);
                 return Err(TenancyError::new(
                     Code::ERRCODE_DATATYPE_MISMATCH,
                     format!("column \"{col}\" of workspace registry table {table} has type {type_name}, not uuid"),

@@ -17,8 +17,7 @@ use pgrx::pg_sys;
 pub(crate) fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
-    // SAFETY: plain reads/writes of the backend's current user id and security context; the
-    // override search path is allocated by PostgreSQL and popped below (or at abort).
+    // SAFETY: plain reads/writes of the backend's current user id and security context.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
         pg_sys::SetUserIdAndSecContext(
@@ -27,20 +26,10 @@ pub(crate) fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
                 | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS)
                     as i32,
         );
-        let mut path = pg_sys::OverrideSearchPath {
-            schemas: std::ptr::null_mut(),
-            addCatalog: true,
-            addTemp: false,
-            generation: 0,
-        };
-        pg_sys::PushOverrideSearchPath(&mut path);
     }
-    let r = f();
+    let r = with_catalog_path(f);
     // SAFETY: restores exactly what was saved above.
-    unsafe {
-        pg_sys::PopOverrideSearchPath();
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-    }
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
     r
 }
 

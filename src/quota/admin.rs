@@ -21,34 +21,21 @@ pub(super) fn require_owner(tbl: pg_sys::Oid, what: &str) -> Result<(), TenancyE
 }
 
 pub(super) fn current_user_name() -> String {
-    // SAFETY: the name of the current user id, palloc'd; read at once.
-    unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
-        if name.is_null() {
-            return "?".into();
-        }
-        quote_identifier(&std::ffi::CStr::from_ptr(name).to_string_lossy())
-    }
+    // SAFETY: reads the current user id.
+    quote_identifier(&crate::pg::catalog::role_name(unsafe { pg_sys::GetUserId() }))
 }
 
 /// Raise 42703 / 42804 unless `relid` has a uuid column named `column` (catalog caches only).
 pub(super) fn check_workspace_column(relid: pg_sys::Oid, column: &str) -> Result<(), TenancyError> {
-    let name = CString::new(column).unwrap_or_default();
-    // SAFETY: syscache lookups; InvalidAttrNumber (0) for a missing or dropped column.
-    let (attnum, typid) = unsafe {
-        let attnum = pg_sys::get_attnum(relid, name.as_ptr());
-        (attnum, if attnum > 0 { pg_sys::get_atttype(relid, attnum) } else { pg_sys::InvalidOid })
-    };
-    if attnum <= 0 {
+    let Some(typid) = crate::pg::catalog::column_type(relid, column) else {
         return Err(TenancyError::new(
             Code::ERRCODE_UNDEFINED_COLUMN,
             format!("workspace column {} of table {} does not exist", quote_identifier(column), regclass_text(relid)),
         )
         .hint("The column was dropped or renamed after tenancy.enforce_quota(): call enforce_quota() again (or release_quota())."));
-    }
+    };
     if typid != pg_sys::UUIDOID {
-        // SAFETY: syscache lookup; a palloc'd name, read at once.
-        let type_name = unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(typid)).to_string_lossy().into_owned() };
+        let type_name = crate::pg::catalog::type_name(typid);
         return Err(TenancyError::new(
             Code::ERRCODE_DATATYPE_MISMATCH,
             format!("workspace column {} of table {} has type {type_name}, not uuid", quote_identifier(column), regclass_text(relid)),

@@ -6,21 +6,7 @@ use super::*;
 /// The table's schema-qualified, quoted name, from the catalog caches (no SQL: nothing the
 /// session's search path could redirect). Plans kept across search_path changes must not
 /// resolve the name again.
-pub(super) fn qualified_name(relid: pg_sys::Oid) -> String {
-    // SAFETY: lsyscache lookups of an existing relation (the trigger's, or an enforced one);
-    // the returned C strings are palloc'd copies, read at once.
-    unsafe {
-        let rel = pg_sys::get_rel_name(relid);
-        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
-        if rel.is_null() || nsp.is_null() {
-            return format!("pg_catalog.\"relation {}\"", u32::from(relid));
-        }
-        let rel = std::ffi::CStr::from_ptr(rel).to_string_lossy();
-        let nsp = std::ffi::CStr::from_ptr(nsp).to_string_lossy();
-        format!("{}.{}", quote_identifier(&nsp), quote_identifier(&rel))
-    }
-}
-
+pub(super) use crate::pg::catalog::qualified_name;
 
 /// The delta statement for one event: per workspace, rows counted after minus before, applied
 /// to the counters in workspace order; returns (workspace_id, used, delta) for every workspace

@@ -142,11 +142,7 @@ pub(super) fn vet(qualified: &str, cond: &str, table_owner: pg_sys::Oid) -> Resu
         })
     })?;
     let Some((what, owner)) = bad else { return Ok(()) };
-    // SAFETY: name of an existing role (the table's owner), palloc'd; read at once.
-    let table_owner_name = unsafe {
-        let n = pg_sys::GetUserNameFromId(table_owner, true);
-        if n.is_null() { "?".to_string() } else { std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned() }
-    };
+    let table_owner_name = crate::pg::catalog::role_name(table_owner);
     Err(TenancyError::new(
         Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!("counted_when of table {qualified} calls {what}, owned by role {owner}, which lacks the privileges of the table's owner {table_owner_name}"),

@@ -1,0 +1,50 @@
+//! Catalog lookups through PostgreSQL's caches (no SQL, nothing a search path could redirect).
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+use pgrx::spi::quote_identifier;
+
+/// A relation's schema-qualified, quoted name (`pg_catalog."relation N"` for one that is gone).
+pub(crate) fn qualified_name(relid: pg_sys::Oid) -> String {
+    // SAFETY: lsyscache lookups; the returned C strings are palloc'd copies, read at once.
+    unsafe {
+        let rel = pg_sys::get_rel_name(relid);
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        if rel.is_null() || nsp.is_null() {
+            return format!("pg_catalog.\"relation {}\"", u32::from(relid));
+        }
+        let rel = CStr::from_ptr(rel).to_string_lossy();
+        let nsp = CStr::from_ptr(nsp).to_string_lossy();
+        format!("{}.{}", quote_identifier(&nsp), quote_identifier(&rel))
+    }
+}
+
+/// The type of column `column` of `relid`; None when it does not exist or was dropped.
+pub(crate) fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
+    let name = CString::new(column).ok()?;
+    // SAFETY: syscache lookups; InvalidAttrNumber (0) for a missing or dropped column.
+    unsafe {
+        let attnum = pg_sys::get_attnum(relid, name.as_ptr());
+        (attnum > 0).then(|| pg_sys::get_atttype(relid, attnum))
+    }
+}
+
+/// A type's name as SQL writes it (`text`, `character varying`, ...).
+pub(crate) fn type_name(typid: pg_sys::Oid) -> String {
+    // SAFETY: syscache lookup; a palloc'd name, read at once.
+    unsafe { CStr::from_ptr(pg_sys::format_type_be(typid)).to_string_lossy().into_owned() }
+}
+
+/// A role's name, unquoted ("?" for a role that is gone).
+pub(crate) fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: syscache lookup; a palloc'd name, read at once.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(role, true);
+        if name.is_null() {
+            "?".into()
+        } else {
+            CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    }
+}
