@@ -46,7 +46,7 @@
 //! already exists (a worker never creates one): process CPU clocks are per process, so nothing
 //! is counted twice.
 
-use std::ffi::{c_char, c_int, c_long, c_void};
+use std::ffi::{c_int, c_long, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -55,7 +55,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::TenancyError;
-use crate::pg::ffi::{self as raw, raw_standard_executor_end, raw_standard_executor_finish, raw_standard_executor_run, raw_standard_executor_start, raw_standard_planner, raw_standard_process_utility};
+use crate::pg::ffi as raw;
 use crate::pg::local::BackendLocal;
 use crate::pg::shmem::{each_entry, LwLockGuard};
 
@@ -204,18 +204,8 @@ pub(crate) fn install_hooks() {
         pg_sys::shmem_request_hook = Some(shmem_request);
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
-        PREV_PLANNER = pg_sys::planner_hook;
-        pg_sys::planner_hook = Some(planner);
-        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
-        pg_sys::ExecutorStart_hook = Some(executor_start);
-        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
-        pg_sys::ExecutorRun_hook = Some(executor_run);
-        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
-        pg_sys::ExecutorFinish_hook = Some(executor_finish);
-        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
-        pg_sys::ExecutorEnd_hook = Some(executor_end);
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
+        // the statement hooks are C trampolines around the bodies in hooks.rs
+        raw::install_statement_hooks();
     }
 }
 

@@ -571,3 +571,52 @@ fn cpu_time_goes_to_the_workspace_that_used_it() {
     assert!(l.cpu_ms < h.cpu_ms / 10.0, "light {} ms of CPU vs heavy {} ms", l.cpu_ms, h.cpu_ms);
     assert!(h.cpu_ms <= h.exec_ms * 1.5 + 50.0, "heavy: {} ms of CPU for {} ms of execution", h.cpu_ms, h.exec_ms);
 }
+
+/// The statement hooks chain through C trampolines that restore the nesting depth in
+/// PG_FINALLY and re-throw the original error: a failing statement, at any depth, reaches the
+/// client with every field PostgreSQL gave it (a guard that copies the error and raises a new
+/// one would lose the constraint, the table and the position), and the depth is right after it.
+#[test]
+fn errors_pass_through_the_hooks_whole_and_leave_the_depth_right() {
+    let db = fresh_db("stats_errors");
+    let mut c = connect(&db);
+    let ws = random_ws(&mut c);
+    c.batch_execute(&format!(
+        "CREATE TABLE t (id int CONSTRAINT t_id_key UNIQUE);
+         INSERT INTO t VALUES (1);
+         CREATE FUNCTION add_dup() RETURNS int LANGUAGE plpgsql AS $$ BEGIN INSERT INTO t VALUES (1); RETURN 1; END $$;
+         CREATE FUNCTION swallow() RETURNS int LANGUAGE plpgsql AS $$
+           BEGIN BEGIN PERFORM add_dup(); EXCEPTION WHEN unique_violation THEN NULL; END;
+           PERFORM 1; RETURN 1; END $$;
+         SET tenancy.workspace_id = '{ws}'"
+    ))
+    .unwrap();
+    // a unique violation two functions deep: every field intact
+    let err = c.query("SELECT add_dup()", &[]).unwrap_err();
+    let e = err.as_db_error().expect("a server error");
+    assert_eq!(e.code().code(), "23505");
+    assert_eq!(e.constraint(), Some("t_id_key"));
+    assert_eq!(e.table(), Some("t"));
+    assert_eq!(e.schema(), Some("public"));
+    assert!(e.detail().unwrap_or_default().contains("(id)=(1)"), "{:?}", e.detail());
+    assert!(e.where_().unwrap_or_default().contains("add_dup"), "context kept: {:?}", e.where_());
+    // an error with a position (raised in the planner, under the trampolines of the SELECT)
+    let err = c.query("SELECT 1 + 'x'::int", &[]).unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "22P02");
+    assert!(e.position().is_some(), "the error position is kept");
+    // from inside a utility statement (DO): the inner error, not a copy
+    let err = c.batch_execute("DO $$ BEGIN INSERT INTO t VALUES (1); END $$").unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().constraint(), Some("t_id_key"));
+    // after each of those, and after an error caught inside a function, statements are counted
+    // at the right depth: the failed PERFORM add_dup() and its INSERT never end (not counted),
+    // PERFORM 1 after the caught error is nested, the SELECTs after it are top-level
+    let before = stats(&mut c, &db, &ws).unwrap();
+    c.query("SELECT swallow()", &[]).unwrap();
+    c.query("SELECT 1", &[]).unwrap();
+    c.query("SELECT 2", &[]).unwrap();
+    let after = stats(&mut c, &db, &ws).unwrap();
+    // the stats() query itself runs under the workspace too: +1 top-level per reading
+    assert_eq!(after.queries - before.queries, 4, "top-level statements");
+    assert_eq!(after.nested - before.nested, 1, "nested: PERFORM 1");
+}

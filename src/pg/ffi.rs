@@ -8,14 +8,14 @@
 //! memory, and then unwinds through frames that own nothing). Going around the guard saves about
 //! 40 ns per call on a path that makes six calls per statement.
 //!
-//! The chained `standard_*` planner, executor and utility functions can raise an ERROR (any
-//! failing query), which longjmps across the Rust frames of the hook that called them. The
-//! hooks in `stats` keep nothing with a destructor alive across those calls (only `Copy` values
-//! and atomics), and the backend-local state they change is put back by the (sub)transaction
-//! abort callbacks; that is what makes the longjmp sound. Call them only from such frames.
+//! The functions that run a user's statement (the chained planner, executor and utility hooks)
+//! raise an ERROR whenever a query fails; they are never called from Rust. The hooks are C
+//! trampolines (`src/pg/hooks.c`, compiled by `build.rs`) that call the Rust bodies before and
+//! after the chained call, so an ERROR's longjmp crosses no Rust frame, and they restore the
+//! nesting depth in `PG_FINALLY` and re-throw the original error unchanged.
 
 use pgrx::pg_sys;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_int, c_void};
 
 extern "C-unwind" {
     #[link_name = "LWLockAcquire"]
@@ -37,37 +37,9 @@ extern "C-unwind" {
     pub(crate) fn instr_end_loop(instr: *mut pg_sys::Instrumentation);
 }
 
-extern "C-unwind" {
-    #[link_name = "standard_planner"]
-    pub(crate) fn raw_standard_planner(
-        parse: *mut pg_sys::Query,
-        query_string: *const c_char,
-        cursor_options: c_int,
-        bound_params: pg_sys::ParamListInfo,
-    ) -> *mut pg_sys::PlannedStmt;
-    #[link_name = "standard_ExecutorStart"]
-    pub(crate) fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int);
-    #[link_name = "standard_ExecutorRun"]
-    pub(crate) fn raw_standard_executor_run(
-        query_desc: *mut pg_sys::QueryDesc,
-        direction: pg_sys::ScanDirection::Type,
-        count: u64,
-        execute_once: bool,
-    );
-    #[link_name = "standard_ExecutorFinish"]
-    pub(crate) fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ExecutorEnd"]
-    pub(crate) fn raw_standard_executor_end(query_desc: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ProcessUtility"]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn raw_standard_process_utility(
-        pstmt: *mut pg_sys::PlannedStmt,
-        query_string: *const c_char,
-        read_only_tree: bool,
-        context: pg_sys::ProcessUtilityContext::Type,
-        params: pg_sys::ParamListInfo,
-        query_env: *mut pg_sys::QueryEnvironment,
-        dest: *mut pg_sys::DestReceiver,
-        qc: *mut pg_sys::QueryCompletion,
-    );
+extern "C" {
+    /// Installs the planner, executor and utility hooks of `src/pg/hooks.c` (postmaster,
+    /// `_PG_init`, preload only).
+    #[link_name = "tenancy_install_statement_hooks"]
+    pub(crate) fn install_statement_hooks();
 }

@@ -1,19 +1,12 @@
-//! The planner, executor and utility hooks that count statements, and the transaction
-//! callbacks that put the backend-local statement state back after an abort. The chained
-//! `standard_*` calls go around pgrx's FFI guard: see `crate::pg::ffi` for why that is sound
-//! (nothing with a destructor is alive in these frames across the call).
+//! The bodies of the planner, executor and utility hooks that count statements (the hooks
+//! themselves, which chain to the next one, are the C trampolines of `src/pg/hooks.c`), and the
+//! transaction callbacks that put the backend-local statement state back after an abort.
 
 use super::*;
 
 // Previous hook values, chained. Written once in _PG_init (postmaster), read afterwards.
 pub(super) static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 pub(super) static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-pub(super) static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
-pub(super) static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
-pub(super) static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
-pub(super) static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
-pub(super) static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
-pub(super) static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 // Backend-local statement state.
 pub(super) static NESTING: AtomicI64 = AtomicI64::new(0);
@@ -165,21 +158,48 @@ pub(super) unsafe fn refuse_context_default(pstmt: *mut pg_sys::PlannedStmt) {
     .raise()
 }
 
+// The hook bodies. PostgreSQL calls the C trampolines of `src/pg/hooks.c`, which call these
+// before and after the chained hook: no Rust frame is alive while the statement itself runs, so
+// an ERROR it raises never longjmps across one (see that file). Each body returns normally; a
+// panic becomes an ERROR at its #[pg_guard].
+
+/// Words of the frame the C trampoline keeps on its stack between a body's enter and exit
+/// (`TENANCY_FRAME_WORDS` in `src/pg/hooks.c`).
+const FRAME_WORDS: usize = 4;
+
+/// What the planner and ExecutorStart bodies keep between enter and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Frame {
+    ws: [u8; 16],
+    tracked: u64,
+    start_ns: u64,
+}
+const _: () = assert!(std::mem::size_of::<Frame>() <= FRAME_WORDS * 8);
+const _: () = assert!(std::mem::align_of::<Frame>() <= 8);
+
+impl Frame {
+    fn new(ws: Option<[u8; 16]>, start_ns: u64) -> Self {
+        Frame { ws: ws.unwrap_or_default(), tracked: ws.is_some() as u64, start_ns }
+    }
+    fn ws(&self) -> Option<[u8; 16]> {
+        (self.tracked != 0).then_some(self.ws)
+    }
+}
+
+/// Monotonic nanoseconds since the first call in this process (planning time).
+fn mono_ns() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+}
+
 /// Utility statements (DO, CALL, EXPLAIN ANALYZE, CREATE TABLE AS, ...) are not counted
-/// themselves; the statements they run are counted as nested ones. Each one restores the
-/// NESTING it started with when it returns (see [`UTILITY_FRAMES`]).
+/// themselves; the statements they run are counted as nested ones. Returns the NESTING to
+/// restore when the statement ends (the trampoline does it in PG_FINALLY through
+/// [`tenancy_utility_exit`]) and writes the index of its [`UTILITY_FRAMES`] entry to `frame`.
 #[pg_guard]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenancy_utility_enter(pstmt: *mut pg_sys::PlannedStmt, frame: *mut i64) -> i64 {
     // SAFETY: pstmt is the statement PostgreSQL is about to run.
     unsafe { refuse_context_default(pstmt) };
     reset_if_top();
@@ -187,54 +207,63 @@ pub(super) unsafe extern "C-unwind" fn process_utility(
     if outer == 0 {
         cpu_enter(None);
     }
-    let frame = UTILITY_FRAMES.with(|f| {
+    let index = UTILITY_FRAMES.with(|f| {
         let mut f = f.borrow_mut();
         f.push(outer);
         f.len() - 1
     });
     NESTING.store(outer + 1, Relaxed);
-    // SAFETY: chaining with the same arguments (see the note above on raw calls). An ERROR
-    // skips what follows: the (sub)transaction abort callbacks repair NESTING and the frames.
-    unsafe {
-        match PREV_PROCESS_UTILITY {
-            Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-            None => raw_standard_process_utility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        }
-    }
-    UTILITY_FRAMES.with(|f| f.borrow_mut().truncate(frame));
-    NESTING.store(outer, Relaxed);
+    // SAFETY: the trampoline passes a pointer to its own local.
+    unsafe { *frame = index as i64 };
+    outer
+}
+
+/// A utility statement ended, normally or by an ERROR (called from PG_FINALLY).
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn tenancy_utility_exit(frame: i64, depth: i64) {
+    UTILITY_FRAMES.with(|f| f.borrow_mut().truncate(frame.max(0) as usize));
+    NESTING.store(depth, Relaxed);
+}
+
+/// ExecutorRun and ExecutorFinish: the statements they run are nested ones. Returns the depth
+/// the trampoline restores in PG_FINALLY.
+#[no_mangle]
+pub extern "C" fn tenancy_nesting_enter() -> i64 {
+    NESTING.fetch_add(1, Relaxed)
+}
+
+#[no_mangle]
+pub extern "C" fn tenancy_nesting_restore(depth: i64) {
+    NESTING.store(depth, Relaxed);
 }
 
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn planner(
-    parse: *mut pg_sys::Query,
-    query_string: *const c_char,
-    cursor_options: c_int,
-    bound_params: pg_sys::ParamListInfo,
-) -> *mut pg_sys::PlannedStmt {
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenancy_planner_enter(frame: *mut Frame) {
     reset_if_top();
     let ws = tracking();
-    let top = NESTING.load(Relaxed) == 0;
-    if top {
+    if NESTING.load(Relaxed) == 0 {
         cpu_enter(ws.as_ref());
         PLANNED_AT_TOP.store(ws.is_some(), Relaxed);
     }
-    let start = ws.map(|_| std::time::Instant::now());
-    // SAFETY: chaining to the previous planner or the standard one with the same arguments.
-    let result = unsafe {
-        match PREV_PLANNER {
-            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
-            None => raw_standard_planner(parse, query_string, cursor_options, bound_params),
-        }
-    };
-    if let (Some(ws), Some(start)) = (ws, start) {
-        let ns = start.elapsed().as_nanos() as u64;
+    let start = if ws.is_some() { mono_ns() } else { 0 };
+    // SAFETY: the trampoline passes its zeroed frame of FRAME_WORDS words.
+    unsafe { *frame = Frame::new(ws, start) };
+}
+
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenancy_planner_exit(frame: *const Frame) {
+    // SAFETY: the frame written by tenancy_planner_enter.
+    let frame = unsafe { *frame };
+    if let Some(ws) = frame.ws() {
+        let ns = mono_ns().saturating_sub(frame.start_ns);
         // SAFETY: plain clock read (vDSO).
         record_at(ws, unsafe { raw::now() }, Create::Limited, |e| {
             e.plan_ns.fetch_add(ns, Relaxed);
         });
     }
-    result
 }
 
 /// Whether this process is a parallel worker (PostgreSQL's `IsParallelWorker()`).
@@ -247,82 +276,49 @@ pub(super) fn is_parallel_worker() -> bool {
 pub(super) static WORKER_CPU: BackendLocal<Option<([u8; 16], u64)>> = BackendLocal::new(None);
 
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenancy_executor_start_enter(frame: *mut Frame) {
     if is_parallel_worker() {
         // the leader counts the statement; a worker only reads its CPU clock (see the header)
         let ws = if shared().is_some() && TRACK.get() { crate::context::current() } else { None };
         WORKER_CPU.with(|w| *w.borrow_mut() = ws.map(|ws| (ws, now_ns())));
-        // SAFETY: chaining with the same arguments.
-        unsafe {
-            match PREV_EXECUTOR_START {
-                Some(prev) => prev(query_desc, eflags),
-                None => raw_standard_executor_start(query_desc, eflags),
-            }
-        }
-        return;
+        return; // frame stays zeroed: nothing to do after
     }
-    // SAFETY: chaining; then, as pg_stat_statements does, ask for total-time instrumentation
-    // allocated in the query's own memory context.
+    let top = NESTING.load(Relaxed) == 0;
+    let planned = top && PLANNED_AT_TOP.swap(false, Relaxed);
+    if top && !planned {
+        reset_if_top();
+    }
+    let ws = tracking();
+    if top && !planned {
+        cpu_enter(ws.as_ref());
+    }
+    // SAFETY: the trampoline passes its zeroed frame of FRAME_WORDS words.
+    unsafe { *frame = Frame::new(ws, 0) };
+}
+
+/// After ExecutorStart: as pg_stat_statements does, ask for total-time instrumentation allocated
+/// in the query's own memory context.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenancy_executor_start_exit(query_desc: *mut pg_sys::QueryDesc, frame: *const Frame) {
+    // SAFETY: the frame written by tenancy_executor_start_enter; query_desc was just started, so
+    // its estate and query memory context exist.
     unsafe {
-        let top = NESTING.load(Relaxed) == 0;
-        let planned = top && PLANNED_AT_TOP.swap(false, Relaxed);
-        if top && !planned {
-            reset_if_top();
-        }
-        let ws = tracking();
-        if top && !planned {
-            cpu_enter(ws.as_ref());
-        }
-        match PREV_EXECUTOR_START {
-            Some(prev) => prev(query_desc, eflags),
-            None => raw_standard_executor_start(query_desc, eflags),
-        }
-        if let Some(ws) = ws {
-            STARTED.with(|s| s.borrow_mut().push((query_desc as usize, ws)));
-            if (*query_desc).totaltime.is_null() {
-                let old = pg_sys::MemoryContextSwitchTo((*(*query_desc).estate).es_query_cxt);
-                (*query_desc).totaltime =
-                    raw::instr_alloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as c_int, false);
-                pg_sys::MemoryContextSwitchTo(old);
-            }
+        let Some(ws) = (*frame).ws() else { return };
+        STARTED.with(|s| s.borrow_mut().push((query_desc as usize, ws)));
+        if (*query_desc).totaltime.is_null() {
+            let old = pg_sys::MemoryContextSwitchTo((*(*query_desc).estate).es_query_cxt);
+            (*query_desc).totaltime = raw::instr_alloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as c_int, false);
+            pg_sys::MemoryContextSwitchTo(old);
         }
     }
 }
 
+/// Before ExecutorEnd (the trampoline then chains): count the statement.
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn executor_run(
-    query_desc: *mut pg_sys::QueryDesc,
-    direction: pg_sys::ScanDirection::Type,
-    count: u64,
-    execute_once: bool,
-) {
-    // An ERROR skips the decrement: the (sub)transaction abort callbacks restore NESTING.
-    NESTING.fetch_add(1, Relaxed);
-    // SAFETY: chaining with the same arguments.
-    unsafe {
-        match PREV_EXECUTOR_RUN {
-            Some(prev) => prev(query_desc, direction, count, execute_once),
-            None => raw_standard_executor_run(query_desc, direction, count, execute_once),
-        }
-    }
-    NESTING.fetch_sub(1, Relaxed);
-}
-
-#[pg_guard]
-pub(super) unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) {
-    NESTING.fetch_add(1, Relaxed);
-    // SAFETY: chaining with the same argument.
-    unsafe {
-        match PREV_EXECUTOR_FINISH {
-            Some(prev) => prev(query_desc),
-            None => raw_standard_executor_finish(query_desc),
-        }
-    }
-    NESTING.fetch_sub(1, Relaxed);
-}
-
-#[pg_guard]
-pub(super) unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenancy_executor_end_enter(query_desc: *mut pg_sys::QueryDesc) {
     if is_parallel_worker() {
         if let Some((ws, start)) = WORKER_CPU.with(|w| w.borrow_mut().take()) {
             let used = now_ns().saturating_sub(start);
@@ -331,17 +327,10 @@ pub(super) unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::Que
                 e.cpu_ns.fetch_add(used, Relaxed);
             });
         }
-        // SAFETY: chaining with the same argument.
-        unsafe {
-            match PREV_EXECUTOR_END {
-                Some(prev) => prev(query_desc),
-                None => raw_standard_executor_end(query_desc),
-            }
-        }
         return;
     }
-    // SAFETY: totaltime was allocated by executor_start (or by another extension) in the
-    // query's memory context, still alive here.
+    // SAFETY: totaltime was allocated by tenancy_executor_start_exit (or by another extension)
+    // in the query's memory context, still alive here.
     unsafe {
         let started = STARTED.with(|s| {
             let mut s = s.borrow_mut();
@@ -373,10 +362,6 @@ pub(super) unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::Que
             if top {
                 cpu_tick(now);
             }
-        }
-        match PREV_EXECUTOR_END {
-            Some(prev) => prev(query_desc),
-            None => raw_standard_executor_end(query_desc),
         }
     }
 }

@@ -365,9 +365,10 @@ pub(crate) fn note_context(ws: Option<[u8; 16]>) {
 // ---------------------------------------------------------------------------------------------
 // Hooks
 //
-// The chained calls (previous hook or standard_*) are made without pgrx's error conversion, as
-// a C hook makes them: an ERROR raised inside them propagates unchanged (position, internal
-// query and context included) instead of being caught and re-raised by pgrx, which loses
-// those fields. No value with a destructor is alive in these frames at those calls; the
-// (sub)transaction abort callbacks repair NESTING and the other statement state.
+// The chained calls (previous hook or standard_*) are made by the C trampolines of
+// src/pg/hooks.c, as a C hook makes them: an ERROR raised inside them propagates unchanged
+// (position, internal query, context and the constraint fields included) instead of being
+// caught and re-raised by pgrx, which loses those fields; no Rust frame is alive across them.
+// The trampolines restore NESTING in PG_FINALLY; the (sub)transaction abort callbacks repair
+// it after a procedure's ROLLBACK, and the rest of the statement state after any abort.
 // ---------------------------------------------------------------------------------------------
