@@ -11,17 +11,49 @@
 //!
 //! 1. Settings, each capability its own: the context (with its check and assign hooks), the
 //!    quota counters' table size (preload only), the statistics.
-//! 2. Quotas (preload only): shared-memory request and startup hooks; the reservations'
+//! 2. Shared memory (preload only): one request hook and one startup hook, chained to the
+//!    previous ones, which ask for and attach the quota counters' table, then the statistics'
+//!    (each capability sizes and initialises its own); then the quota reservations'
 //!    transaction and subtransaction callbacks (they settle at commit and abort).
 //! 3. Quota caches: relcache (config tables, enforced tables) and syscache (functions, types)
 //!    invalidation callbacks.
 //! 4. Statistics: the statement state's transaction and subtransaction callbacks (nesting depth
 //!    and internal depth repaired after an abort; the utility hook restores the depth at the
 //!    call itself); then, preload only, the relcache callback of "is the extension installed
-//!    here", the shared-memory hooks, and the planner, executor and utility hooks.
+//!    here", and the planner, executor and utility hooks (C trampolines, `src/pg/hooks.c`).
 //! 5. The `tenancy.` prefix reserved, last: every tenancy setting is defined by then.
 
 use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+// Previous shared-memory hooks, chained. Written once in _PG_init (postmaster).
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: called by PostgreSQL in the postmaster during shmem sizing; chaining first.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST {
+            prev();
+        }
+        crate::quota::shmem_request();
+        crate::stats::shmem_request();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: called by PostgreSQL after shared memory is created (and in each EXEC_BACKEND
+    // child); chaining first, as pg_stat_statements does.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP {
+            prev();
+        }
+        crate::quota::shmem_startup();
+        crate::stats::shmem_startup();
+    }
+}
 
 /// Install everything (see the module documentation for the order).
 pub(crate) fn install() {
@@ -36,6 +68,13 @@ pub(crate) fn install() {
     crate::stats::define_settings(preloading);
     // 2.
     if preloading {
+        // SAFETY: installing hooks in the postmaster's _PG_init, chaining the previous ones.
+        unsafe {
+            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(shmem_request);
+            PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+            pg_sys::shmem_startup_hook = Some(shmem_startup);
+        }
         crate::quota::install_hooks();
     }
     // 3.

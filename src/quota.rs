@@ -105,7 +105,7 @@ impl TableQuota {
 }
 
 
-pub(crate) use shared::{define_settings, install_hooks};
+pub(crate) use shared::{define_settings, install_hooks, shmem_request, shmem_startup};
 
 /// The caches' invalidation callbacks (see `crate::hooks` for the order).
 pub(crate) fn register_cache_callbacks() {

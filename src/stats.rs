@@ -195,19 +195,14 @@ pub(crate) fn register_cache_callbacks() {
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
 }
 
-/// Shared-memory hooks and the planner, executor and utility hooks (preload only), chained.
+/// The planner, executor and utility hooks (preload only): C trampolines around the bodies in
+/// `hooks.rs`, chained to the previous hooks.
 pub(crate) fn install_hooks() {
-    // SAFETY: installing hooks from _PG_init in the postmaster, chaining the previous ones;
-    // every hook function below has the exact signature PostgreSQL expects.
-    unsafe {
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
-        // the statement hooks are C trampolines around the bodies in hooks.rs
-        raw::install_statement_hooks();
-    }
+    // SAFETY: installing hooks from _PG_init in the postmaster.
+    unsafe { raw::install_statement_hooks() };
 }
+
+pub(crate) use table::{shmem_request, shmem_startup};
 
 fn slot_count() -> i64 {
     // SAFETY: MaxBackends is set before shmem_request_hook runs (PostgreSQL 15).

@@ -108,8 +108,6 @@ struct Shared {
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
 static HASH: AtomicPtr<pg_sys::HTAB> = AtomicPtr::new(std::ptr::null_mut());
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -166,14 +164,11 @@ pub(crate) fn define_settings() {
     );
 }
 
-/// The shared-memory hooks and the reservations' transaction callbacks (preload only).
+/// The reservations' transaction callbacks (preload only; the shared memory is asked for and
+/// attached by `crate::hooks` through [`shmem_request`] and [`shmem_startup`]).
 pub(crate) fn install_hooks() {
-    // SAFETY: installing hooks from _PG_init in the postmaster, chaining the previous ones.
+    // SAFETY: registering 'static callbacks from _PG_init in the postmaster.
     unsafe {
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
     }
@@ -185,24 +180,20 @@ fn shared_size() -> usize {
     hash + std::mem::size_of::<Shared>()
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: called by PostgreSQL in the postmaster during shmem sizing.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST {
-            prev();
-        }
-        crate::pg::shmem::request(shared_size(), TRANCHE);
-    }
+/// From the shmem_request_hook (`crate::hooks`, postmaster): the counters' space and tranche.
+/// # Safety
+/// Only from a shmem_request_hook.
+pub(crate) unsafe fn shmem_request() {
+    // SAFETY: the caller is the shmem_request_hook.
+    unsafe { crate::pg::shmem::request(shared_size(), TRANCHE) };
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
+/// From the shmem_startup_hook (`crate::hooks`): create or attach the counters' table.
+/// # Safety
+/// Only from a shmem_startup_hook, after [`shmem_request`] ran in the postmaster.
+pub(crate) unsafe fn shmem_startup() {
     // SAFETY: the ShmemInitStruct / ShmemInitHash protocol under AddinShmemInitLock.
     unsafe {
-        if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
-        }
         let (shared, hash, ()) = crate::pg::shmem::startup::<Shared, Key, Entry, ()>(
             c"tenancy quota",
             TRANCHE,

@@ -5,8 +5,6 @@
 use super::*;
 
 // Previous hook values, chained. Written once in _PG_init (postmaster), read afterwards.
-pub(super) static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
-pub(super) static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
 // Backend-local statement state.
 pub(super) static NESTING: AtomicI64 = AtomicI64::new(0);

@@ -10,25 +10,22 @@ pub(super) unsafe extern "C-unwind" fn clear_slot(_code: c_int, _arg: pg_sys::Da
     note_context(None);
 }
 
-#[pg_guard]
-pub(super) unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: called by PostgreSQL in the postmaster during shmem sizing.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST {
-            prev();
-        }
-        crate::pg::shmem::request(shared_size(), TRANCHE);
-    }
+/// From the shmem_request_hook (`crate::hooks`, postmaster): the table's space and tranche.
+/// # Safety
+/// Only from a shmem_request_hook.
+pub(crate) unsafe fn shmem_request() {
+    // SAFETY: the caller is the shmem_request_hook.
+    unsafe { crate::pg::shmem::request(shared_size(), TRANCHE) };
 }
 
-#[pg_guard]
-pub(super) unsafe extern "C-unwind" fn shmem_startup() {
+/// From the shmem_startup_hook (`crate::hooks`): create or attach the table and the session
+/// slots; in the postmaster, load the saved statistics.
+/// # Safety
+/// Only from a shmem_startup_hook, after [`shmem_request`] ran in the postmaster.
+pub(crate) unsafe fn shmem_startup() {
     // SAFETY: the standard ShmemInitStruct / ShmemInitHash protocol under AddinShmemInitLock,
     // as pg_stat_statements does it.
     unsafe {
-        if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
-        }
         let n = slot_count();
         let (shared, hash, slots) = crate::pg::shmem::startup::<Shared, Key, Entry, _>(
             c"tenancy stats",
