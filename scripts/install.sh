@@ -13,4 +13,9 @@ so="$("$PG_BIN/pg_config" --pkglibdir)/tenancy.so"
 if [ -f "$so" ]; then cp -p "$so" "$so.new" && mv -f "$so.new" "$so"; fi
 # --fresh-inode-only: before another installer (cargo pgrx test) writes the library
 [ "${1:-}" = --fresh-inode-only ] && exit 0
-exec cargo pgrx install --release --pg-config "$PG_BIN/pg_config" "$@"
+cargo pgrx install --release --pg-config "$PG_BIN/pg_config" "$@"
+# cargo pgrx installs the current version's script and the upgrade scripts (sql/tenancy--A--B.sql);
+# the frozen install scripts of released versions (sql/tenancy--A.sql, kept for the upgrade test
+# and CREATE EXTENSION tenancy VERSION 'A') are copied here.
+find sql -maxdepth 1 -name 'tenancy--*.sql' ! -name 'tenancy--*--*.sql' \
+    -exec install -m 644 {} "$("$PG_BIN/pg_config" --sharedir)/extension/" \;

@@ -236,5 +236,5 @@ fn require_preloaded() -> Result<&'static Shared, TenancyError> {
 pgrx::extension_sql_file!(
     "../sql/stats.sql",
     name = "stats_sql",
-    requires = ["quota_sql", sql::stats_rows, sql::stats_info, sql::reset_stats]
+    requires = ["quota_sql", sql::stats_rows, sql::stats_info_v2, sql::reset_stats]
 );

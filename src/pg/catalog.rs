@@ -48,3 +48,39 @@ pub(crate) fn role_name(role: pg_sys::Oid) -> String {
         }
     }
 }
+
+/// The installed version of extension `name` in this database (`pg_extension.extversion`), or
+/// None when it is not installed. Reads the catalog through its index (no SQL); in a transaction.
+pub(crate) fn extension_version(name: &CStr) -> Option<String> {
+    // SAFETY: a catalog index scan in a transaction with the standard open/scan/close protocol;
+    // every call is guarded by pgrx (an ERROR unwinds as a panic), the lock and the scan are
+    // released by the transaction's abort otherwise.
+    unsafe {
+        let ext = pg_sys::get_extension_oid(name.as_ptr(), true);
+        if ext == pg_sys::InvalidOid {
+            return None;
+        }
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let rel = pg_sys::table_open(pg_sys::ExtensionRelationId, lock);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            pg_sys::Anum_pg_extension_oid as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::F_OIDEQ.into(),
+            pg_sys::Datum::from(ext),
+        );
+        let scan = pg_sys::systable_beginscan(rel, pg_sys::ExtensionOidIndexId.into(), true, std::ptr::null_mut(), 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let version = if tuple.is_null() {
+            None
+        } else {
+            let attno = std::num::NonZeroUsize::new(pg_sys::Anum_pg_extension_extversion as usize).expect("attribute number");
+            pgrx::heap_getattr_raw(tuple, attno, (*rel).rd_att)
+                .and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false))
+        };
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, lock);
+        version
+    }
+}

@@ -123,8 +123,9 @@ pub(super) fn stats_rows() -> Result<
     Ok(TableIterator::new(rows))
 }
 
+/// `tenancy._stats_info()` since 0.2.0 (C symbol `stats_info_v2_wrapper`).
 #[pg_extern(volatile, parallel_restricted, name = "_stats_info")]
-pub(super) fn stats_info() -> Result<
+pub(super) fn stats_info_v2() -> Result<
     TableIterator<
         'static,
         (
@@ -161,6 +162,28 @@ pub(super) fn stats_info() -> Result<
         per_entry,
         reset,
     )))
+}
+
+/// `tenancy._stats_info()` as 0.1.0's SQL declares it (C symbol `stats_info_wrapper`, six
+/// columns, no `refused_statements`): kept for databases not yet updated (see `crate::compat`).
+#[pg_extern(sql = false)]
+pub(super) fn stats_info() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(capacity, i64),
+            name!(entries, i64),
+            name!(evictions, i64),
+            name!(shared_memory_bytes, i64),
+            name!(bytes_per_entry, i64),
+            name!(last_reset_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    let (capacity, entries, evictions, _refused, bytes, per_entry, reset) =
+        stats_info_v2()?.next().expect("one row");
+    Ok(TableIterator::once((capacity, entries, evictions, bytes, per_entry, reset)))
 }
 
 /// Remove the statistics of one workspace (all databases), or of everything when NULL.

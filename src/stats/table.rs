@@ -135,6 +135,9 @@ pub(super) fn installed_here() -> bool {
             if EXT_GEN.load(Relaxed) == gen {
                 EXT_STATE.store(marker.unwrap_or(EXT_ABSENT), Relaxed);
             }
+            if marker.is_some() {
+                crate::compat::check_sql_version();
+            }
             marker.is_some()
         }
         _ => true,
