@@ -4,7 +4,7 @@ include scripts/pg.env
 PG_CONFIG := $(PG_BIN)/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup install test test-unit test-regress test-live demo demo-stop bench clean
+.PHONY: all setup install package test test-unit test-regress test-live test-package demo demo-stop bench clean
 
 all: install
 
@@ -16,7 +16,12 @@ setup:
 install: setup
 	@scripts/install.sh
 
-## Every test suite: #[pg_test], pg_regress (pg_test/), live-server Rust tests (tests/).
+## The Debian package: target/package/tenancy_<version>-1_<arch>.deb (apt-get install ./target/package/tenancy_*.deb).
+package: install
+	@scripts/package.sh
+
+## Every test suite: #[pg_test], pg_regress (pg_test/), isolation specs, live-server Rust tests
+## (tests/, the upgrade test among them), the Debian package (installed, regress suite against it).
 test: setup
 	@scripts/test.sh all
 
@@ -28,6 +33,9 @@ test-regress: setup
 
 test-live: setup
 	@scripts/test.sh live
+
+test-package: setup
+	@scripts/test.sh package
 
 ## A scratch cluster with a Dittofeed-shaped database, and the extension at work.
 demo: install

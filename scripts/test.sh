@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test layers and print a summary per layer. Exit non-zero if any layer failed.
-#   scripts/test.sh all|unit|regress|isolation|live
+#   scripts/test.sh all|unit|regress|isolation|live|package
 # LIVE_TEST=name runs one file of tests/ only (e.g. LIVE_TEST=replica scripts/test.sh live).
 # Every server started here is stopped on exit, also on failure.
 set -uo pipefail
@@ -100,9 +100,10 @@ prepare_cluster() {
     make_fixture_db "$3" "$4" || { record "$1" "1 fixture failed"; return 1; }
 }
 
-layer_regress() {
-    echo "=== layer 2: pg_regress (pg_test/) on a scratch cluster, port $REGRESS_PORT"
-    prepare_cluster "regress (pg_test/)" regress "$REGRESS_PORT" tenancy_regress || return
+layer_regress() { # [LABEL]: the package layer runs it again against the installed package
+    local label=${1:-regress (pg_test/)}
+    echo "=== layer 2: pg_regress (pg_test/) on a scratch cluster, port $REGRESS_PORT ($label)"
+    prepare_cluster "$label" regress "$REGRESS_PORT" tenancy_regress || return
     local out="$RUN_DIR/regress-out"
     rm -rf "$out" && mkdir -p "$out"
     local tests
@@ -117,8 +118,52 @@ layer_regress() {
     fi
     local summary
     summary=$(grep -E 'tests passed|tests failed|failed \(ignoring|of [0-9]+ tests' "$RUN_DIR/regress.log" | tail -1)
-    record "regress (pg_test/)" "$rc $summary"
+    record "$label" "$rc $summary"
     scripts/cluster.sh stop regress
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# The Debian package (scripts/package.sh, `make package`): installed into the system with
+# apt-get, checked (every file it lists is there, the installed library is the package's, the
+# install and upgrade scripts are in it), the regress suite run against it; then removed (its
+# files must go) and the development build installed again.
+layer_package() {
+    local label="package (.deb)"
+    echo "=== layer 5: Debian package, installed with apt-get; pg_regress against it"
+    mkdir -p "$RUN_DIR" && chmod 755 "$RUN_DIR"
+    install_release || { record "$label" "1 build failed"; return 1; }
+    local deb
+    deb=$(scripts/package.sh 2>"$RUN_DIR/package.log" | tail -1)
+    [ -f "$deb" ] || { cat "$RUN_DIR/package.log"; record "$label" "1 package build failed"; return 1; }
+    dpkg-deb -I "$deb" && dpkg-deb -c "$deb"
+    unlink_installed_library
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall --allow-downgrades "./$deb" \
+        >>"$RUN_DIR/package.log" 2>&1 || { tail -20 "$RUN_DIR/package.log"; record "$label" "1 apt-get install failed"; return 1; }
+    local problems=() lib ext
+    lib="$($PG_CONFIG --pkglibdir)/tenancy.so"
+    ext="$($PG_CONFIG --sharedir)/extension"
+    [ "$(dpkg-query -W -f '${Status}' postgresql-15-tenancy)" = "install ok installed" ] || problems+=("not installed")
+    while read -r f; do [ -e "$f" ] || problems+=("missing $f"); done < <(dpkg -L postgresql-15-tenancy)
+    cmp -s "$lib" target/package/stage"$lib" || problems+=("installed library is not the package's")
+    # runs without Rust: the library needs only the C library and libgcc_s (declared Depends)
+    local needed
+    needed=$(objdump -p "$lib" | awk '/NEEDED/ {print $2}' | grep -Ev '^(libc\.so\.6|libgcc_s\.so\.1|ld-linux-x86-64\.so\.2|ld-linux-aarch64\.so\.1)$' || true)
+    [ -z "$needed" ] || problems+=("library needs $needed")
+    for f in tenancy.control "tenancy--$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1).sql" sql/tenancy--*.sql; do
+        dpkg -L postgresql-15-tenancy | grep -qx "$ext/$(basename "$f")" || problems+=("$(basename "$f") not in the package")
+    done
+    if [ ${#problems[@]} -gt 0 ]; then
+        printf 'package: %s\n' "${problems[@]}"; record "$label" "1 ${problems[*]}"
+    else
+        INSTALLED=1 layer_regress "$label"
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q postgresql-15-tenancy >>"$RUN_DIR/package.log" 2>&1
+    if [ -e "$lib" ] || [ -e "$ext/tenancy.control" ]; then
+        echo "package: files left after apt-get remove"; RESULT[$label]="1 files left after apt-get remove"
+    fi
+    # put the development build back (the machine keeps a working install)
+    INSTALLED= install_release || true
 }
 
 layer_live() {
@@ -195,12 +240,13 @@ layer_server_logs() {
 }
 
 case "$what" in
-all) layer_unit; layer_regress; layer_isolation; layer_live ;;
+all) layer_unit; layer_regress; layer_isolation; layer_live; layer_package ;;
 unit) layer_unit ;;
 regress) layer_regress ;;
 live) layer_live ;;
+package) layer_package ;;
 isolation) layer_isolation ;;
-*) echo "usage: test.sh all|unit|regress|isolation|live" >&2; exit 2 ;;
+*) echo "usage: test.sh all|unit|regress|isolation|live|package" >&2; exit 2 ;;
 esac
 layer_server_logs
 
