@@ -11,8 +11,20 @@ use std::sync::{Arc, Mutex};
 use tenancy_it::*;
 
 const PORT: u16 = 25457;
-/// The oldest version an upgrade is supported from (its install script is kept in `sql/`).
-const OLDEST: &str = "0.1.0";
+/// Every released version an upgrade is supported from: those whose install script is kept in
+/// `sql/tenancy--<version>.sql` (the current version's is generated, not kept), oldest first.
+fn kept_versions() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|f| f.strip_prefix("tenancy--")?.strip_suffix(".sql").map(str::to_string))
+        .filter(|v| !v.contains("--"))
+        .collect();
+    v.sort_by_key(|v| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+    assert!(!v.is_empty(), "no kept install script in sql/");
+    v
+}
 const APP: &str = "tenancy_upg_app";
 const CROSS: &str = "tenancy_upg_cross";
 
@@ -135,12 +147,19 @@ fn fill_journeys(cluster: &Cluster, db: &str, ws: &str) -> (i64, String) {
 }
 
 #[test]
-fn update_from_the_oldest_release_keeps_state_and_matches_a_fresh_install() {
+fn update_from_every_kept_release_keeps_state_and_matches_a_fresh_install() {
     let cluster = Cluster::start("upgrade", PORT, &[]);
-    let db = "upg_updated";
-    let mut c = old_database(&cluster, db, OLDEST);
+    let mut fresh = cluster.fixture_db("upg_fresh");
+    for old in kept_versions() {
+        update_from(&cluster, &mut fresh, &old);
+    }
+}
+
+fn update_from(cluster: &Cluster, fresh: &mut Client, old: &str) {
+    let db = &format!("upg_from_{}", old.replace('.', "_"));
+    let mut c = old_database(cluster, db, old);
     let version: String = c.query_one("SELECT extversion FROM pg_extension WHERE extname = 'tenancy'", &[]).unwrap().get(0);
-    assert_eq!(version, OLDEST);
+    assert_eq!(version, old);
     let a = ws_id(&mut c, "root", 1);
     let b = ws_id(&mut c, "root", 2);
 
@@ -224,11 +243,10 @@ fn update_from_the_oldest_release_keeps_state_and_matches_a_fresh_install() {
         .unwrap()
         .get(0);
     assert_eq!(version, current, "updated to the current version");
-    assert_ne!(version, OLDEST);
+    assert_ne!(version, old);
 
     // the catalog equals a fresh install of the current version
-    let mut fresh = cluster.fixture_db("upg_fresh");
-    let d = diff(&catalog(&mut c), &catalog(&mut fresh));
+    let d = diff(&catalog(&mut c), &catalog(fresh));
     assert!(d.is_empty(), "updated catalog differs from a fresh install:\n{}", d.join("\n"));
 
     // no state lost (the in-flight rows are not committed yet: counters as before)
@@ -245,11 +263,11 @@ fn update_from_the_oldest_release_keeps_state_and_matches_a_fresh_install() {
     assert_eq!(used, actual, "the in-flight rows are counted once they commit");
 
     // the policies still isolate, the quotas still bite, audit() has no new fail row
-    let (own, foreign, code) = isolation(&cluster, db, &a, &b);
+    let (own, foreign, code) = isolation(cluster, db, &a, &b);
     assert!(own > 0);
     assert_eq!((foreign, code.as_str()), (0, "42501"));
     let had = journeys(&mut c, &a);
-    let (inserted, code) = fill_journeys(&cluster, db, &a);
+    let (inserted, code) = fill_journeys(cluster, db, &a);
     assert_eq!(code, "53400", "the per-workspace override (9) still applies");
     assert_eq!(inserted, 9 - had, "up to the override of 9");
     let new_fails: Vec<_> = fails(&mut c).into_iter().filter(|f| !fails_before.contains(f)).collect();
@@ -260,10 +278,17 @@ fn update_from_the_oldest_release_keeps_state_and_matches_a_fresh_install() {
 }
 
 #[test]
-fn a_database_left_at_the_old_version_keeps_working_with_the_new_library() {
+fn a_database_left_at_an_old_version_keeps_working_with_the_new_library() {
     let cluster = Cluster::start("upgrade_old", PORT + 1, &[]);
-    let db = "upg_old";
-    let mut c = old_database(&cluster, db, OLDEST);
+    let mut fresh = cluster.fixture_db("upg_fresh");
+    for old in kept_versions() {
+        left_at(&cluster, &mut fresh, &old);
+    }
+}
+
+fn left_at(cluster: &Cluster, fresh: &mut Client, old: &str) {
+    let db = &format!("upg_old_{}", old.replace('.', "_"));
+    let mut c = old_database(cluster, db, old);
     let a = ws_id(&mut c, "root", 1);
     let b = ws_id(&mut c, "root", 2);
 
@@ -279,7 +304,7 @@ fn a_database_left_at_the_old_version_keeps_working_with_the_new_library() {
     let got = notices.lock().unwrap().clone();
     let warnings: Vec<_> = got.iter().filter(|(m, _)| m.contains("is version")).collect();
     assert_eq!(warnings.len(), 1, "one warning per backend: {got:?}");
-    assert!(warnings[0].0.contains(&format!("version {OLDEST}")), "{:?}", warnings[0]);
+    assert!(warnings[0].0.contains(&format!("version {old}")), "{:?}", warnings[0]);
     assert!(warnings[0].1.contains("ALTER EXTENSION tenancy UPDATE"), "{:?}", warnings[0]);
     // a function the old SQL lacks: PostgreSQL's error, after that warning
     let err = s.query("SELECT tenancy._quota_count(0, 'x', NULL)", &[]).unwrap_err();
@@ -288,11 +313,11 @@ fn a_database_left_at_the_old_version_keeps_working_with_the_new_library() {
     // context, isolation, quotas, statistics
     let current: String = s.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
     assert_eq!(current, a);
-    let (own, foreign, code) = isolation(&cluster, db, &a, &b);
+    let (own, foreign, code) = isolation(cluster, db, &a, &b);
     assert!(own > 0);
     assert_eq!((foreign, code.as_str()), (0, "42501"));
     let had = journeys(&mut c, &a);
-    let (inserted, code) = fill_journeys(&cluster, db, &a);
+    let (inserted, code) = fill_journeys(cluster, db, &a);
     assert_eq!((inserted, code.as_str()), (9 - had, "53400"), "up to the override of 9");
     c.batch_execute("SELECT tenancy.set_quota('\"Journey\"', 12, NULL)").unwrap();
     let drift: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_drift()", &[]).unwrap().get(0);
@@ -306,7 +331,6 @@ fn a_database_left_at_the_old_version_keeps_working_with_the_new_library() {
 
     // and it can be updated later
     c.batch_execute("ALTER EXTENSION tenancy UPDATE").unwrap();
-    let mut fresh = cluster.fixture_db("upg_fresh");
-    let d = diff(&catalog(&mut c), &catalog(&mut fresh));
+    let d = diff(&catalog(&mut c), &catalog(fresh));
     assert!(d.is_empty(), "updated catalog differs from a fresh install:\n{}", d.join("\n"));
 }
