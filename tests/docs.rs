@@ -54,6 +54,7 @@ const ERRCODE_NAMES: &[(&str, &str)] = &[
     ("UNDEFINED_FUNCTION", "42883"),
     ("UNDEFINED_OBJECT", "42704"),
     ("UNDEFINED_TABLE", "42P01"),
+    ("WARNING", "01000"),
     ("WRONG_OBJECT_TYPE", "42809"),
 ];
 
