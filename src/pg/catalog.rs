@@ -20,6 +20,15 @@ pub(crate) fn qualified_name(relid: pg_sys::Oid) -> String {
     }
 }
 
+/// The name of column `attnum` of `relid` (None: no such column, or dropped).
+pub(crate) fn column_name(relid: pg_sys::Oid, attnum: i16) -> Option<String> {
+    // SAFETY: syscache lookup; missing_ok returns NULL instead of raising.
+    unsafe {
+        let name = pg_sys::get_attname(relid, attnum, true);
+        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
 /// The type of column `column` of `relid`; None when it does not exist or was dropped.
 pub(crate) fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oid> {
     let name = CString::new(column).ok()?;

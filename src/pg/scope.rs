@@ -49,3 +49,78 @@ pub(crate) fn with_catalog_path<R>(f: impl FnOnce() -> R) -> R {
     unsafe { pg_sys::PopOverrideSearchPath() };
     r
 }
+
+/// Run `f` with the given settings changed for its duration only (a GUC nest level, as
+/// PostgreSQL's index builds do), and with `role` (when given) as the current user in a
+/// security-restricted operation. For planning a statement a role ran (the index advice):
+/// whatever the text calls while it is planned runs with that role's rights and cannot
+/// `SET ROLE` / `RESET ROLE` back to the caller.
+pub(crate) fn with_settings<R>(role: Option<pg_sys::Oid>, settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: as in as_user; the nest level is closed below, or by (sub)transaction abort.
+    let level = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        if let Some(role) = role {
+            pg_sys::SetUserIdAndSecContext(
+                role,
+                saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+            );
+        }
+        let level = pg_sys::NewGUCNestLevel();
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        level
+    };
+    let r = f();
+    // SAFETY: closes the nest level opened above and restores exactly what was saved.
+    unsafe {
+        pg_sys::AtEOXact_GUC(true, level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+    }
+    r
+}
+
+/// Run `f` in a subtransaction: an ERROR inside is caught, the subtransaction rolled back (locks,
+/// memory, SPI connections, user id and settings of scopes inside restored) and its message
+/// returned; otherwise the subtransaction is committed and `f`'s result returned.
+pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    // SAFETY: the BeginInternalSubTransaction / Release / RollbackAndRelease protocol of PL/pgSQL's
+    // exception blocks, restoring the caller's memory context and resource owner afterwards.
+    let (context, owner) = unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        (context, owner)
+    };
+    let result = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+        .catch_others(|e| {
+            Err(match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            })
+        })
+        .execute();
+    // SAFETY: ends the subtransaction begun above; back to the caller's context and owner.
+    unsafe {
+        if result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    result
+}
