@@ -306,9 +306,20 @@ fn left_at(cluster: &Cluster, fresh: &mut Client, old: &str) {
     assert_eq!(warnings.len(), 1, "one warning per backend: {got:?}");
     assert!(warnings[0].0.contains(&format!("version {old}")), "{:?}", warnings[0]);
     assert!(warnings[0].1.contains("ALTER EXTENSION tenancy UPDATE"), "{:?}", warnings[0]);
-    // a function the old SQL lacks: PostgreSQL's error, after that warning
-    let err = s.query("SELECT tenancy._quota_count(0, 'x', NULL)", &[]).unwrap_err();
-    assert_eq!(sqlstate(&err), "42883");
+    // a function the old SQL lacks (one the current version has, by a name the old one has not):
+    // PostgreSQL's error, after that warning
+    let names = |c: &mut Client| -> std::collections::BTreeSet<String> {
+        c.query("SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'tenancy'::regnamespace", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let (current, at_old) = (names(fresh), names(&mut c));
+    if let Some(missing) = current.difference(&at_old).next() {
+        let err = s.query(&format!("SELECT tenancy.{missing}()"), &[]).unwrap_err();
+        assert_eq!(sqlstate(&err), "42883", "calling tenancy.{missing}() at {old}");
+    }
 
     // context, isolation, quotas, statistics
     let current: String = s.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
