@@ -99,6 +99,16 @@ struct Observed {
     quals: HashMap<pg_sys::Oid, Quals>,
 }
 
+/// What one observed query wants of one table, before the columns are ordered.
+struct Want {
+    query: usize,
+    relid: pg_sys::Oid,
+    equal: Vec<i16>,
+    range: Vec<i16>,
+    sort: Option<Vec<Key>>,
+    cost_before: f64,
+}
+
 struct Candidate {
     query: usize,
     relid: pg_sys::Oid,
@@ -158,6 +168,7 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
     let existing = existing_indexes(&tenants)?;
     let mut rls_applies: HashMap<(pg_sys::Oid, pg_sys::Oid), bool> = HashMap::new();
     let mut left_out: HashMap<pg_sys::Oid, std::collections::BTreeSet<i16>> = HashMap::new();
+    let mut wants: Vec<Want> = Vec::new();
     for (qi, q) in observed.iter().enumerate() {
         let base = match explain(q, hypopg.as_deref(), &[]) {
             Ok(Some((p, _))) => p,
@@ -169,7 +180,9 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
         };
         for scan in &base.scans {
             let Some(relid) = relation(&scan.schema, &scan.relation) else { continue };
-            let Some(t) = tenants.get(&relid) else { continue };
+            if !tenants.contains_key(&relid) {
+                continue;
+            }
             let Some(quals) = q.quals.get(&relid) else { continue };
             let sort: Option<Vec<Key>> = (!scan.sort.is_empty()).then(|| {
                 scan.sort
@@ -186,21 +199,42 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
             // above the policy (it cannot become an index condition): leave its column out
             let rls = *rls_applies.entry((relid, q.userid)).or_insert_with(|| subject_to_rls(relid, q.userid).unwrap_or(true));
             let usable = |leakproof: bool| leakproof || !rls;
+            // advice is for workspace-scoped access: the query (or the isolation policy) fixes the
+            // workspace on this table; a join reaching it by another key is the primary key's job
+            if !rls && !quals.equal.iter().any(|e| e.0 == tenants[&relid].workspace) {
+                continue;
+            }
             let equal: Vec<i16> = quals.equal.iter().filter(|e| usable(e.1)).map(|e| e.0).collect();
             let range: Vec<i16> = quals.range.iter().filter(|r| usable(r.2)).map(|r| r.0).collect();
             for e in quals.equal.iter().filter(|e| !usable(e.1)) {
                 left_out.entry(relid).or_default().insert(e.0);
             }
-            let keys = plan::candidate(t.workspace, &equal, sort.as_deref(), &range);
-            if keys.len() < 2 {
-                continue; // the workspace column alone: the catalog advice covers it
-            }
-            let n_equal = 1 + equal.iter().filter(|&&a| a != t.workspace).collect::<std::collections::BTreeSet<_>>().len();
-            if existing.get(&relid).is_some_and(|ix| ix.iter().any(|e| e.usable && plan::serves(&e.keys, &keys, n_equal))) {
-                continue; // an existing index serves it already
-            }
-            candidates.push(Candidate { query: qi, relid, keys, cost_before: base.cost });
+            wants.push(Want { query: qi, relid, equal, range, sort, cost_before: base.cost });
         }
+    }
+    // equality columns in the order of how many observed queries of the table use them (then
+    // attribute order): queries that share columns then share index prefixes, and merge
+    let mut uses: HashMap<(pg_sys::Oid, i16), usize> = HashMap::new();
+    for w in &wants {
+        for &a in w.equal.iter().collect::<std::collections::BTreeSet<_>>() {
+            *uses.entry((w.relid, a)).or_default() += 1;
+        }
+    }
+    for w in wants {
+        let t = &tenants[&w.relid];
+        let mut equal: Vec<i16> = w.equal.iter().copied().filter(|&a| a != t.workspace).collect();
+        equal.sort_unstable();
+        equal.dedup();
+        equal.sort_by_key(|&a| (std::cmp::Reverse(uses.get(&(w.relid, a)).copied().unwrap_or(0)), a));
+        let keys = plan::candidate(t.workspace, &equal, w.sort.as_deref(), &w.range);
+        if keys.len() < 2 {
+            continue; // the workspace column alone: the catalog advice covers it
+        }
+        let n_equal = 1 + equal.len();
+        if existing.get(&w.relid).is_some_and(|ix| ix.iter().any(|e| e.usable && plan::serves(&e.keys, &keys, n_equal))) {
+            continue; // an existing index serves it already
+        }
+        candidates.push(Candidate { query: w.query, relid: w.relid, keys, cost_before: w.cost_before });
     }
     if !failures.is_empty() {
         rows.push(note(format!(
@@ -246,6 +280,49 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
                     }
                     Ok(None) => {}
                     Err(e) => failures.push(e),
+                }
+            }
+        }
+        // fewer indexes where the planner agrees: drop an advised index (least called first) when
+        // every query it serves does nearly as well (within 10%) with the others
+        if hypopg.is_some() {
+            loop {
+                let mut live: Vec<usize> = (0..merged.len()).filter(|&m| !served[m].is_empty()).collect();
+                if live.len() < 2 {
+                    break;
+                }
+                live.sort_by_key(|&m| (served[m].iter().map(|(q, ..)| observed[*q].calls).sum::<i64>(), m));
+                let mut dropped = false;
+                for &x in &live {
+                    let others: Vec<usize> = live.iter().copied().filter(|&m| m != x).collect();
+                    let hypo: Vec<String> = others.iter().map(|&m| format!("CREATE INDEX ON {} USING btree ({})", t.qualified, defs[m])).collect();
+                    let mut moves = Vec::new();
+                    for &(q, before, after) in &served[x] {
+                        let Ok(Some((plan, names))) = explain(&observed[q], hypopg.as_deref(), &hypo) else { break };
+                        let used = plan.scans.iter().filter(|s| relation(&s.schema, &s.relation) == Some(relid)).find_map(|s| {
+                            let ix = s.index.as_deref()?;
+                            names.iter().position(|n| n == ix)
+                        });
+                        match (used, after) {
+                            (Some(u), Some(a)) if plan.cost <= a * (1.0 + MIN_GAIN) && plan.cost <= before * (1.0 - MIN_GAIN) => {
+                                moves.push((others[u], (q, before, Some(plan.cost))))
+                            }
+                            _ => break,
+                        }
+                    }
+                    if moves.len() == served[x].len() {
+                        served[x].clear();
+                        for (y, s) in moves {
+                            if !served[y].iter().any(|(q, ..)| *q == s.0) {
+                                served[y].push(s);
+                            }
+                        }
+                        dropped = true;
+                        break;
+                    }
+                }
+                if !dropped {
+                    break;
                 }
             }
         }

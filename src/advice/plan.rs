@@ -137,13 +137,17 @@ fn split_qualified(s: &str) -> Option<Vec<String>> {
 }
 
 /// The index a query would want on one table: the workspace column, the other equality columns
-/// (in attribute order, so that shapes with the same columns agree), then the sort keys the
-/// query orders by (with their direction), or else one range column.
+/// in the order given (the caller orders them the same way for every query of the table, so
+/// that shapes sharing columns share prefixes), then the sort keys the query orders by (with
+/// their direction), or else one range column.
 pub(crate) fn candidate(workspace: i16, equal: &[i16], sort: Option<&[Key]>, range: &[i16]) -> Vec<Key> {
     let mut keys = vec![Key { attnum: workspace, desc: false }];
-    let mut eq: Vec<i16> = equal.iter().copied().filter(|&a| a != workspace).collect();
-    eq.sort_unstable();
-    eq.dedup();
+    let mut eq: Vec<i16> = Vec::new();
+    for &a in equal {
+        if a != workspace && !eq.contains(&a) {
+            eq.push(a);
+        }
+    }
     keys.extend(eq.iter().map(|&attnum| Key { attnum, desc: false }));
     let fixed = |a: i16| a == workspace || eq.contains(&a);
     match sort {
@@ -294,8 +298,8 @@ mod tests {
 
     #[test]
     fn candidates_lead_with_the_workspace_then_equality_then_sort() {
-        // workspace 2, equality on 9 and 3, ordered by 5 DESC
-        assert_eq!(candidate(2, &[9, 3, 2], Some(&[k(5, true)]), &[]), vec![k(2, false), k(3, false), k(9, false), k(5, true)]);
+        // workspace 2, equality on 9 and 3 (in that order), ordered by 5 DESC
+        assert_eq!(candidate(2, &[9, 3, 2], Some(&[k(5, true)]), &[]), vec![k(2, false), k(9, false), k(3, false), k(5, true)]);
         // no sort: one range column
         assert_eq!(candidate(2, &[4], None, &[7, 8]), vec![k(2, false), k(4, false), k(7, false)]);
         // a sort key that is also an equality column adds nothing
