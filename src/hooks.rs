@@ -21,7 +21,10 @@
 //!    and internal depth repaired after an abort; the utility hook restores the depth at the
 //!    call itself); then, preload only, the relcache callback of "is the extension installed
 //!    here", and the planner, executor and utility hooks (C trampolines, `src/pg/hooks.c`).
-//! 5. The `tenancy.` prefix reserved, last: every tenancy setting is defined by then.
+//! 5. Admission control (preload only): its slots share the shared-memory hooks of 2; its
+//!    abort, exit and limit-cache callbacks; its checks run inside the statement trampolines
+//!    of 4 (before ExecutorStart and utility statements, after ExecutorEnd).
+//! 6. The `tenancy.` prefix reserved, last: every tenancy setting is defined by then.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -39,6 +42,7 @@ unsafe extern "C-unwind" fn shmem_request() {
         }
         crate::quota::shmem_request();
         crate::stats::shmem_request();
+        crate::admission::shmem_request();
     }
 }
 
@@ -52,6 +56,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         }
         crate::quota::shmem_startup();
         crate::stats::shmem_startup();
+        crate::admission::shmem_startup();
     }
 }
 
@@ -86,5 +91,9 @@ pub(crate) fn install() {
         crate::stats::install_hooks();
     }
     // 5.
+    if preloading {
+        crate::admission::register_callbacks();
+    }
+    // 6.
     crate::context::reserve_prefix();
 }

@@ -4,6 +4,8 @@
 //! - [`pg`]: the layer over PostgreSQL's C API (unguarded calls and their contract, shared
 //!   memory and LWLock guards, backend-local state, role and search-path scopes, read-only SPI).
 //! - [`hooks`]: every setting, hook and callback tenancy installs, in one documented order.
+//! - [`admission`]: per-workspace admission control and statement timeouts (fair sharing;
+//!   SQL in `sql/admission.sql`).
 //! - [`advice`]: index advice from the observed workload (pg_qualstats, hypopg), behind
 //!   `index_advice()` (SQL in `sql/audit.sql`).
 //! - [`compat`]: a database whose SQL is older than the library (kept C symbols, the version
@@ -27,6 +29,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+pub mod admission;
 pub mod advice;
 pub mod compat;
 pub mod context;

@@ -42,4 +42,8 @@ extern "C" {
     /// `_PG_init`, preload only).
     #[link_name = "tenancy_install_statement_hooks"]
     pub(crate) fn install_statement_hooks();
+    /// Re-arms PostgreSQL's statement timeout to `ms` from now unless the running one ends
+    /// sooner (`src/pg/hooks.c`; `utils/timeout.h` has no pgrx binding). Raises nothing.
+    #[link_name = "tenancy_arm_statement_timeout"]
+    pub(crate) fn arm_statement_timeout(ms: std::ffi::c_int);
 }

@@ -25,6 +25,8 @@
 #include "executor/executor.h"
 #include "optimizer/planner.h"
 #include "tcop/utility.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 #define TENANCY_FRAME_WORDS 4
 
@@ -38,6 +40,12 @@ extern int64 tenancy_nesting_enter(void);
 extern void tenancy_nesting_restore(int64 depth);
 extern int64 tenancy_utility_enter(PlannedStmt *pstmt, int64 *frame);
 extern void tenancy_utility_exit(int64 frame, int64 depth);
+/* Rust bodies (src/admission.rs): per-workspace admission control. */
+extern void tenancy_admission_start(QueryDesc *query_desc);
+extern void tenancy_admission_run(QueryDesc *query_desc);
+extern void tenancy_admission_end(QueryDesc *query_desc);
+extern int64 tenancy_admission_utility_start(PlannedStmt *pstmt);
+extern void tenancy_admission_utility_end(int64 token);
 
 static planner_hook_type prev_planner = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
@@ -68,6 +76,9 @@ tenancy_executor_start(QueryDesc *query_desc, int eflags)
 {
 	uint64		frame[TENANCY_FRAME_WORDS] = {0};
 
+	/* may wait for a slot of the workspace, or raise 53000 (a slot taken is given back at
+	 * ExecutorEnd, or by the abort callbacks if the statement fails before) */
+	tenancy_admission_start(query_desc);
 	tenancy_executor_start_enter(frame);
 	if (prev_executor_start)
 		prev_executor_start(query_desc, eflags);
@@ -80,7 +91,10 @@ static void
 tenancy_executor_run(QueryDesc *query_desc, ScanDirection direction, uint64 count,
 					 bool execute_once)
 {
-	int64		depth = tenancy_nesting_enter();
+	int64		depth;
+
+	tenancy_admission_run(query_desc);
+	depth = tenancy_nesting_enter();
 
 	PG_TRY();
 	{
@@ -123,6 +137,7 @@ tenancy_executor_end(QueryDesc *query_desc)
 		prev_executor_end(query_desc);
 	else
 		standard_ExecutorEnd(query_desc);
+	tenancy_admission_end(query_desc);
 }
 
 static void
@@ -131,6 +146,7 @@ tenancy_process_utility(PlannedStmt *pstmt, const char *query_string, bool read_
 						QueryEnvironment *query_env, DestReceiver *dest, QueryCompletion *qc)
 {
 	int64		frame;
+	int64		admission = tenancy_admission_utility_start(pstmt);
 	int64		depth = tenancy_utility_enter(pstmt, &frame);
 
 	PG_TRY();
@@ -145,8 +161,27 @@ tenancy_process_utility(PlannedStmt *pstmt, const char *query_string, bool read_
 	PG_FINALLY();
 	{
 		tenancy_utility_exit(frame, depth);
+		tenancy_admission_utility_end(admission);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Re-arm PostgreSQL's statement timeout to `ms` from now, unless the one running ends sooner
+ * (a workspace's statement_timeout: the smaller of it and the session's wins). PostgreSQL
+ * disables the statement timeout when the statement ends, as it does its own.
+ */
+extern void tenancy_arm_statement_timeout(int ms);
+
+void
+tenancy_arm_statement_timeout(int ms)
+{
+	if (ms <= 0)
+		return;
+	if (get_timeout_active(STATEMENT_TIMEOUT) &&
+		get_timeout_finish_time(STATEMENT_TIMEOUT) <= GetCurrentTimestamp() + (TimestampTz) ms * 1000)
+		return;
+	enable_timeout_after(STATEMENT_TIMEOUT, ms);
 }
 
 /* Called once from _PG_init in the postmaster (preload only). */

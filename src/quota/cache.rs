@@ -156,7 +156,7 @@ pub(super) fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClie
     let owner = caches.counter_owner.expect("set above");
     let entry = as_user(owner, || -> Result<Option<TableQuota>, TenancyError> {
         let arg = [(pg_sys::OIDOID, pg_sys::Datum::from(relid))];
-        let cfg = select_latest(
+        let cfg = crate::pg::spi::select_latest(
             "SELECT workspace_column::text, counted_when,
                     EXISTS (SELECT FROM tenancy.quota_shared_mark m WHERE m.tbl = t.tbl)
                FROM tenancy.quota_table t WHERE t.tbl = $1",
@@ -176,7 +176,7 @@ pub(super) fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClie
             shared_counts = true;
         }
         let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new(), shared_counts };
-        for row in select_latest("SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1", &arg)? {
+        for row in crate::pg::spi::select_latest("SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1", &arg)? {
             // SAFETY: datums of a uuid and a bigint column of the row just read.
             let max = row[1].map(|d| d.value() as i64);
             match row[0] {

@@ -97,9 +97,12 @@ pub(super) unsafe extern "C-unwind" fn subxact_callback(
     });
 }
 
-/// At a top-level start nothing can still be running: forget state an ERROR left behind.
+/// At a top-level start nothing can still be running: forget state an ERROR left behind. Not
+/// inside tenancy's own queries (INTERNAL > 0): those run at depth 0 when another capability
+/// reads its settings before a statement starts (admission control, in ExecutorStart), and an
+/// ERROR resets INTERNAL through the abort callbacks anyway.
 pub(super) fn reset_if_top() {
-    if NESTING.load(Relaxed) == 0 {
+    if NESTING.load(Relaxed) == 0 && INTERNAL.load(Relaxed) == 0 {
         INTERNAL.store(0, Relaxed);
         STARTED.with(|s| s.borrow_mut().clear());
     }
