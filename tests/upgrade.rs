@@ -66,7 +66,14 @@ fn old_database(cluster: &Cluster, db: &str, version: &str) -> Client {
          SELECT count(*) FROM tenancy.enable_rls_all();
          SELECT tenancy.enable_rls('\"Segment\"', 'workspaceId', true);
          SELECT tenancy.create_app_role('{APP}');
-         SELECT tenancy.create_cross_workspace_role('{CROSS}', '{APP}');"
+         SELECT tenancy.create_cross_workspace_role('{CROSS}', '{APP}');
+         -- admission limits, from 0.4.0 on
+         DO $$ BEGIN
+             IF to_regprocedure('tenancy.set_limits(integer,interval,interval,uuid)') IS NOT NULL THEN
+                 PERFORM tenancy.set_limits(8, interval '2 s', interval '30 s');
+                 PERFORM tenancy.set_limits(2, interval '1 s', NULL, '{a}');
+             END IF;
+         END $$;"
     ))
     .unwrap();
     c
@@ -90,6 +97,16 @@ fn state(c: &mut Client) -> Vec<String> {
            WHERE m.member::regrole::text LIKE 'tenancy_upg%' OR m.roleid::regrole::text LIKE 'tenancy_upg%' ORDER BY 1",
     ] {
         out.extend(c.query(sql, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)));
+    }
+    // admission limits, where the version has them
+    let has_limits: bool = c.query_one("SELECT to_regclass('tenancy.workspace_limit') IS NOT NULL", &[]).unwrap().get(0);
+    if has_limits {
+        out.extend(
+            c.query("SELECT format('limits %s %s %s %s', workspace_id, max_active, max_wait, statement_timeout) FROM tenancy.workspace_limit ORDER BY 1", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0)),
+        );
     }
     out
 }
