@@ -307,3 +307,66 @@ fn bad_limits_are_refused_and_the_view_shows_sources() {
     let n: i64 = admin.query_one("SELECT count(*) FROM tenancy.workspace_limit", &[]).unwrap().get(0);
     assert_eq!(n, 1);
 }
+
+/// A backend terminated while it holds a slot gives it back as it exits; one killed with SIGKILL
+/// takes the server through a crash-restart, which starts with no slot in use.
+#[test]
+fn terminated_and_killed_backends_leak_no_slot() {
+    let cluster = Cluster::start("it-admission-crash", 25464, &[]);
+    let mut admin = cluster.fixture_db("adm_crash");
+    admin.batch_execute(&format!("SELECT tenancy.create_app_role('{APP}')")).unwrap();
+    let a = ws_id(&mut admin, "root", 1);
+    admin.batch_execute(&format!("SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')")).unwrap();
+    // the test clusters commit asynchronously: make the setup survive the crash below
+    admin.batch_execute("CHECKPOINT").unwrap();
+    let port = cluster.port;
+    let app_on = move |a: &str| {
+        let mut c = Client::connect(&format!("host=127.0.0.1 port={port} user={APP} dbname=adm_crash"), NoTls).unwrap();
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a]).unwrap();
+        (c, pid)
+    };
+    let active = |admin: &mut Client| -> i32 {
+        admin.query_one("SELECT coalesce(sum(active), 0)::int FROM tenancy.workspace_limits", &[]).unwrap().get(0)
+    };
+    for how in ["terminate", "kill -9"] {
+        let (mut holder, pid) = app_on(&a);
+        let sleeper = thread::spawn(move || holder.query("SELECT pg_sleep(30)", &[]).is_err());
+        for _ in 0..300 {
+            if active(&mut admin) == 1 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(active(&mut admin), 1, "{how}: the holder took the slot");
+        // at the limit: refused at once
+        assert_eq!(sqlstate(&app_on(&a).0.query("SELECT 1", &[]).unwrap_err()), "53000");
+        if how == "terminate" {
+            admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+        } else {
+            assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+        }
+        assert!(sleeper.join().unwrap(), "{how}: the holder's statement ended with an error");
+        // the server may be restarting: reconnect until it accepts connections
+        let mut admitted = false;
+        for _ in 0..300 {
+            match Client::connect(&format!("host=127.0.0.1 port={port} user={APP} dbname=adm_crash"), NoTls) {
+                Ok(mut c) => {
+                    c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a]).unwrap();
+                    match c.query("SELECT 1", &[]) {
+                        Ok(_) => {
+                            admitted = true;
+                            break;
+                        }
+                        Err(e) if sqlstate(&e) == "53000" => thread::sleep(Duration::from_millis(20)), // exit still in progress
+                        Err(e) => panic!("{how}: {e}"),
+                    }
+                }
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        assert!(admitted, "{how}: the slot was never given back");
+        admin = cluster.connect("adm_crash");
+        assert_eq!(active(&mut admin), 0, "{how}");
+    }
+}
