@@ -19,16 +19,26 @@ SELECT s.workspace_id,
        s.quota_rows_removed,
        s.quota_rejections,
        s.sessions,
-       @extschema@._pg_time(s.last_activity_us) AS last_activity
+       @extschema@._pg_time(s.last_activity_us) AS last_activity,
+       s.statements_admitted,
+       s.statements_waited,
+       s.admission_rejections,
+       s.statement_timeouts,
+       round(s.wait_time_ms::numeric, 3) AS wait_time_ms
   FROM @extschema@._workspace_stats() s
   LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid;
 COMMENT ON VIEW @extschema@.workspace_stats IS
-'Per workspace and database, since the last reset: top-level statements (queries) and nested ones, rows returned or affected, execution, planning and CPU time in milliseconds, rows added/removed in quota-enforced tables and quota rejections, sessions now holding the workspace, last activity. Tracked only in databases where the extension is installed. Rows are visible to roles with the privileges of pg_read_all_stats (superusers included) or of the extension''s owner; other roles see no row, whatever workspace they claim (tenancy.stats_info shows them the totals).';
+'Per workspace and database, since the last reset: top-level statements (queries) and nested ones, rows returned or affected, execution, planning and CPU time in milliseconds, rows added/removed in quota-enforced tables and quota rejections, sessions now holding the workspace, last activity, and admission control: statements admitted, waited, refused and timed out, wait time. Tracked only in databases where the extension is installed. Rows are visible to roles with the privileges of pg_read_all_stats (superusers included) or of the extension''s owner; other roles see no row, whatever workspace they claim (tenancy.stats_info shows them the totals).';
 COMMENT ON COLUMN @extschema@.workspace_stats.queries IS 'top-level statements run under this workspace context';
 COMMENT ON COLUMN @extschema@.workspace_stats.nested_queries IS 'statements run inside functions, triggers and procedures';
 COMMENT ON COLUMN @extschema@.workspace_stats.rows IS 'rows returned (SELECT) or affected (INSERT/UPDATE/DELETE)';
 COMMENT ON COLUMN @extschema@.workspace_stats.cpu_time_ms IS 'user + system CPU of top-level statements, planning included, and of the parallel workers of their queries';
 COMMENT ON COLUMN @extschema@.workspace_stats.sessions IS 'backends whose tenancy.workspace_id is this workspace now';
+COMMENT ON COLUMN @extschema@.workspace_stats.statements_admitted IS 'statements that took one of the workspace''s admission slots (tenancy.set_limits max_active)';
+COMMENT ON COLUMN @extschema@.workspace_stats.statements_waited IS 'statements that waited for a slot (admitted after a wait, or refused)';
+COMMENT ON COLUMN @extschema@.workspace_stats.admission_rejections IS 'statements refused with 53000 after waiting max_wait for a slot';
+COMMENT ON COLUMN @extschema@.workspace_stats.statement_timeouts IS 'statements cancelled by the workspace''s own statement_timeout';
+COMMENT ON COLUMN @extschema@.workspace_stats.wait_time_ms IS 'time statements spent waiting for a slot';
 GRANT SELECT ON @extschema@.workspace_stats TO PUBLIC;
 
 CREATE VIEW @extschema@.stats_info AS
@@ -41,7 +51,8 @@ GRANT SELECT ON @extschema@.stats_info TO PUBLIC;
 
 CREATE VIEW @extschema@.usage AS
 SELECT q.workspace_id, q.table_name, q.used, q.max_rows, q.source, q.pct,
-       s.queries, s.rows, s.exec_time_ms, s.cpu_time_ms, s.quota_rejections, s.last_activity
+       s.queries, s.rows, s.exec_time_ms, s.cpu_time_ms, s.quota_rejections, s.last_activity,
+       s.admission_rejections, s.wait_time_ms
   FROM @extschema@.quota_usage q
   LEFT JOIN @extschema@.workspace_stats s
     ON s.workspace_id = q.workspace_id AND s.database = pg_catalog.current_database();

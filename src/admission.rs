@@ -53,6 +53,9 @@ static HELD: BackendLocal<Vec<Held>> = BackendLocal::new(Vec::new());
 /// the session's statement timeout (disarming ours when the session has none) after the Bind
 /// message started the executor.
 static TIMEOUTS: BackendLocal<Vec<(usize, u64)>> = BackendLocal::new(Vec::new());
+/// Workspace statement timeouts armed in this transaction: (workspace, deadline in PostgreSQL
+/// microseconds). An abort at or after a deadline is counted as that workspace's timeout.
+static ARMED: BackendLocal<Vec<([u8; 16], i64)>> = BackendLocal::new(Vec::new());
 static EXIT_REGISTERED: BackendLocal<bool> = BackendLocal::new(false);
 /// Tokens of utility statements (distinct from QueryDesc addresses: odd, and counting up).
 static NEXT_TOKEN: AtomicI64 = AtomicI64::new(1);
@@ -80,6 +83,20 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         // at commit nothing should be left (holdable cursors have been run to completion)
         release_where(|_| true);
         TIMEOUTS.with(|t| t.borrow_mut().clear());
+        let armed = ARMED.with(|a| std::mem::take(&mut *a.borrow_mut()));
+        if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) && !armed.is_empty() {
+            // SAFETY: plain clock read.
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            let mut counted: Vec<[u8; 16]> = Vec::new();
+            for (ws, deadline) in armed {
+                if now >= deadline && !counted.contains(&ws) {
+                    counted.push(ws);
+                    crate::stats::record(ws, |e| {
+                        e.timed_out.fetch_add(1, Relaxed);
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -139,6 +156,7 @@ fn admit(key: usize) -> Option<u64> {
     // the clock starts before any wait for a slot, as the session's statement timeout does
     if let Some(ms) = lim.statement_timeout_ms {
         arm_statement_timeout(ms);
+        note_armed(ws, ms);
     }
     let Some(max) = lim.max_active else { return lim.statement_timeout_ms };
     if !EXIT_REGISTERED.with(|r| std::mem::replace(&mut *r.borrow_mut(), true)) {
@@ -146,14 +164,26 @@ fn admit(key: usize) -> Option<u64> {
         unsafe { pg_sys::before_shmem_exit(Some(at_exit), pg_sys::Datum::from(0)) };
     }
     match slots::acquire(&slot, max, lim.max_wait_ms) {
-        slots::Admitted::Slot { .. } => {
+        slots::Admitted::Slot { waited_ns } => {
             // SAFETY: reading the current nesting level.
             let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
             HELD.with(|h| h.borrow_mut().push(Held { key, slot, level }));
+            crate::stats::record(ws, |e| {
+                e.admitted.fetch_add(1, Relaxed);
+                if waited_ns > 0 {
+                    e.waited.fetch_add(1, Relaxed);
+                    e.wait_ns.fetch_add(waited_ns, Relaxed);
+                }
+            });
             lim.statement_timeout_ms
         }
         slots::Admitted::Untracked => lim.statement_timeout_ms,
         slots::Admitted::TimedOut { waited_ns } => {
+            crate::stats::record(ws, |e| {
+                e.rejected.fetch_add(1, Relaxed);
+                e.waited.fetch_add(1, Relaxed);
+                e.wait_ns.fetch_add(waited_ns, Relaxed);
+            });
             let ws_text = crate::uuid_text::canonical(&ws);
             TenancyError::new(
                 Code::ERRCODE_INSUFFICIENT_RESOURCES,
@@ -168,6 +198,13 @@ fn admit(key: usize) -> Option<u64> {
             .raise()
         }
     }
+}
+
+/// Remember that `ws`'s statement timeout of `ms` runs from now (for the timeout counter).
+fn note_armed(ws: [u8; 16], ms: u64) {
+    // SAFETY: plain clock read.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    ARMED.with(|a| a.borrow_mut().push((ws, now + (ms as i64) * 1000)));
 }
 
 /// Re-arm PostgreSQL's statement timeout to `ms` from now, unless the session's own ends sooner.
@@ -208,6 +245,9 @@ pub extern "C-unwind" fn tenancy_admission_run(query_desc: *mut pg_sys::QueryDes
     let ms = TIMEOUTS.with(|t| t.borrow().iter().rev().find(|(q, _)| *q == query_desc as usize).map(|(_, ms)| *ms));
     if let Some(ms) = ms {
         arm_statement_timeout(ms);
+        if let Some(ws) = crate::context::current() {
+            note_armed(ws, ms);
+        }
     }
 }
 

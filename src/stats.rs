@@ -105,6 +105,13 @@ pub(crate) struct Entry {
     pub(crate) rows_added: AtomicU64,
     pub(crate) rows_removed: AtomicU64,
     pub(crate) quota_rejections: AtomicU64,
+    /// admission control (crate::admission): statements that took a slot, that waited for one,
+    /// refused after max_wait (53000), cancelled by the workspace statement timeout; wait time
+    pub(crate) admitted: AtomicU64,
+    pub(crate) waited: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) wait_ns: AtomicU64,
     last_activity: AtomicI64,
 }
 
@@ -236,5 +243,5 @@ fn require_preloaded() -> Result<&'static Shared, TenancyError> {
 pgrx::extension_sql_file!(
     "../sql/stats.sql",
     name = "stats_sql",
-    requires = ["quota_sql", sql::stats_rows, sql::stats_info_v2, sql::reset_stats]
+    requires = ["quota_sql", sql::stats_rows_v2, sql::stats_info_v2, sql::reset_stats]
 );

@@ -149,6 +149,18 @@ fn waits_end_in_arrival_order_and_max_wait_refuses_with_53000() {
     assert!(e.message().contains(&a) && e.hint().is_some() && e.detail().is_some(), "{e:?}");
     assert!(waited >= Duration::from_millis(140) && waited < Duration::from_millis(700), "waited {waited:?}");
     hold.join().unwrap();
+    // counted in workspace_stats: 1 + 3 + 1 admitted (holders and waiters), 3 waited and
+    // admitted + 1 refused, with their wait time
+    let r = connect(&db)
+        .query_one(
+            "SELECT statements_admitted, statements_waited, admission_rejections, wait_time_ms::float8
+               FROM tenancy.workspace_stats WHERE workspace_id = $1::text::uuid AND database = current_database()",
+            &[&a],
+        )
+        .unwrap();
+    let (admitted, waited_n, rejected, wait_ms): (i64, i64, i64, f64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!((admitted, waited_n, rejected), (5, 4, 1), "admitted, waited, refused");
+    assert!(wait_ms > 400.0, "wait time {wait_ms} ms");
 }
 
 #[test]
@@ -266,6 +278,12 @@ fn other_workspaces_are_not_slowed_and_timeouts_are_per_workspace() {
     let t = Instant::now();
     assert_eq!(sqlstate(&c.query("SELECT pg_sleep(1)", &[]).unwrap_err()), "57014");
     assert!(t.elapsed() < Duration::from_millis(280), "{:?}", t.elapsed());
+    // only the first was the workspace's timeout
+    let timeouts: i64 = connect(&db)
+        .query_one("SELECT statement_timeouts FROM tenancy.workspace_stats WHERE workspace_id = $1::text::uuid AND database = current_database()", &[&b])
+        .unwrap()
+        .get(0);
+    assert_eq!(timeouts, 1);
     // no context, or a superuser: not throttled
     connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')")).unwrap();
     let hold = {

@@ -123,7 +123,6 @@ unsafe fn remove_if_idle(key: &Key, e: *mut Entry) {
 }
 
 /// How an admission ended.
-#[allow(dead_code)] // the wait times feed the per-workspace counters (issue 15, next step)
 pub(super) enum Admitted {
     /// took a slot; `waited_ns` spent waiting for it
     Slot { waited_ns: u64 },

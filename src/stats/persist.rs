@@ -30,6 +30,9 @@ pub(super) struct SavedEntry {
     workspace: String,
     /// queries, nested, rows, exec_ns, plan_ns, cpu_ns, rows_added, rows_removed, rejections
     counters: [u64; 9],
+    /// admitted, waited, rejected, timed_out, wait_ns (absent from files written before 0.4.0)
+    #[serde(default)]
+    admission: [u64; 5],
     last_activity_us: i64,
 }
 
@@ -84,6 +87,12 @@ pub(super) unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
         e.rows_added = AtomicU64::new(c[6]);
         e.rows_removed = AtomicU64::new(c[7]);
         e.quota_rejections = AtomicU64::new(c[8]);
+        let a = saved.admission;
+        e.admitted = AtomicU64::new(a[0]);
+        e.waited = AtomicU64::new(a[1]);
+        e.rejected = AtomicU64::new(a[2]);
+        e.timed_out = AtomicU64::new(a[3]);
+        e.wait_ns = AtomicU64::new(a[4]);
         e.last_activity = AtomicI64::new(saved.last_activity_us);
         loaded += 1;
     }
@@ -113,7 +122,8 @@ pub(super) unsafe extern "C-unwind" fn shmem_shutdown(code: c_int, _arg: pg_sys:
             .map(|s| SavedEntry {
                 dbid: u32::from(s.key.dbid),
                 workspace: crate::uuid_text::canonical(&s.key.ws),
-                counters: s.v,
+                counters: s.v[..9].try_into().expect("9 counters"),
+                admission: s.v[9..].try_into().expect("5 counters"),
                 last_activity_us: s.last,
             })
             .collect(),

@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) struct Snapshot {
     pub(super) key: Key,
-    pub(super) v: [u64; 9],
+    pub(super) v: [u64; 14],
     pub(super) last: i64,
 }
 
@@ -31,6 +31,11 @@ pub(super) fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
                     e.rows_added.load(Relaxed),
                     e.rows_removed.load(Relaxed),
                     e.quota_rejections.load(Relaxed),
+                    e.admitted.load(Relaxed),
+                    e.waited.load(Relaxed),
+                    e.rejected.load(Relaxed),
+                    e.timed_out.load(Relaxed),
+                    e.wait_ns.load(Relaxed),
                 ],
                 last: e.last_activity.load(Relaxed),
             })
@@ -72,7 +77,99 @@ pub(super) fn can_read_stats() -> bool {
 }
 
 #[allow(clippy::type_complexity)]
+type StatsRow = (
+    pgrx::Uuid,
+    pg_sys::Oid,
+    i64,
+    i64,
+    i64,
+    f64,
+    f64,
+    f64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    f64,
+    i64,
+    i64,
+);
+
+fn stats_rows_all() -> Result<Vec<StatsRow>, pgrx::pg_sys::panic::ErrorReport> {
+    let shared = require_preloaded()?;
+    if !can_read_stats() {
+        return Ok(Vec::new());
+    }
+    let sessions = sessions_by_key();
+    Ok(copy_entries(shared, true)
+        .into_iter()
+        .map(|s| {
+            let ms = |ns: u64| ns as f64 / 1e6;
+            (
+                pgrx::Uuid::from_bytes(s.key.ws),
+                s.key.dbid,
+                s.v[0] as i64,
+                s.v[1] as i64,
+                s.v[2] as i64,
+                ms(s.v[3]),
+                ms(s.v[4]),
+                ms(s.v[5]),
+                s.v[6] as i64,
+                s.v[7] as i64,
+                s.v[8] as i64,
+                s.v[9] as i64,
+                s.v[10] as i64,
+                s.v[11] as i64,
+                s.v[12] as i64,
+                ms(s.v[13]),
+                sessions.get(&(u32::from(s.key.dbid), s.key.ws)).copied().unwrap_or(0),
+                s.last,
+            )
+        })
+        .collect())
+}
+
+/// `tenancy._workspace_stats()` since 0.4.0 (C symbol `stats_rows_v2_wrapper`): with the
+/// admission counters.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_restricted, name = "_workspace_stats")]
+pub(super) fn stats_rows_v2() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(workspace_id, pgrx::Uuid),
+            name!(dbid, pg_sys::Oid),
+            name!(queries, i64),
+            name!(nested_queries, i64),
+            name!(rows, i64),
+            name!(exec_time_ms, f64),
+            name!(plan_time_ms, f64),
+            name!(cpu_time_ms, f64),
+            name!(quota_rows_added, i64),
+            name!(quota_rows_removed, i64),
+            name!(quota_rejections, i64),
+            name!(statements_admitted, i64),
+            name!(statements_waited, i64),
+            name!(admission_rejections, i64),
+            name!(statement_timeouts, i64),
+            name!(wait_time_ms, f64),
+            name!(sessions, i64),
+            name!(last_activity_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    Ok(TableIterator::new(stats_rows_all()?))
+}
+
+/// `tenancy._workspace_stats()` as the SQL of 0.1.0 to 0.3.0 declares it (C symbol
+/// `stats_rows_wrapper`, without the admission counters): kept for databases not yet updated
+/// (see `crate::compat`).
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
 pub(super) fn stats_rows() -> Result<
     TableIterator<
         'static,
@@ -94,33 +191,9 @@ pub(super) fn stats_rows() -> Result<
     >,
     pgrx::pg_sys::panic::ErrorReport,
 > {
-    let shared = require_preloaded()?;
-    if !can_read_stats() {
-        return Ok(TableIterator::new(Vec::new()));
-    }
-    let sessions = sessions_by_key();
-    let rows: Vec<_> = copy_entries(shared, true)
-        .into_iter()
-        .map(|s| {
-            let ms = |ns: u64| ns as f64 / 1e6;
-            (
-                pgrx::Uuid::from_bytes(s.key.ws),
-                s.key.dbid,
-                s.v[0] as i64,
-                s.v[1] as i64,
-                s.v[2] as i64,
-                ms(s.v[3]),
-                ms(s.v[4]),
-                ms(s.v[5]),
-                s.v[6] as i64,
-                s.v[7] as i64,
-                s.v[8] as i64,
-                sessions.get(&(u32::from(s.key.dbid), s.key.ws)).copied().unwrap_or(0),
-                s.last,
-            )
-        })
-        .collect();
-    Ok(TableIterator::new(rows))
+    Ok(TableIterator::new(
+        stats_rows_all()?.into_iter().map(|r| (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.16, r.17)),
+    ))
 }
 
 /// `tenancy._stats_info()` since 0.2.0 (C symbol `stats_info_v2_wrapper`).
