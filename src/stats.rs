@@ -160,7 +160,7 @@ pub(crate) fn define_settings(preloading: bool) {
         GucRegistry::define_int_guc(
         c"tenancy.max_workspaces",
         c"Number of (database, workspace) entries kept in shared memory for usage statistics.",
-        c"Server start only. About 130 bytes each (see tenancy.stats_info.bytes_per_entry); the least recently active are evicted when full.",
+        c"Server start only. About 170 bytes each (see tenancy.stats_info.bytes_per_entry); the least recently active are evicted when full.",
         &MAX_WORKSPACES,
         100,
         1_000_000,
