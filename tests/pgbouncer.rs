@@ -307,3 +307,81 @@ fn session_level_context_leaks_through_the_pool() {
     let r = seen_by_b(&mut a);
     assert_eq!((r[0].as_deref(), r[1].as_deref()), (None, Some("0")), "context left after RESET");
 }
+
+/// Admission control behind transaction pooling: workspace A limited to 1 statement at once,
+/// 3 clients of A and 1 of B through a pool of 4 server connections. A's statements never
+/// overlap (measured inside them), A's waiters hold server connections (1 running + 2 waiting
+/// = 3 of 4), and B is served by the 4th without waiting behind A.
+#[test]
+fn admission_limits_hold_through_transaction_pooling() {
+    const APP: &str = "tenancy_it_pgb_adm";
+    let db = fresh_db("pgb_admission");
+    let mut admin = connect(&db);
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.create_app_role('{APP}');
+             CREATE FUNCTION public.timed_sleep(secs float8, OUT s float8, OUT e float8) LANGUAGE plpgsql AS $$
+                 BEGIN s := extract(epoch FROM clock_timestamp()); PERFORM pg_sleep(secs); e := extract(epoch FROM clock_timestamp()); END $$;
+             GRANT EXECUTE ON FUNCTION public.timed_sleep(float8) TO {APP};"
+        ))
+        .unwrap();
+    let a = ws_id(&mut admin, "root", 1);
+    let b = ws_id(&mut admin, "root", 2);
+    admin.batch_execute(&format!("SELECT tenancy.set_limits(1, interval '5 s', workspace => '{a}')")).unwrap();
+    let bouncer = Arc::new(Pgbouncer::start(
+        "admission",
+        25465,
+        port(),
+        4,
+        &[APP],
+        &[PoolDb { alias: "tenancy_pgb_adm", dbname: &db, pool_size: Some(4) }],
+    ));
+    let start = Arc::new(Barrier::new(4));
+    let heavy: Vec<_> = (0..3)
+        .map(|_| {
+            let (bouncer, start, a) = (bouncer.clone(), start.clone(), a.clone());
+            std::thread::spawn(move || {
+                let mut c = bouncer.connect_as("tenancy_pgb_adm", APP);
+                start.wait();
+                (0..3)
+                    .map(|_| {
+                        c.batch_execute(&format!("BEGIN; SELECT tenancy.set_workspace('{a}', true)")).unwrap();
+                        let r = row(&mut c, "SELECT s, e FROM public.timed_sleep(0.2)").unwrap();
+                        c.batch_execute("COMMIT").unwrap();
+                        let f = |i: usize| r[i].as_deref().unwrap().parse::<f64>().unwrap();
+                        (f(0), f(1))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let light = {
+        let (bouncer, start, b) = (bouncer.clone(), start.clone(), b.clone());
+        std::thread::spawn(move || {
+            let mut c = bouncer.connect_as("tenancy_pgb_adm", APP);
+            start.wait();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (0..20)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    c.batch_execute(&format!("BEGIN; SELECT tenancy.set_workspace('{b}', true); SELECT count(*) FROM \"Segment\"; COMMIT")).unwrap();
+                    t.elapsed()
+                })
+                .max()
+                .unwrap()
+        })
+    };
+    let mut intervals: Vec<(f64, f64)> = heavy.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let slowest_b = light.join().unwrap();
+    intervals.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap());
+    for w in intervals.windows(2) {
+        assert!(w[1].0 >= w[0].1 - 0.001, "A's statements overlapped through the pool: {w:?}");
+    }
+    assert_eq!(intervals.len(), 9);
+    assert!(slowest_b < std::time::Duration::from_millis(150), "B waited behind A: {slowest_b:?}");
+    let waited: i64 = admin
+        .query_one("SELECT statements_waited FROM tenancy.workspace_stats WHERE workspace_id = $1::text::uuid AND database = current_database()", &[&a])
+        .unwrap()
+        .get(0);
+    assert!(waited >= 4, "A's statements waited for their slot: {waited}");
+}
