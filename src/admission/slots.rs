@@ -4,10 +4,12 @@
 //! # Locking
 //! One LWLock (tranche "tenancy admission") guards the hash table and every entry's counters,
 //! taken EXCLUSIVE for each admission and release (short: a lookup and two integers; never held
-//! while sleeping). An entry exists while it has an active or waiting statement: the last one
-//! out removes it, so the table holds at most one entry per running statement. The condition
-//! variable of an entry is only slept on while the sleeper counts in `waiting`, which keeps the
-//! entry (and so the variable) in place.
+//! while sleeping). Entries stay after their last statement ends (a workspace that runs once
+//! usually runs again: no hash insert and removal per statement); when the table is full, the
+//! idle ones (no statement active or waiting) are removed to make room. The table is sized for
+//! twice the backends, and every statement holding or waiting for a slot is in a backend, so a
+//! non-idle entry always finds room. The condition variable of an entry is only slept on while
+//! the sleeper counts in `waiting`, which keeps the entry (and so the variable) in place.
 //!
 //! # Order
 //! A statement that arrives while others wait queues behind them (no barging), and each release
@@ -94,12 +96,25 @@ fn lock() -> Option<LwLockGuard> {
     unsafe { SHARED.load(Relaxed).as_ref().map(|s| LwLockGuard::exclusive(s.lock)) }
 }
 
-/// The entry of `key` (created if absent, when `create`); null when absent or the table is full.
-/// Caller holds the lock.
+/// The entry of `key` (created if absent, when `create`); null when absent (or, creating, when
+/// the table is full even of non-idle entries). Caller holds the lock.
 unsafe fn entry(key: &Key, create: bool) -> *mut Entry {
+    // SAFETY: the caller holds the lock; a new entry is initialised before the lock is released.
+    unsafe {
+        let mut e = lookup(key, create);
+        if e.is_null() && create {
+            remove_idle();
+            e = lookup(key, create);
+        }
+        e
+    }
+}
+
+/// Caller holds the lock.
+unsafe fn lookup(key: &Key, create: bool) -> *mut Entry {
     let action = if create { pg_sys::HASHACTION::HASH_ENTER_NULL } else { pg_sys::HASHACTION::HASH_FIND };
     let mut found = false;
-    // SAFETY: the caller holds the lock; a new entry is initialised before the lock is released.
+    // SAFETY: see entry().
     unsafe {
         let e = pg_sys::hash_search(HASH.load(Relaxed), (key as *const Key).cast(), action, &mut found).cast::<Entry>();
         if !e.is_null() && !found {
@@ -112,13 +127,17 @@ unsafe fn entry(key: &Key, create: bool) -> *mut Entry {
     }
 }
 
-/// Remove `key`'s entry if nobody runs or waits. Caller holds the lock.
-unsafe fn remove_if_idle(key: &Key, e: *mut Entry) {
-    // SAFETY: the caller holds the lock; e is key's entry.
+/// Remove every entry without a statement active or waiting. Caller holds the lock.
+unsafe fn remove_idle() {
+    let mut idle: Vec<Key> = Vec::new();
+    // SAFETY: the caller holds the lock EXCLUSIVE; keys are collected, then removed.
     unsafe {
-        if (*e).active == 0 && (*e).waiting == 0 {
-            pg_sys::hash_search(HASH.load(Relaxed), (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
-        }
+        crate::pg::shmem::each_entry::<Entry>(HASH.load(Relaxed), |e| {
+            if e.active == 0 && e.waiting == 0 {
+                idle.push(e.key);
+            }
+        });
+        crate::pg::shmem::remove_keys(HASH.load(Relaxed), &idle);
     }
 }
 
@@ -153,7 +172,6 @@ impl Drop for Queued<'_> {
             if !self.holds_slot && (*e).waiting > 0 && (*e).active < (*e).max {
                 pg_sys::ConditionVariableSignal(&mut (*e).cv);
             }
-            remove_if_idle(self.key, e);
         }
     }
 }
@@ -233,17 +251,20 @@ pub(super) fn release(key: &Key) {
         if (*e).waiting > 0 {
             pg_sys::ConditionVariableSignal(&mut (*e).cv);
         }
-        remove_if_idle(key, e);
     }
 }
 
-/// (database, workspace, active, waiting) of every entry.
+/// (database, workspace, active, waiting) of every entry with a statement active or waiting.
 pub(super) fn snapshot() -> Vec<(u32, [u8; 16], u32, u32)> {
     let Some(_lock) = lock() else { return Vec::new() };
     let mut out = Vec::new();
     // SAFETY: lock held; entries read in place.
     unsafe {
-        crate::pg::shmem::each_entry::<Entry>(HASH.load(Relaxed), |e| out.push((e.key.dbid, e.key.ws, e.active, e.waiting)));
+        crate::pg::shmem::each_entry::<Entry>(HASH.load(Relaxed), |e| {
+            if e.active > 0 || e.waiting > 0 {
+                out.push((e.key.dbid, e.key.ws, e.active, e.waiting));
+            }
+        });
     }
     out
 }
