@@ -81,6 +81,8 @@ static TRACK: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SAVE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// New entries one backend may create per minute (burst of as many); -1: no limit.
 static NEW_ENTRY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NEW_ENTRY_LIMIT);
+/// Workspaces with their own label in the Prometheus metrics functions (sql/metrics.sql).
+static METRICS_WORKSPACES: GucSetting<i32> = GucSetting::<i32>::new(50);
 const DEFAULT_NEW_ENTRY_LIMIT: i32 = 100;
 
 /// Hash key. `_pad` is always zero: HASH_BLOBS hashes and compares all 24 bytes.
@@ -186,6 +188,16 @@ pub(crate) fn define_settings(preloading: bool) {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"tenancy.metrics_workspaces",
+        c"Workspaces with their own label in tenancy.workspace_metrics() and quota_metrics() (Prometheus).",
+        c"The most active ones; the others are summed into workspace '_other'. Bounds the series count at (this + 1) per metric and database.",
+        &METRICS_WORKSPACES,
+        0,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"tenancy.track",
         c"Collect per-workspace usage statistics.",
@@ -245,3 +257,4 @@ pgrx::extension_sql_file!(
     name = "stats_sql",
     requires = ["quota_sql", sql::stats_rows_v2, sql::stats_info_v2, sql::reset_stats]
 );
+pgrx::extension_sql_file!("../sql/metrics.sql", name = "metrics_sql", requires = ["stats_sql", "admission_sql"]);

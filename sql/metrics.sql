@@ -1,0 +1,60 @@
+-- Metrics for Prometheus with bounded cardinality (monitoring/queries.yaml reads these; issue 16):
+-- only the most active workspaces get their own label value, the rest are summed into
+-- workspace '_other', so totals stay exact and the series count stays bounded.
+
+CREATE FUNCTION @extschema@.workspace_metrics(top_n integer DEFAULT NULL)
+RETURNS TABLE (database name, workspace text, queries bigint, nested_queries bigint, rows bigint,
+               exec_seconds float8, plan_seconds float8, cpu_seconds float8,
+               quota_rows_added bigint, quota_rows_removed bigint, quota_rejections bigint,
+               sessions bigint, statements_admitted bigint, statements_waited bigint,
+               admission_rejections bigint, statement_timeouts bigint, wait_seconds float8)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH n AS (
+        SELECT greatest(coalesce(top_n, pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0) AS n
+    ), ranked AS (
+        SELECT s.*, row_number() OVER (ORDER BY s.queries + s.nested_queries DESC, s.database, s.workspace_id) AS rk
+          FROM @extschema@.workspace_stats s
+    )
+    SELECT r.database,
+           CASE WHEN r.rk <= n.n THEN r.workspace_id::text ELSE '_other' END,
+           sum(r.queries)::bigint, sum(r.nested_queries)::bigint, sum(r.rows)::bigint,
+           sum(r.exec_time_ms)::float8 / 1000, sum(r.plan_time_ms)::float8 / 1000, sum(r.cpu_time_ms)::float8 / 1000,
+           sum(r.quota_rows_added)::bigint, sum(r.quota_rows_removed)::bigint, sum(r.quota_rejections)::bigint,
+           sum(r.sessions)::bigint, sum(r.statements_admitted)::bigint, sum(r.statements_waited)::bigint,
+           sum(r.admission_rejections)::bigint, sum(r.statement_timeouts)::bigint, sum(r.wait_time_ms)::float8 / 1000
+      FROM ranked r CROSS JOIN n
+     GROUP BY 1, 2
+$fn$;
+COMMENT ON FUNCTION @extschema@.workspace_metrics(integer) IS
+'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): per database, the top_n most active (database, workspace) pairs by statements since the last reset get their own row, the rest are summed into workspace ''_other'' (totals stay exact; at most top_n + number of databases rows). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';
+
+CREATE FUNCTION @extschema@.quota_metrics(top_n integer DEFAULT NULL)
+RETURNS TABLE (table_name text, workspace text, used bigint, max_rows bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH n AS (
+        SELECT greatest(coalesce(top_n, pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0) AS n
+    ), ranked AS (
+        SELECT q.*, row_number() OVER (PARTITION BY q.table_name ORDER BY q.used DESC, q.workspace_id) AS rk
+          FROM @extschema@.quota_usage q
+    )
+    SELECT r.table_name::text,
+           CASE WHEN r.rk <= n.n THEN r.workspace_id::text ELSE '_other' END,
+           sum(r.used)::bigint,
+           -- a limit is per workspace: none for the '_other' sum
+           CASE WHEN r.rk <= n.n THEN max(r.max_rows) END
+      FROM ranked r CROSS JOIN n
+     GROUP BY 1, 2, r.rk <= n.n
+$fn$;
+COMMENT ON FUNCTION @extschema@.quota_metrics(integer) IS
+'Quota use for Prometheus (monitoring/queries.yaml): per enforced table, the top_n workspaces by rows used get their own row with their limit (NULL: unlimited), the rest are summed into workspace ''_other'' (no limit). top_n NULL: tenancy.metrics_workspaces.';
+
+REVOKE ALL ON FUNCTION @extschema@.workspace_metrics(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.quota_metrics(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.workspace_metrics(integer) TO pg_monitor;
+GRANT EXECUTE ON FUNCTION @extschema@.quota_metrics(integer) TO pg_monitor;
+GRANT SELECT ON @extschema@.quota_usage TO pg_monitor;
+GRANT EXECUTE ON FUNCTION @extschema@._quota_counts() TO pg_monitor;
