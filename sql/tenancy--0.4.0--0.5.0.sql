@@ -19,7 +19,7 @@ AS $fn$
     WITH n AS (
         SELECT greatest(coalesce(top_n, pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0) AS n
     ), ranked AS (
-        SELECT s.*, row_number() OVER (ORDER BY s.queries + s.nested_queries DESC, s.database, s.workspace_id) AS rk
+        SELECT s.*, row_number() OVER (PARTITION BY s.database ORDER BY s.queries + s.nested_queries DESC, s.workspace_id) AS rk
           FROM @extschema@.workspace_stats s
     )
     SELECT r.database,
@@ -34,7 +34,7 @@ AS $fn$
 $fn$;
 
 COMMENT ON FUNCTION @extschema@.workspace_metrics(integer) IS
-'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): per database, the top_n most active (database, workspace) pairs by statements since the last reset get their own row, the rest are summed into workspace ''_other'' (totals stay exact; at most top_n + number of databases rows). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';
+'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): in each database, the top_n most active workspaces by statements since the last reset get their own row, the rest are summed into workspace ''_other'' (totals stay exact; at most top_n + 1 rows per database). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';
 
 CREATE FUNCTION @extschema@.quota_metrics(top_n integer DEFAULT NULL)
 RETURNS TABLE (table_name text, workspace text, used bigint, max_rows bigint)
