@@ -29,7 +29,7 @@ mod limits;
 mod slots;
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::Relaxed};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -57,6 +57,24 @@ static TIMEOUTS: BackendLocal<Vec<(usize, u64)>> = BackendLocal::new(Vec::new())
 /// microseconds). An abort at or after a deadline is counted as that workspace's timeout.
 static ARMED: BackendLocal<Vec<([u8; 16], i64)>> = BackendLocal::new(Vec::new());
 static EXIT_REGISTERED: BackendLocal<bool> = BackendLocal::new(false);
+/// Read by the C trampolines (src/pg/hooks.c) so that a backend with nothing to admit pays no
+/// call into Rust per statement: the number of slots and armed timeouts this backend holds
+/// (ExecutorRun and ExecutorEnd have work only when it is not 0)...
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static tenancy_admission_busy: AtomicU32 = AtomicU32::new(0);
+/// ...and 1 once this backend has found no limits at all in its database (statement starts then
+/// skip admission until the limits change: see `limits::invalidate`).
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static tenancy_admission_none: AtomicU32 = AtomicU32::new(0);
+
+/// Keep [`tenancy_admission_busy`] equal to what HELD and TIMEOUTS hold.
+fn sync_busy() {
+    let n = HELD.with(|h| h.borrow().len()) + TIMEOUTS.with(|t| t.borrow().len());
+    tenancy_admission_busy.store(n as u32, Relaxed);
+}
+
 /// Tokens of utility statements (distinct from QueryDesc addresses: odd, and counting up).
 static NEXT_TOKEN: AtomicI64 = AtomicI64::new(1);
 
@@ -79,10 +97,15 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
+    // nothing held, nothing armed: the common case costs two loads
+    if tenancy_admission_busy.load(Relaxed) == 0 && ARMED.with(|a| a.borrow().is_empty()) {
+        return;
+    }
     if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE) {
         // at commit nothing should be left (holdable cursors have been run to completion)
         release_where(|_| true);
         TIMEOUTS.with(|t| t.borrow_mut().clear());
+        sync_busy();
         let armed = ARMED.with(|a| std::mem::take(&mut *a.borrow_mut()));
         if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) && !armed.is_empty() {
             // SAFETY: plain clock read.
@@ -107,7 +130,7 @@ unsafe extern "C-unwind" fn subxact_callback(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && tenancy_admission_busy.load(Relaxed) != 0 {
         // SAFETY: reading the current nesting level (the subtransaction being aborted).
         let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
         release_where(|h| h.level >= level);
@@ -126,6 +149,7 @@ fn release_where(pred: impl Fn(&Held) -> bool) {
         *h = kept;
         gone.into_iter().map(|x| x.slot).collect()
     });
+    sync_busy();
     for key in gone {
         slots::release(&key);
     }
@@ -137,8 +161,8 @@ fn admit(key: usize) -> Option<u64> {
     if !slots::enabled() || crate::pg::local::INTERNAL.load(Relaxed) > 0 {
         return None;
     }
-    // SAFETY: plain reads of backend globals.
-    if unsafe { pg_sys::ParallelWorkerNumber >= 0 || pg_sys::superuser() } {
+    // SAFETY: plain read of a backend global.
+    if unsafe { pg_sys::ParallelWorkerNumber >= 0 } {
         return None;
     }
     let ws = crate::context::current()?;
@@ -152,7 +176,13 @@ fn admit(key: usize) -> Option<u64> {
     if !unsafe { pg_sys::IsTransactionState() } {
         return None;
     }
+    // the limits first (cached; a database without any sets tenancy_admission_none, and the
+    // trampolines stop calling), then the role (a catalog lookup)
     let lim = limits::of(&ws)?;
+    // SAFETY: a syscache lookup on the current user, in a transaction.
+    if unsafe { pg_sys::superuser() } {
+        return None;
+    }
     // the clock starts before any wait for a slot, as the session's statement timeout does
     if let Some(ms) = lim.statement_timeout_ms {
         arm_statement_timeout(ms);
@@ -168,6 +198,7 @@ fn admit(key: usize) -> Option<u64> {
             // SAFETY: reading the current nesting level.
             let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
             HELD.with(|h| h.borrow_mut().push(Held { key, slot, level }));
+            sync_busy();
             crate::stats::record(ws, |e| {
                 e.admitted.fetch_add(1, Relaxed);
                 if waited_ns > 0 {
@@ -220,6 +251,7 @@ fn release(key: usize) {
         let i = h.iter().rposition(|x| x.key == key)?;
         Some(h.remove(i).slot)
     });
+    sync_busy();
     if let Some(slot) = slot {
         slots::release(&slot);
     }
@@ -235,6 +267,7 @@ fn release(key: usize) {
 pub extern "C-unwind" fn tenancy_admission_start(query_desc: *mut pg_sys::QueryDesc) {
     if let Some(ms) = admit(query_desc as usize) {
         TIMEOUTS.with(|t| t.borrow_mut().push((query_desc as usize, ms)));
+        sync_busy();
     }
 }
 

@@ -94,6 +94,8 @@ struct Quals {
 
 struct Observed {
     userid: pg_sys::Oid,
+    /// the search path the role's sessions start with; None: the role is gone
+    path: Option<CString>,
     text: String,
     calls: i64,
     quals: HashMap<pg_sys::Oid, Quals>,
@@ -423,7 +425,7 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
             *users.entry(queryid).or_default().entry(userid).or_default() += n;
             let o = by_query
                 .entry(queryid)
-                .or_insert_with(|| Observed { userid, text: String::new(), calls: 0, quals: HashMap::new() });
+                .or_insert_with(|| Observed { userid, path: None, text: String::new(), calls: 0, quals: HashMap::new() });
             o.calls = o.calls.max(n);
             let quals = o.quals.entry(relid).or_default();
             match op.as_str() {
@@ -453,7 +455,14 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
         }
         observed.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
         observed.truncate(max);
-        Ok((observed.into_iter().map(|(_, o)| o).collect(), unlinked))
+        Ok((observed.into_iter().map(|(_, o)| o).collect::<Vec<_>>(), unlinked))
+    })
+    .and_then(|(mut observed, unlinked)| {
+        // once per query: every plan of it is made under the same role and path
+        for o in observed.iter_mut() {
+            o.path = session_path(o.userid)?;
+        }
+        Ok((observed, unlinked))
     })
 }
 
@@ -461,30 +470,8 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
 /// `hypo` (CREATE INDEX statements) present. Returns the plan and the hypothetical indexes' names
 /// (as EXPLAIN shows them), or the error that made planning fail. None: the role is gone.
 fn explain(q: &Observed, hypopg: Option<&str>, hypo: &[String]) -> Result<Option<(plan::Plan, Vec<String>)>, String> {
-    let role_exists: bool = crate::pg::spi::one("SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE oid = $1)", &[DatumWithOid::from(q.userid)])
-        .map_err(|e| e.to_string())?
-        .unwrap_or(false);
-    if !role_exists {
-        return Ok(None);
-    }
+    let Some(path) = q.path.as_ref() else { return Ok(None) };
     let text = q.text.trim().trim_end_matches(';').to_string();
-    // the search path the role's sessions start with: its settings for this database, for every
-    // database, the database's, else the server's default
-    let path: String = crate::pg::spi::one(
-        "SELECT coalesce(
-                    (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
-                      WHERE s.setrole = $1 AND s.setdatabase = d.oid AND c LIKE 'search\\_path=%'),
-                    (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
-                      WHERE s.setrole = $1 AND s.setdatabase = 0 AND c LIKE 'search\\_path=%'),
-                    (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
-                      WHERE s.setrole = 0 AND s.setdatabase = d.oid AND c LIKE 'search\\_path=%'),
-                    (SELECT boot_val FROM pg_catalog.pg_settings WHERE name = 'search_path'))
-           FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
-        &[DatumWithOid::from(q.userid)],
-    )
-    .map_err(|e| e.to_string())?
-    .unwrap_or_else(|| "\"$user\", public".into());
-    let path = CString::new(path).map_err(|e| e.to_string())?;
     // pg_qualstats would count the plans made here as observations: off while they are made
     let quiet = [(c"pg_qualstats.enabled", c"off")];
     let result = in_subtransaction(|| -> Result<(plan::Plan, Vec<String>), pgrx::spi::Error> {
@@ -552,6 +539,31 @@ fn subject_to_rls(relid: pg_sys::Oid, role: pg_sys::Oid) -> Result<bool, pgrx::s
         &[DatumWithOid::from(relid), DatumWithOid::from(role)],
     )?
     .unwrap_or(true))
+}
+
+/// The search path `userid`'s sessions start with (None: the role is gone).
+fn session_path(userid: pg_sys::Oid) -> Result<Option<CString>, pgrx::spi::Error> {
+    let role_exists: bool = crate::pg::spi::one("SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE oid = $1)", &[DatumWithOid::from(userid)])?
+        .unwrap_or(false);
+    if !role_exists {
+        return Ok(None);
+    }
+    // the search path the role's sessions start with: its settings for this database, for every
+    // database, the database's, else the server's default
+    let path: String = crate::pg::spi::one(
+        "SELECT coalesce(
+                    (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
+                      WHERE s.setrole = $1 AND s.setdatabase = d.oid AND c LIKE 'search\\_path=%'),
+                    (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
+                      WHERE s.setrole = $1 AND s.setdatabase = 0 AND c LIKE 'search\\_path=%'),
+                    (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
+                      WHERE s.setrole = 0 AND s.setdatabase = d.oid AND c LIKE 'search\\_path=%'),
+                    (SELECT boot_val FROM pg_catalog.pg_settings WHERE name = 'search_path'))
+           FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
+        &[DatumWithOid::from(userid)],
+    )?
+    .unwrap_or_else(|| "\"$user\", public".into());
+    Ok(CString::new(path).ok())
 }
 
 fn extension_schema(name: &str) -> Result<Option<String>, pgrx::spi::Error> {

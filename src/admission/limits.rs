@@ -45,6 +45,7 @@ pub(super) fn invalidate(relid: pg_sys::Oid) {
         };
         if drop_it {
             *c = None;
+            super::tenancy_admission_none.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     });
 }
@@ -59,6 +60,8 @@ pub(super) fn of(ws: &[u8; 16]) -> Option<Limits> {
     }
     // tenancy's own queries (not admitted: no recursion into this lookup)
     let cache = crate::pg::local::internal(load);
+    let none = cache.default.is_none_or(|d| !d.any()) && !cache.own.values().any(Limits::any);
+    super::tenancy_admission_none.store(none as u32, std::sync::atomic::Ordering::Relaxed);
     let l = cache.own.get(ws).copied().or(cache.default);
     CACHE.with(|c| *c.borrow_mut() = Some(cache));
     l.filter(Limits::any)
@@ -127,11 +130,9 @@ fn load() -> Cache {
 }
 
 fn rel_owner(rel: pg_sys::Oid) -> pg_sys::Oid {
+    let superuser = pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID);
     if rel == pg_sys::InvalidOid {
-        return pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID);
+        return superuser;
     }
-    crate::pg::spi::one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[pgrx::datum::DatumWithOid::from(rel)])
-        .ok()
-        .flatten()
-        .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID))
+    crate::pg::catalog::rel_owner(rel).ok().flatten().unwrap_or(superuser)
 }

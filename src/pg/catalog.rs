@@ -93,3 +93,14 @@ pub(crate) fn extension_version(name: &CStr) -> Option<String> {
         version
     }
 }
+
+/// The owner of relation `relid` from pg_class (None: no such relation). Read-only SQL under a
+/// `pg_catalog`-only search path.
+pub(crate) fn rel_owner(relid: pg_sys::Oid) -> Result<Option<pg_sys::Oid>, pgrx::spi::Error> {
+    super::scope::with_catalog_path(|| {
+        super::spi::one::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
+            &[pgrx::datum::DatumWithOid::from(relid)],
+        )
+    })
+}

@@ -46,6 +46,10 @@ extern void tenancy_admission_run(QueryDesc *query_desc);
 extern void tenancy_admission_end(QueryDesc *query_desc);
 extern int64 tenancy_admission_utility_start(PlannedStmt *pstmt);
 extern void tenancy_admission_utility_end(int64 token);
+/* backend-local state of src/admission.rs, read here so that a backend with nothing to admit
+ * makes no call into Rust: slots and timeouts held, and "no limits in this database" */
+extern uint32 tenancy_admission_busy;
+extern uint32 tenancy_admission_none;
 
 static planner_hook_type prev_planner = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
@@ -78,7 +82,8 @@ tenancy_executor_start(QueryDesc *query_desc, int eflags)
 
 	/* may wait for a slot of the workspace, or raise 53000 (a slot taken is given back at
 	 * ExecutorEnd, or by the abort callbacks if the statement fails before) */
-	tenancy_admission_start(query_desc);
+	if (!tenancy_admission_none)
+		tenancy_admission_start(query_desc);
 	tenancy_executor_start_enter(frame);
 	if (prev_executor_start)
 		prev_executor_start(query_desc, eflags);
@@ -93,7 +98,8 @@ tenancy_executor_run(QueryDesc *query_desc, ScanDirection direction, uint64 coun
 {
 	int64		depth;
 
-	tenancy_admission_run(query_desc);
+	if (tenancy_admission_busy)
+		tenancy_admission_run(query_desc);
 	depth = tenancy_nesting_enter();
 
 	PG_TRY();
@@ -137,7 +143,8 @@ tenancy_executor_end(QueryDesc *query_desc)
 		prev_executor_end(query_desc);
 	else
 		standard_ExecutorEnd(query_desc);
-	tenancy_admission_end(query_desc);
+	if (tenancy_admission_busy)
+		tenancy_admission_end(query_desc);
 }
 
 static void
@@ -146,7 +153,7 @@ tenancy_process_utility(PlannedStmt *pstmt, const char *query_string, bool read_
 						QueryEnvironment *query_env, DestReceiver *dest, QueryCompletion *qc)
 {
 	int64		frame;
-	int64		admission = tenancy_admission_utility_start(pstmt);
+	int64		admission = tenancy_admission_none ? 0 : tenancy_admission_utility_start(pstmt);
 	int64		depth = tenancy_utility_enter(pstmt, &frame);
 
 	PG_TRY();
@@ -161,7 +168,8 @@ tenancy_process_utility(PlannedStmt *pstmt, const char *query_string, bool read_
 	PG_FINALLY();
 	{
 		tenancy_utility_exit(frame, depth);
-		tenancy_admission_utility_end(admission);
+		if (admission != 0)
+			tenancy_admission_utility_end(admission);
 	}
 	PG_END_TRY();
 }

@@ -45,11 +45,9 @@ pub(super) fn check_workspace_column(relid: pg_sys::Oid, column: &str) -> Result
     Ok(())
 }
 
-/// Owner of `relid` from pg_class (None: no such relation).
+/// Owner of `relid` (None: no such relation).
 pub(super) fn owner_of(relid: pg_sys::Oid) -> Result<Option<pg_sys::Oid>, TenancyError> {
-    Ok(with_catalog_path(|| {
-        crate::pg::spi::one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[DatumWithOid::from(relid)])
-    })?)
+    Ok(crate::pg::catalog::rel_owner(relid)?)
 }
 
 /// `tenancy._quota_count(tbl, workspace_column, counted_when)`: the rows of `tbl` counted per
