@@ -6,8 +6,12 @@ fn main() {
     println!("cargo:rerun-if-changed=src/pg/hooks.c");
     println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
     let pgrx = pgrx_pg_config::Pgrx::from_config().expect("pgrx configuration (cargo pgrx init)");
-    let pg_config = pgrx.get("pg15").expect("a pg_config for PostgreSQL 15 in pgrx's configuration");
-    let include = pg_config.includedir_server().expect("pg_config --includedir-server");
+    let pg_config = pgrx
+        .get("pg15")
+        .expect("a pg_config for PostgreSQL 15 in pgrx's configuration");
+    let include = pg_config
+        .includedir_server()
+        .expect("pg_config --includedir-server");
     let mut build = cc::Build::new();
     build.warnings(false); // cc adds -Wextra, which PostgreSQL's own headers do not pass
     build

@@ -42,6 +42,9 @@ trap 'scripts/cluster.sh start bench "$BENCH_PORT" --conf "max_parallel_workers_
 
 count() { # preload-list workload-file label: total instructions of one single-user run
     local out="$OUT/callgrind.$3"
+    # Same start for every run: no statistics saved by the previous run to load (the file's
+    # size differs between a short and a long run, which would not cancel out).
+    rm -f "$data/pg_stat/tenancy_stats.json"
     runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$PG_BIN/postgres" --single -D "$data" -c "shared_preload_libraries=$1" -c jit=off "$DB" \
         <"$2" >/dev/null 2>"$OUT/valgrind.$3.log"

@@ -101,7 +101,14 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     if tenancy_admission_busy.load(Relaxed) == 0 && ARMED.with(|a| a.borrow().is_empty()) {
         return;
     }
-    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE) {
+    if matches!(
+        event,
+        XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PREPARE
+    ) {
         // at commit nothing should be left (holdable cursors have been run to completion)
         release_where(|_| true);
         TIMEOUTS.with(|t| t.borrow_mut().clear());
@@ -130,7 +137,9 @@ unsafe extern "C-unwind" fn subxact_callback(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && tenancy_admission_busy.load(Relaxed) != 0 {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && tenancy_admission_busy.load(Relaxed) != 0
+    {
         // SAFETY: reading the current nesting level (the subtransaction being aborted).
         let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
         release_where(|h| h.level >= level);
@@ -188,7 +197,9 @@ fn admit(key: usize) -> Option<u64> {
         arm_statement_timeout(ms);
         note_armed(ws, ms);
     }
-    let Some(max) = lim.max_active else { return lim.statement_timeout_ms };
+    let Some(max) = lim.max_active else {
+        return lim.statement_timeout_ms;
+    };
     if !EXIT_REGISTERED.with(|r| std::mem::replace(&mut *r.borrow_mut(), true)) {
         // SAFETY: registering a 'static callback for this backend's exit.
         unsafe { pg_sys::before_shmem_exit(Some(at_exit), pg_sys::Datum::from(0)) };
@@ -275,7 +286,13 @@ pub extern "C-unwind" fn tenancy_admission_start(query_desc: *mut pg_sys::QueryD
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn tenancy_admission_run(query_desc: *mut pg_sys::QueryDesc) {
-    let ms = TIMEOUTS.with(|t| t.borrow().iter().rev().find(|(q, _)| *q == query_desc as usize).map(|(_, ms)| *ms));
+    let ms = TIMEOUTS.with(|t| {
+        t.borrow()
+            .iter()
+            .rev()
+            .find(|(q, _)| *q == query_desc as usize)
+            .map(|(_, ms)| *ms)
+    });
     if let Some(ms) = ms {
         arm_statement_timeout(ms);
         if let Some(ws) = crate::context::current() {
@@ -301,7 +318,9 @@ pub extern "C-unwind" fn tenancy_admission_end(query_desc: *mut pg_sys::QueryDes
 /// [`tenancy_admission_utility_end`] (0: nothing to give back).
 #[pg_guard]
 #[no_mangle]
-pub unsafe extern "C-unwind" fn tenancy_admission_utility_start(pstmt: *mut pg_sys::PlannedStmt) -> i64 {
+pub unsafe extern "C-unwind" fn tenancy_admission_utility_start(
+    pstmt: *mut pg_sys::PlannedStmt,
+) -> i64 {
     // SAFETY: PostgreSQL passes the statement about to run.
     let runs_queries = unsafe {
         let node = (*pstmt).utilityStmt;
@@ -336,15 +355,34 @@ pub extern "C-unwind" fn tenancy_admission_utility_end(token: i64) {
 /// (database, workspace, active, waiting) of every workspace with statements running or
 /// waiting under a limit now (all databases).
 #[pg_extern(volatile, parallel_restricted, name = "_admission_slots")]
-fn admission_slots() -> TableIterator<'static, (name!(database, pg_sys::Oid), name!(workspace_id, pgrx::Uuid), name!(active, i32), name!(waiting, i32))> {
+fn admission_slots() -> TableIterator<
+    'static,
+    (
+        name!(database, pg_sys::Oid),
+        name!(workspace_id, pgrx::Uuid),
+        name!(active, i32),
+        name!(waiting, i32),
+    ),
+> {
     TableIterator::new(
         slots::snapshot()
             .into_iter()
-            .map(|(db, ws, active, waiting)| (pg_sys::Oid::from(db), pgrx::Uuid::from_bytes(ws), active as i32, waiting as i32)),
+            .map(|(db, ws, active, waiting)| {
+                (
+                    pg_sys::Oid::from(db),
+                    pgrx::Uuid::from_bytes(ws),
+                    active as i32,
+                    waiting as i32,
+                )
+            }),
     )
 }
 
-pgrx::extension_sql_file!("../sql/admission.sql", name = "admission_sql", requires = ["quota_sql", admission_slots]);
+pgrx::extension_sql_file!(
+    "../sql/admission.sql",
+    name = "admission_sql",
+    requires = ["quota_sql", admission_slots]
+);
 
 pgrx::extension_sql!(
     r#"
@@ -355,4 +393,3 @@ COMMENT ON FUNCTION @extschema@._admission_slots() IS
     name = "admission_slots_sql",
     requires = [admission_slots]
 );
-

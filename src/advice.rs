@@ -37,7 +37,16 @@ const MIN_GAIN: f64 = 0.10;
 const STMT: &str = "tenancy_advice_query";
 
 /// (relid, kind, reason, ddl, queries, calls, cost_before, cost_after): see `_workload_advice`.
-type AdviceRow = (Option<pg_sys::Oid>, String, String, Option<String>, Option<String>, Option<i64>, Option<f64>, Option<f64>);
+type AdviceRow = (
+    Option<pg_sys::Oid>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+);
 
 fn note(reason: String) -> AdviceRow {
     (None, "note".into(), reason, None, None, None, None, None)
@@ -75,7 +84,10 @@ pub(crate) fn workload_advice(
     >,
     pgrx::spi::Error,
 > {
-    Ok(TableIterator::new(advise(workspace_column, max_queries.max(1) as usize)?))
+    Ok(TableIterator::new(advise(
+        workspace_column,
+        max_queries.max(1) as usize,
+    )?))
 }
 
 struct Tenant {
@@ -130,8 +142,15 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
         ));
         return Ok(rows);
     };
-    let preload: String = crate::pg::spi::one("SELECT pg_catalog.current_setting('shared_preload_libraries')", &[])?.unwrap_or_default();
-    if !preload.split(',').any(|l| l.trim().trim_matches('"') == "pg_qualstats") {
+    let preload: String = crate::pg::spi::one(
+        "SELECT pg_catalog.current_setting('shared_preload_libraries')",
+        &[],
+    )?
+    .unwrap_or_default();
+    if !preload
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "pg_qualstats")
+    {
         rows.push(note(
             "pg_qualstats is installed but not in shared_preload_libraries, so it observed nothing: add it (after tenancy) \
              and restart."
@@ -181,11 +200,15 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
             }
         };
         for scan in &base.scans {
-            let Some(relid) = relation(&scan.schema, &scan.relation) else { continue };
+            let Some(relid) = relation(&scan.schema, &scan.relation) else {
+                continue;
+            };
             if !tenants.contains_key(&relid) {
                 continue;
             }
-            let Some(quals) = q.quals.get(&relid) else { continue };
+            let Some(quals) = q.quals.get(&relid) else {
+                continue;
+            };
             let sort: Option<Vec<Key>> = (!scan.sort.is_empty()).then(|| {
                 scan.sort
                     .iter()
@@ -199,19 +222,38 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
             });
             // under row-level security a predicate whose operator is not leakproof stays a filter
             // above the policy (it cannot become an index condition): leave its column out
-            let rls = *rls_applies.entry((relid, q.userid)).or_insert_with(|| subject_to_rls(relid, q.userid).unwrap_or(true));
+            let rls = *rls_applies
+                .entry((relid, q.userid))
+                .or_insert_with(|| subject_to_rls(relid, q.userid).unwrap_or(true));
             let usable = |leakproof: bool| leakproof || !rls;
             // advice is for workspace-scoped access: the query (or the isolation policy) fixes the
             // workspace on this table; a join reaching it by another key is the primary key's job
             if !rls && !quals.equal.iter().any(|e| e.0 == tenants[&relid].workspace) {
                 continue;
             }
-            let equal: Vec<i16> = quals.equal.iter().filter(|e| usable(e.1)).map(|e| e.0).collect();
-            let range: Vec<i16> = quals.range.iter().filter(|r| usable(r.2)).map(|r| r.0).collect();
+            let equal: Vec<i16> = quals
+                .equal
+                .iter()
+                .filter(|e| usable(e.1))
+                .map(|e| e.0)
+                .collect();
+            let range: Vec<i16> = quals
+                .range
+                .iter()
+                .filter(|r| usable(r.2))
+                .map(|r| r.0)
+                .collect();
             for e in quals.equal.iter().filter(|e| !usable(e.1)) {
                 left_out.entry(relid).or_default().insert(e.0);
             }
-            wants.push(Want { query: qi, relid, equal, range, sort, cost_before: base.cost });
+            wants.push(Want {
+                query: qi,
+                relid,
+                equal,
+                range,
+                sort,
+                cost_before: base.cost,
+            });
         }
     }
     // equality columns in the order of how many observed queries of the table use them (then
@@ -224,19 +266,37 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
     }
     for w in wants {
         let t = &tenants[&w.relid];
-        let mut equal: Vec<i16> = w.equal.iter().copied().filter(|&a| a != t.workspace).collect();
+        let mut equal: Vec<i16> = w
+            .equal
+            .iter()
+            .copied()
+            .filter(|&a| a != t.workspace)
+            .collect();
         equal.sort_unstable();
         equal.dedup();
-        equal.sort_by_key(|&a| (std::cmp::Reverse(uses.get(&(w.relid, a)).copied().unwrap_or(0)), a));
+        equal.sort_by_key(|&a| {
+            (
+                std::cmp::Reverse(uses.get(&(w.relid, a)).copied().unwrap_or(0)),
+                a,
+            )
+        });
         let keys = plan::candidate(t.workspace, &equal, w.sort.as_deref(), &w.range);
         if keys.len() < 2 {
             continue; // the workspace column alone: the catalog advice covers it
         }
         let n_equal = 1 + equal.len();
-        if existing.get(&w.relid).is_some_and(|ix| ix.iter().any(|e| e.usable && plan::serves(&e.keys, &keys, n_equal))) {
+        if existing.get(&w.relid).is_some_and(|ix| {
+            ix.iter()
+                .any(|e| e.usable && plan::serves(&e.keys, &keys, n_equal))
+        }) {
             continue; // an existing index serves it already
         }
-        candidates.push(Candidate { query: w.query, relid: w.relid, keys, cost_before: w.cost_before });
+        candidates.push(Candidate {
+            query: w.query,
+            relid: w.relid,
+            keys,
+            cost_before: w.cost_before,
+        });
     }
     if !failures.is_empty() {
         rows.push(note(format!(
@@ -249,7 +309,10 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
     // 2. merged per table, verified with hypothetical indexes
     let mut by_table: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, c) in candidates.iter().enumerate() {
-        by_table.entry(tenants[&c.relid].qualified.clone()).or_default().push(i);
+        by_table
+            .entry(tenants[&c.relid].qualified.clone())
+            .or_default()
+            .push(i);
     }
     for idxs in by_table.values() {
         let relid = candidates[idxs[0]].relid;
@@ -266,16 +329,25 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
                     served[m].push((c.query, c.cost_before, None));
                     continue;
                 }
-                let hypo: Vec<String> = defs.iter().map(|d| format!("CREATE INDEX ON {} USING btree ({d})", t.qualified)).collect();
+                let hypo: Vec<String> = defs
+                    .iter()
+                    .map(|d| format!("CREATE INDEX ON {} USING btree ({d})", t.qualified))
+                    .collect();
                 match explain(&observed[c.query], hypopg.as_deref(), &hypo) {
                     Ok(Some((after, names))) => {
                         // which advised index the scan of this table uses now, if any
-                        let used = after.scans.iter().filter(|s| relation(&s.schema, &s.relation) == Some(relid)).find_map(|s| {
-                            let ix = s.index.as_deref()?;
-                            names.iter().position(|n| n == ix)
-                        });
+                        let used = after
+                            .scans
+                            .iter()
+                            .filter(|s| relation(&s.schema, &s.relation) == Some(relid))
+                            .find_map(|s| {
+                                let ix = s.index.as_deref()?;
+                                names.iter().position(|n| n == ix)
+                            });
                         if let Some(u) = used {
-                            if after.cost <= c.cost_before * (1.0 - MIN_GAIN) && !served[u].iter().any(|(q, ..)| *q == c.query) {
+                            if after.cost <= c.cost_before * (1.0 - MIN_GAIN)
+                                && !served[u].iter().any(|(q, ..)| *q == c.query)
+                            {
                                 served[u].push((c.query, c.cost_before, Some(after.cost)));
                             }
                         }
@@ -289,24 +361,50 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
         // every query it serves does nearly as well (within 10%) with the others
         if hypopg.is_some() {
             loop {
-                let mut live: Vec<usize> = (0..merged.len()).filter(|&m| !served[m].is_empty()).collect();
+                let mut live: Vec<usize> = (0..merged.len())
+                    .filter(|&m| !served[m].is_empty())
+                    .collect();
                 if live.len() < 2 {
                     break;
                 }
-                live.sort_by_key(|&m| (served[m].iter().map(|(q, ..)| observed[*q].calls).sum::<i64>(), m));
+                live.sort_by_key(|&m| {
+                    (
+                        served[m]
+                            .iter()
+                            .map(|(q, ..)| observed[*q].calls)
+                            .sum::<i64>(),
+                        m,
+                    )
+                });
                 let mut dropped = false;
                 for &x in &live {
                     let others: Vec<usize> = live.iter().copied().filter(|&m| m != x).collect();
-                    let hypo: Vec<String> = others.iter().map(|&m| format!("CREATE INDEX ON {} USING btree ({})", t.qualified, defs[m])).collect();
+                    let hypo: Vec<String> = others
+                        .iter()
+                        .map(|&m| {
+                            format!("CREATE INDEX ON {} USING btree ({})", t.qualified, defs[m])
+                        })
+                        .collect();
                     let mut moves = Vec::new();
                     for &(q, before, after) in &served[x] {
-                        let Ok(Some((plan, names))) = explain(&observed[q], hypopg.as_deref(), &hypo) else { break };
-                        let used = plan.scans.iter().filter(|s| relation(&s.schema, &s.relation) == Some(relid)).find_map(|s| {
-                            let ix = s.index.as_deref()?;
-                            names.iter().position(|n| n == ix)
-                        });
+                        let Ok(Some((plan, names))) =
+                            explain(&observed[q], hypopg.as_deref(), &hypo)
+                        else {
+                            break;
+                        };
+                        let used = plan
+                            .scans
+                            .iter()
+                            .filter(|s| relation(&s.schema, &s.relation) == Some(relid))
+                            .find_map(|s| {
+                                let ix = s.index.as_deref()?;
+                                names.iter().position(|n| n == ix)
+                            });
                         match (used, after) {
-                            (Some(u), Some(a)) if plan.cost <= a * (1.0 + MIN_GAIN) && plan.cost <= before * (1.0 - MIN_GAIN) => {
+                            (Some(u), Some(a))
+                                if plan.cost <= a * (1.0 + MIN_GAIN)
+                                    && plan.cost <= before * (1.0 - MIN_GAIN) =>
+                            {
                                 moves.push((others[u], (q, before, Some(plan.cost))))
                             }
                             _ => break,
@@ -342,7 +440,16 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
             };
             let before = weighted(&|s| Some(s.1));
             let after = weighted(&|s| s.2);
-            let queries: Vec<String> = served[m].iter().map(|(q, ..)| format!("[{} calls] {}", observed[*q].calls, excerpt(&observed[*q].text))).collect();
+            let queries: Vec<String> = served[m]
+                .iter()
+                .map(|(q, ..)| {
+                    format!(
+                        "[{} calls] {}",
+                        observed[*q].calls,
+                        excerpt(&observed[*q].text)
+                    )
+                })
+                .collect();
             let name = index_name(&t.relname, &names_of(relid, keys));
             rows.push((
                 Some(relid),
@@ -393,7 +500,11 @@ fn advise(workspace_column: &str, max_queries: usize) -> Result<Vec<AdviceRow>, 
 }
 
 /// (observed queries on tenant tables, most frequent first; predicates without a query id)
-fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Result<(Vec<Observed>, i64), pgrx::spi::Error> {
+fn observe(
+    qs: &str,
+    tenants: &HashMap<pg_sys::Oid, Tenant>,
+    max: usize,
+) -> Result<(Vec<Observed>, i64), pgrx::spi::Error> {
     let relids: Vec<pg_sys::Oid> = tenants.keys().copied().collect();
     let schema = quote_always(qs);
     let sql = format!(
@@ -412,9 +523,13 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
         let mut unlinked = 0i64;
         for row in client.select(&sql, None, &[DatumWithOid::from(relids.clone())])? {
             let queryid: Option<i64> = row.get(1)?;
-            let (Some(userid), Some(relid), Some(attnum), Some(op), Some(n)) =
-                (row.get::<pg_sys::Oid>(2)?, row.get::<pg_sys::Oid>(3)?, row.get::<i16>(4)?, row.get::<String>(5)?, row.get::<i64>(6)?)
-            else {
+            let (Some(userid), Some(relid), Some(attnum), Some(op), Some(n)) = (
+                row.get::<pg_sys::Oid>(2)?,
+                row.get::<pg_sys::Oid>(3)?,
+                row.get::<i16>(4)?,
+                row.get::<String>(5)?,
+                row.get::<i64>(6)?,
+            ) else {
                 continue;
             };
             let leakproof = row.get::<bool>(7)?.unwrap_or(false);
@@ -423,9 +538,13 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
                 continue;
             };
             *users.entry(queryid).or_default().entry(userid).or_default() += n;
-            let o = by_query
-                .entry(queryid)
-                .or_insert_with(|| Observed { userid, path: None, text: String::new(), calls: 0, quals: HashMap::new() });
+            let o = by_query.entry(queryid).or_insert_with(|| Observed {
+                userid,
+                path: None,
+                text: String::new(),
+                calls: 0,
+                quals: HashMap::new(),
+            });
             o.calls = o.calls.max(n);
             let quals = o.quals.entry(relid).or_default();
             match op.as_str() {
@@ -435,15 +554,23 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
             }
         }
         for row in client.select(&texts_sql, None, &[])? {
-            let (Some(queryid), Some(text)) = (row.get::<i64>(1)?, row.get::<String>(2)?) else { continue };
+            let (Some(queryid), Some(text)) = (row.get::<i64>(1)?, row.get::<String>(2)?) else {
+                continue;
+            };
             if let Some(o) = by_query.get_mut(&queryid) {
                 o.text = plan::strip_prepare(&text).to_string();
             }
         }
-        let mut observed: Vec<(i64, Observed)> = by_query.into_iter().filter(|(_, o)| !o.text.is_empty()).collect();
+        let mut observed: Vec<(i64, Observed)> = by_query
+            .into_iter()
+            .filter(|(_, o)| !o.text.is_empty())
+            .collect();
         for (queryid, o) in observed.iter_mut() {
             // the role that ran it most
-            if let Some((&u, _)) = users[queryid].iter().max_by_key(|(u, n)| (**n, u32::from(**u))) {
+            if let Some((&u, _)) = users[queryid]
+                .iter()
+                .max_by_key(|(u, n)| (**n, u32::from(**u)))
+            {
                 o.userid = u;
             }
             for q in o.quals.values_mut() {
@@ -455,7 +582,10 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
         }
         observed.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
         observed.truncate(max);
-        Ok((observed.into_iter().map(|(_, o)| o).collect::<Vec<_>>(), unlinked))
+        Ok((
+            observed.into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
+            unlinked,
+        ))
     })
     .and_then(|(mut observed, unlinked)| {
         // once per query: every plan of it is made under the same role and path
@@ -469,47 +599,84 @@ fn observe(qs: &str, tenants: &HashMap<pg_sys::Oid, Tenant>, max: usize) -> Resu
 /// Plan an observed query as the role that ran it (generic plan), with hypothetical indexes
 /// `hypo` (CREATE INDEX statements) present. Returns the plan and the hypothetical indexes' names
 /// (as EXPLAIN shows them), or the error that made planning fail. None: the role is gone.
-fn explain(q: &Observed, hypopg: Option<&str>, hypo: &[String]) -> Result<Option<(plan::Plan, Vec<String>)>, String> {
-    let Some(path) = q.path.as_ref() else { return Ok(None) };
+fn explain(
+    q: &Observed,
+    hypopg: Option<&str>,
+    hypo: &[String],
+) -> Result<Option<(plan::Plan, Vec<String>)>, String> {
+    let Some(path) = q.path.as_ref() else {
+        return Ok(None);
+    };
     let text = q.text.trim().trim_end_matches(';').to_string();
     // pg_qualstats would count the plans made here as observations: off while they are made
     let quiet = [(c"pg_qualstats.enabled", c"off")];
     let result = in_subtransaction(|| -> Result<(plan::Plan, Vec<String>), pgrx::spi::Error> {
-        with_settings(None, &quiet, || Spi::connect_mut(|client| {
-            let mut names = Vec::new();
-            if let Some(schema) = hypopg {
-                client.update(&format!("SELECT {}.hypopg_reset()", quote_always(schema)), None, &[])?;
-                for ddl in hypo {
-                    let sql = format!("SELECT indexname::text FROM {}.hypopg_create_index($1)", quote_always(schema));
-                    for row in client.update(&sql, None, &[DatumWithOid::from(ddl.as_str())])? {
-                        if let Some(n) = row.get::<String>(1)? {
-                            names.push(n);
+        with_settings(None, &quiet, || {
+            Spi::connect_mut(|client| {
+                let mut names = Vec::new();
+                if let Some(schema) = hypopg {
+                    client.update(
+                        &format!("SELECT {}.hypopg_reset()", quote_always(schema)),
+                        None,
+                        &[],
+                    )?;
+                    for ddl in hypo {
+                        let sql = format!(
+                            "SELECT indexname::text FROM {}.hypopg_create_index($1)",
+                            quote_always(schema)
+                        );
+                        for row in client.update(&sql, None, &[DatumWithOid::from(ddl.as_str())])? {
+                            if let Some(n) = row.get::<String>(1)? {
+                                names.push(n);
+                            }
                         }
                     }
                 }
-            }
-            // PREPARE only parses (as the caller: no user code runs in parse analysis; PostgreSQL
-            // refuses PREPARE in a security-restricted operation); the plan is made at EXPLAIN
-            // EXECUTE as the role that ran the query, which re-analyses and rewrites the
-            // statement for that role (its row-level security included) before planning.
-            with_settings(None, &[(c"search_path", path.as_c_str())], || client.update(&format!("PREPARE {STMT} AS {text}"), None, &[]))?;
-            let n: i64 = client
+                // PREPARE only parses (as the caller: no user code runs in parse analysis; PostgreSQL
+                // refuses PREPARE in a security-restricted operation); the plan is made at EXPLAIN
+                // EXECUTE as the role that ran the query, which re-analyses and rewrites the
+                // statement for that role (its row-level security included) before planning.
+                with_settings(None, &[(c"search_path", path.as_c_str())], || {
+                    client.update(&format!("PREPARE {STMT} AS {text}"), None, &[])
+                })?;
+                let n: i64 = client
                 .select("SELECT coalesce(cardinality(parameter_types), 0)::int8 FROM pg_catalog.pg_prepared_statements WHERE name = $1", None, &[DatumWithOid::from(STMT)])?
                 .first()
                 .get_one::<i64>()?
                 .unwrap_or(0);
-            let args = if n == 0 { String::new() } else { format!("({})", vec!["NULL"; n as usize].join(", ")) };
-            let settings = [(c"plan_cache_mode", c"force_generic_plan"), (c"search_path", path.as_c_str())];
-            let json: Option<pgrx::Json> = with_settings(Some(q.userid), &settings, || {
-                client.update(&format!("EXPLAIN (FORMAT JSON, VERBOSE, COSTS) EXECUTE {STMT}{args}"), None, &[])?.first().get_one::<pgrx::Json>()
-            })?;
-            client.update(&format!("DEALLOCATE {STMT}"), None, &[])?;
-            if let Some(schema) = hypopg {
-                client.update(&format!("SELECT {}.hypopg_reset()", quote_always(schema)), None, &[])?;
-            }
-            let plan = json.and_then(|j| plan::parse_plan(&j.0)).ok_or(pgrx::spi::Error::NoTupleTable)?;
-            Ok((plan, names))
-        }))
+                let args = if n == 0 {
+                    String::new()
+                } else {
+                    format!("({})", vec!["NULL"; n as usize].join(", "))
+                };
+                let settings = [
+                    (c"plan_cache_mode", c"force_generic_plan"),
+                    (c"search_path", path.as_c_str()),
+                ];
+                let json: Option<pgrx::Json> = with_settings(Some(q.userid), &settings, || {
+                    client
+                        .update(
+                            &format!("EXPLAIN (FORMAT JSON, VERBOSE, COSTS) EXECUTE {STMT}{args}"),
+                            None,
+                            &[],
+                        )?
+                        .first()
+                        .get_one::<pgrx::Json>()
+                })?;
+                client.update(&format!("DEALLOCATE {STMT}"), None, &[])?;
+                if let Some(schema) = hypopg {
+                    client.update(
+                        &format!("SELECT {}.hypopg_reset()", quote_always(schema)),
+                        None,
+                        &[],
+                    )?;
+                }
+                let plan = json
+                    .and_then(|j| plan::parse_plan(&j.0))
+                    .ok_or(pgrx::spi::Error::NoTupleTable)?;
+                Ok((plan, names))
+            })
+        })
     });
     match result {
         Ok(Ok(r)) => Ok(Some(r)),
@@ -520,7 +687,11 @@ fn explain(q: &Observed, hypopg: Option<&str>, hypo: &[String]) -> Result<Option
                 Spi::connect_mut(|client| {
                     let _ = client.update(&format!("DEALLOCATE {STMT}"), None, &[]);
                     if let Some(schema) = hypopg {
-                        let _ = client.update(&format!("SELECT {}.hypopg_reset()", quote_always(schema)), None, &[]);
+                        let _ = client.update(
+                            &format!("SELECT {}.hypopg_reset()", quote_always(schema)),
+                            None,
+                            &[],
+                        );
                     }
                 })
             });
@@ -543,8 +714,11 @@ fn subject_to_rls(relid: pg_sys::Oid, role: pg_sys::Oid) -> Result<bool, pgrx::s
 
 /// The search path `userid`'s sessions start with (None: the role is gone).
 fn session_path(userid: pg_sys::Oid) -> Result<Option<CString>, pgrx::spi::Error> {
-    let role_exists: bool = crate::pg::spi::one("SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE oid = $1)", &[DatumWithOid::from(userid)])?
-        .unwrap_or(false);
+    let role_exists: bool = crate::pg::spi::one(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE oid = $1)",
+        &[DatumWithOid::from(userid)],
+    )?
+    .unwrap_or(false);
     if !role_exists {
         return Ok(None);
     }
@@ -581,10 +755,20 @@ fn tenant_tables(workspace_column: &str) -> Result<HashMap<pg_sys::Oid, Tenant>,
             None,
             &[DatumWithOid::from(workspace_column)],
         )? {
-            if let (Some(relid), Some(workspace), Some(qualified), Some(relname)) =
-                (row.get::<pg_sys::Oid>(1)?, row.get::<i16>(2)?, row.get::<String>(3)?, row.get::<String>(4)?)
-            {
-                out.insert(relid, Tenant { workspace, qualified, relname });
+            if let (Some(relid), Some(workspace), Some(qualified), Some(relname)) = (
+                row.get::<pg_sys::Oid>(1)?,
+                row.get::<i16>(2)?,
+                row.get::<String>(3)?,
+                row.get::<String>(4)?,
+            ) {
+                out.insert(
+                    relid,
+                    Tenant {
+                        workspace,
+                        qualified,
+                        relname,
+                    },
+                );
             }
         }
         Ok(out)
@@ -600,7 +784,9 @@ struct Existing {
     plain: bool,
 }
 
-fn existing_indexes(tenants: &HashMap<pg_sys::Oid, Tenant>) -> Result<HashMap<pg_sys::Oid, Vec<Existing>>, pgrx::spi::Error> {
+fn existing_indexes(
+    tenants: &HashMap<pg_sys::Oid, Tenant>,
+) -> Result<HashMap<pg_sys::Oid, Vec<Existing>>, pgrx::spi::Error> {
     let relids: Vec<pg_sys::Oid> = tenants.keys().copied().collect();
     Spi::connect(|client| {
         let mut out: HashMap<pg_sys::Oid, Vec<Existing>> = HashMap::new();
@@ -654,7 +840,11 @@ fn attnum(relid: pg_sys::Oid, column: &str) -> Option<i16> {
 }
 
 fn names_of(relid: pg_sys::Oid, keys: &[Key]) -> Vec<String> {
-    keys.iter().map(|k| crate::pg::catalog::column_name(relid, k.attnum).unwrap_or_else(|| k.attnum.to_string())).collect()
+    keys.iter()
+        .map(|k| {
+            crate::pg::catalog::column_name(relid, k.attnum).unwrap_or_else(|| k.attnum.to_string())
+        })
+        .collect()
 }
 
 /// `"col", "other" DESC`: always-quoted columns with their directions.
@@ -674,7 +864,9 @@ fn index_name(relname: &str, columns: &[String]) -> String {
     if full.len() + SUFFIX.len() <= 63 {
         return format!("{full}{SUFFIX}");
     }
-    let hash = full.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let hash = full.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
     let mut cut = 63 - SUFFIX.len() - 9;
     while !full.is_char_boundary(cut) {
         cut -= 1;

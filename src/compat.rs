@@ -35,7 +35,9 @@ pub(crate) fn check_sql_version() {
     if WARNED.with(|w| *w.borrow()) {
         return;
     }
-    let Some(installed) = crate::pg::catalog::extension_version(c"tenancy") else { return };
+    let Some(installed) = crate::pg::catalog::extension_version(c"tenancy") else {
+        return;
+    };
     WARNED.with(|w| *w.borrow_mut() = true);
     if installed == LIBRARY_VERSION {
         return;
@@ -72,7 +74,11 @@ pub(crate) fn check_sql_version() {
 /// Whether version `a` is older than `b` (dotted numbers; a part that is not a number compares
 /// as 0).
 pub(crate) fn older(a: &str, b: &str) -> bool {
-    let parts = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    let parts = |v: &str| {
+        v.split('.')
+            .map(|p| p.parse::<u64>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
     parts(a) < parts(b)
 }
 

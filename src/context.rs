@@ -83,8 +83,11 @@ struct Current {
     lo: AtomicU64,
 }
 
-static CURRENT: Current =
-    Current { set: AtomicBool::new(false), hi: AtomicU64::new(0), lo: AtomicU64::new(0) };
+static CURRENT: Current = Current {
+    set: AtomicBool::new(false),
+    hi: AtomicU64::new(0),
+    lo: AtomicU64::new(0),
+};
 
 /// What the check hook hands to the assign hook (allocated with the GUC allocator).
 #[repr(C)]
@@ -190,13 +193,18 @@ fn store_current(value: Option<[u8; 16]>) {
         None => CURRENT.set.store(false, Ordering::Relaxed),
         Some(b) => {
             let (hi, lo) = b.split_at(8);
-            CURRENT.hi.store(u64::from_be_bytes(hi.try_into().unwrap()), Ordering::Relaxed);
-            CURRENT.lo.store(u64::from_be_bytes(lo.try_into().unwrap()), Ordering::Relaxed);
+            CURRENT.hi.store(
+                u64::from_be_bytes(hi.try_into().unwrap()),
+                Ordering::Relaxed,
+            );
+            CURRENT.lo.store(
+                u64::from_be_bytes(lo.try_into().unwrap()),
+                Ordering::Relaxed,
+            );
             CURRENT.set.store(true, Ordering::Relaxed);
         }
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // SQL API
@@ -217,7 +225,9 @@ fn require_workspace_id() -> Result<pgrx::Uuid, pgrx::pg_sys::panic::ErrorReport
             "no workspace context: tenancy.workspace_id is not set",
         )
         .detail("This operation acts for one workspace and the session has none.")
-        .hint("Call tenancy.set_workspace('<workspace uuid>', true) at the start of the transaction.")
+        .hint(
+            "Call tenancy.set_workspace('<workspace uuid>', true) at the start of the transaction.",
+        )
         .into()
     })
 }
@@ -232,15 +242,24 @@ fn set_workspace(
     set_workspace_impl(workspace, is_local).map_err(Into::into)
 }
 
-fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> TenancyResult<pgrx::Uuid> {
+fn set_workspace_impl(
+    workspace: Option<pgrx::Uuid>,
+    is_local: Option<bool>,
+) -> TenancyResult<pgrx::Uuid> {
     let workspace = workspace.ok_or_else(|| {
-        TenancyError::new(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "workspace must not be NULL")
-            .detail("tenancy.set_workspace() was called with a NULL workspace id.")
-            .hint("To clear the context, use RESET tenancy.workspace_id.")
+        TenancyError::new(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "workspace must not be NULL",
+        )
+        .detail("tenancy.set_workspace() was called with a NULL workspace id.")
+        .hint("To clear the context, use RESET tenancy.workspace_id.")
     })?;
     let is_local = is_local.ok_or_else(|| {
-        TenancyError::new(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "is_local must not be NULL")
-            .hint("Pass true (transaction-local, pooler-safe) or false (whole session).")
+        TenancyError::new(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "is_local must not be NULL",
+        )
+        .hint("Pass true (transaction-local, pooler-safe) or false (whole session).")
     })?;
     let canon = uuid_text::canonical(workspace.as_bytes());
     let registry = Registry::from_settings();
@@ -250,7 +269,10 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
                 Code::ERRCODE_UNDEFINED_OBJECT,
                 format!("workspace {canon} does not exist"),
             )
-            .detail(format!("No row of {} has {} = '{canon}'.", registry.table, registry.id_column))
+            .detail(format!(
+                "No row of {} has {} = '{canon}'.",
+                registry.table, registry.id_column
+            ))
             .hint("Check the workspace id; the context was not changed."))
         }
         Some(Some(status)) if Some(&status) == registry.deleted_status.as_ref() => {
@@ -260,9 +282,12 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
             )
             .detail(format!(
                 "{}.{} of workspace {canon} is '{status}': it is soft-deleted.",
-                registry.table, registry.status_column.as_deref().unwrap_or("")
+                registry.table,
+                registry.status_column.as_deref().unwrap_or("")
             ))
-            .hint("A soft-deleted workspace cannot be used as context; the context was not changed."))
+            .hint(
+                "A soft-deleted workspace cannot be used as context; the context was not changed.",
+            ))
         }
         Some(_) => {}
     }
@@ -275,9 +300,17 @@ fn set_workspace_impl(workspace: Option<pgrx::Uuid>, is_local: Option<bool>) -> 
         pg_sys::set_config_option(
             WORKSPACE_ID_GUC.as_ptr(),
             value.as_ptr(),
-            if pg_sys::superuser() { pg_sys::GucContext::PGC_SUSET } else { pg_sys::GucContext::PGC_USERSET },
+            if pg_sys::superuser() {
+                pg_sys::GucContext::PGC_SUSET
+            } else {
+                pg_sys::GucContext::PGC_USERSET
+            },
             pg_sys::GucSource::PGC_S_SESSION,
-            if is_local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET },
+            if is_local {
+                pg_sys::GucAction::GUC_ACTION_LOCAL
+            } else {
+                pg_sys::GucAction::GUC_ACTION_SET
+            },
             true,
             0,
             false,
@@ -316,9 +349,15 @@ mod tests {
             "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
         ] {
             Spi::run(&format!("SET tenancy.workspace_id = '{s}'")).unwrap();
-            assert_eq!(current().as_deref(), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+            assert_eq!(
+                current().as_deref(),
+                Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+            );
             let shown = Spi::get_one::<String>("SHOW tenancy.workspace_id").unwrap();
-            assert_eq!(shown.as_deref(), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+            assert_eq!(
+                shown.as_deref(),
+                Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+            );
         }
         Spi::run("SET tenancy.workspace_id = ''").unwrap();
         assert_eq!(current(), None);
@@ -367,7 +406,8 @@ mod tests {
                 }
             }
             let text = String::from_utf8(s).unwrap();
-            let ours = crate::uuid_text::parse(text.as_bytes()).map(|b| crate::uuid_text::canonical(&b));
+            let ours =
+                crate::uuid_text::parse(text.as_bytes()).map(|b| crate::uuid_text::canonical(&b));
             let theirs = Spi::get_one_with_args::<String>(
                 "SELECT pg_temp.try_uuid($1)",
                 &[text.as_str().into()],
@@ -384,7 +424,10 @@ mod tests {
     fn current_is_fast_path_consistent_with_setting() {
         Spi::run("SELECT set_config('tenancy.workspace_id', '00000000-0000-0000-0000-000000000001', false)")
             .unwrap();
-        assert_eq!(current().as_deref(), Some("00000000-0000-0000-0000-000000000001"));
+        assert_eq!(
+            current().as_deref(),
+            Some("00000000-0000-0000-0000-000000000001")
+        );
         Spi::run("RESET tenancy.workspace_id").unwrap();
         assert_eq!(current(), None);
     }

@@ -17,7 +17,12 @@ pub struct TenancyError {
 
 impl TenancyError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), detail: None, hint: None }
+        Self {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -55,8 +60,11 @@ impl From<TenancyError> for ErrorReport {
 /// the SPI message as detail.
 impl From<pgrx::spi::Error> for TenancyError {
     fn from(e: pgrx::spi::Error) -> Self {
-        TenancyError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "tenancy: internal SPI error")
-            .detail(e.to_string())
+        TenancyError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "tenancy: internal SPI error",
+        )
+        .detail(e.to_string())
     }
 }
 

@@ -22,12 +22,12 @@ use std::cell::RefCell;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{PgBuiltInOids, PgOid};
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
+use pgrx::{PgBuiltInOids, PgOid};
 
 use crate::context::{self, Registry};
-use crate::pg::scope::with_catalog_path;
 use crate::error::{TenancyError, TenancyResult};
+use crate::pg::scope::with_catalog_path;
 use pgrx::PgSqlErrorCode as Code;
 
 thread_local! {
@@ -44,7 +44,9 @@ fn readable_workspace_ids() -> Result<Option<Vec<pgrx::Uuid>>, pgrx::pg_sys::pan
         return Ok(None);
     };
     let current = pgrx::Uuid::from_bytes(current);
-    crate::pg::local::internal(|| readable(current)).map(Some).map_err(Into::into)
+    crate::pg::local::internal(|| readable(current))
+        .map(Some)
+        .map_err(Into::into)
 }
 
 fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
@@ -55,7 +57,10 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
     // The settings that shape the statement; a change re-prepares it.
     let key = format!(
         "{}\0{}\0{parent_column}\0{:?}\0{:?}\0{:?}",
-        registry.table, registry.id_column, registry.status_column, registry.active_status,
+        registry.table,
+        registry.id_column,
+        registry.status_column,
+        registry.active_status,
         registry.deleted_status
     );
     // The registry is resolved at every call (catalog cache lookups, no SQL): the kept plan
@@ -109,9 +114,15 @@ fn lookup_sql(table: &str, registry: &Registry, parent_column: &str) -> String {
     if let Some(status) = registry.status_column.as_deref() {
         let status_col = quote_identifier(status);
         if let Some(active) = registry.active_status.as_deref() {
-            sql.push_str(&format!(" AND {status_col}::text = {}", quote_literal(active)));
+            sql.push_str(&format!(
+                " AND {status_col}::text = {}",
+                quote_literal(active)
+            ));
         } else if let Some(deleted) = registry.deleted_status.as_deref() {
-            sql.push_str(&format!(" AND {status_col}::text IS DISTINCT FROM {}", quote_literal(deleted)));
+            sql.push_str(&format!(
+                " AND {status_col}::text IS DISTINCT FROM {}",
+                quote_literal(deleted)
+            ));
         }
     }
     sql

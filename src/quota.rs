@@ -47,12 +47,12 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, OwnedPreparedStatement};
-use pgrx::{PgBuiltInOids, PgOid};
 use pgrx::PgSqlErrorCode as Code;
 use pgrx::WhoAllocated;
+use pgrx::{PgBuiltInOids, PgOid};
 
-use crate::pg::scope::{as_user, with_catalog_path};
 use crate::error::TenancyError;
+use crate::pg::scope::{as_user, with_catalog_path};
 use crate::uuid_text;
 
 mod admin;
@@ -104,7 +104,6 @@ impl TableQuota {
     }
 }
 
-
 pub(crate) use shared::{define_settings, install_hooks, shmem_request, shmem_startup};
 
 /// The caches' invalidation callbacks (see `crate::hooks` for the order).
@@ -116,8 +115,15 @@ pub(crate) fn register_cache_callbacks() {
         // a compiled counted_when has SQL functions inlined, and who owns the code it calls is
         // checked when it is compiled (quota::vet): any change of a function or a type (a
         // redefinition, a new owner) drops the compiled readers and plans
-        for cache in [pg_sys::SysCacheIdentifier::PROCOID, pg_sys::SysCacheIdentifier::TYPEOID] {
-            pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(syscache_callback), pg_sys::Datum::from(0));
+        for cache in [
+            pg_sys::SysCacheIdentifier::PROCOID,
+            pg_sys::SysCacheIdentifier::TYPEOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(syscache_callback),
+                pg_sys::Datum::from(0),
+            );
         }
     }
 }
@@ -125,6 +131,15 @@ pub(crate) fn register_cache_callbacks() {
 pgrx::extension_sql_file!(
     "../sql/quota.sql",
     name = "quota_sql",
-    requires = ["context_sql", trigger::quota_trigger, trigger::quota_config_changed, admin::assert_expression, admin::quota_count, admin::quota_admin, shared::quota_entries, shared::quota_shared, shared::quota_forget]
+    requires = [
+        "context_sql",
+        trigger::quota_trigger,
+        trigger::quota_config_changed,
+        admin::assert_expression,
+        admin::quota_count,
+        admin::quota_admin,
+        shared::quota_entries,
+        shared::quota_shared,
+        shared::quota_forget
+    ]
 );
-

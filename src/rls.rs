@@ -7,6 +7,18 @@
 //!   (`create_app_role`, `create_cross_workspace_role`, `begin_cross_workspace`);
 //! - `sql/audit.sql`: `audit()`, the tenant-isolation audit, and `index_advice()`.
 
-pgrx::extension_sql_file!("../sql/rls.sql", name = "rls_sql", requires = ["context_sql", "hierarchy_sql"]);
-pgrx::extension_sql_file!("../sql/roles.sql", name = "roles_sql", requires = ["rls_sql"]);
-pgrx::extension_sql_file!("../sql/audit.sql", name = "audit_sql", requires = ["rls_sql", "roles_sql"]);
+pgrx::extension_sql_file!(
+    "../sql/rls.sql",
+    name = "rls_sql",
+    requires = ["context_sql", "hierarchy_sql"]
+);
+pgrx::extension_sql_file!(
+    "../sql/roles.sql",
+    name = "roles_sql",
+    requires = ["rls_sql"]
+);
+pgrx::extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit_sql",
+    requires = ["rls_sql", "roles_sql"]
+);

@@ -211,7 +211,9 @@ pub(crate) fn define_settings(preloading: bool) {
 /// The relcache callback of "is the extension installed here" (preload only).
 pub(crate) fn register_cache_callbacks() {
     // SAFETY: registers a 'static callback, once per process.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+    };
 }
 
 /// The planner, executor and utility hooks (preload only): C trampolines around the bodies in
@@ -248,13 +250,24 @@ fn require_preloaded() -> Result<&'static Shared, TenancyError> {
             "tenancy must be loaded via shared_preload_libraries to use workspace statistics",
         )
         .detail("The usage counters live in shared memory, which is only reserved at server start.")
-        .hint("Add 'tenancy' to shared_preload_libraries in postgresql.conf and restart the server.")
+        .hint(
+            "Add 'tenancy' to shared_preload_libraries in postgresql.conf and restart the server.",
+        )
     })
 }
 
 pgrx::extension_sql_file!(
     "../sql/stats.sql",
     name = "stats_sql",
-    requires = ["quota_sql", sql::stats_rows_v2, sql::stats_info_v2, sql::reset_stats]
+    requires = [
+        "quota_sql",
+        sql::stats_rows_v2,
+        sql::stats_info_v2,
+        sql::reset_stats
+    ]
 );
-pgrx::extension_sql_file!("../sql/metrics.sql", name = "metrics_sql", requires = ["stats_sql", "admission_sql"]);
+pgrx::extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics_sql",
+    requires = ["stats_sql", "admission_sql"]
+);

@@ -38,7 +38,11 @@ fn setup(test: &str) -> (String, String, String) {
 
 fn app(db: &str, ws: &str) -> Client {
     let mut c = connect_as(db, APP);
-    c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&ws]).unwrap();
+    c.execute(
+        "SELECT tenancy.set_workspace($1::text::uuid, false)",
+        &[&ws],
+    )
+    .unwrap();
     c
 }
 
@@ -55,7 +59,13 @@ const SLEEP_50MS: &str = "SELECT s, e FROM public.timed_sleep(0.05)";
 fn until_active(db: &str, n: i32) {
     let mut c = connect(db);
     for _ in 0..200 {
-        let active: i32 = c.query_one("SELECT coalesce(sum(active), 0)::int FROM tenancy.workspace_limits", &[]).unwrap().get(0);
+        let active: i32 = c
+            .query_one(
+                "SELECT coalesce(sum(active), 0)::int FROM tenancy.workspace_limits",
+                &[],
+            )
+            .unwrap()
+            .get(0);
         if active >= n {
             return;
         }
@@ -65,7 +75,10 @@ fn until_active(db: &str, n: i32) {
 }
 
 fn max_overlap(intervals: &[(f64, f64)]) -> usize {
-    let mut events: Vec<(f64, i32)> = intervals.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
+    let mut events: Vec<(f64, i32)> = intervals
+        .iter()
+        .flat_map(|&(s, e)| [(s, 1), (e, -1)])
+        .collect();
     events.sort_by(|a, b| a.partial_cmp(b).unwrap().then(a.1.cmp(&b.1)));
     let (mut now, mut max) = (0i32, 0i32);
     for (_, d) in events {
@@ -78,12 +91,15 @@ fn max_overlap(intervals: &[(f64, f64)]) -> usize {
 #[test]
 fn the_limit_holds_exactly_under_16_clients() {
     let (db, a, _) = setup("adm_limit");
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(3, workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!("SELECT tenancy.set_limits(3, workspace => '{a}')"))
+        .unwrap();
     let intervals = Arc::new(Mutex::new(Vec::new()));
     let start = Arc::new(Barrier::new(16));
     let threads: Vec<_> = (0..16)
         .map(|_| {
-            let (db, a, intervals, start) = (db.clone(), a.clone(), intervals.clone(), start.clone());
+            let (db, a, intervals, start) =
+                (db.clone(), a.clone(), intervals.clone(), start.clone());
             thread::spawn(move || {
                 let mut c = app(&db, &a);
                 start.wait();
@@ -113,10 +129,18 @@ fn the_limit_holds_exactly_under_16_clients() {
 #[test]
 fn waits_end_in_arrival_order_and_max_wait_refuses_with_53000() {
     let (db, a, _) = setup("adm_order");
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!("SELECT tenancy.set_limits(1, workspace => '{a}')"))
+        .unwrap();
     let hold = {
         let (db, a) = (db.clone(), a.clone());
-        thread::spawn(move || timed(&mut app(&db, &a), "SELECT s, e FROM public.timed_sleep(0.6)").unwrap())
+        thread::spawn(move || {
+            timed(
+                &mut app(&db, &a),
+                "SELECT s, e FROM public.timed_sleep(0.6)",
+            )
+            .unwrap()
+        })
     };
     until_active(&db, 1);
     let waiters: Vec<_> = (0..3)
@@ -127,15 +151,27 @@ fn waits_end_in_arrival_order_and_max_wait_refuses_with_53000() {
         })
         .collect();
     let held = hold.join().unwrap();
-    let mut ends: Vec<(usize, (f64, f64))> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    let mut ends: Vec<(usize, (f64, f64))> =
+        waiters.into_iter().map(|w| w.join().unwrap()).collect();
     for (_, (s, _)) in &ends {
-        assert!(*s >= held.1 - 0.001, "a waiter ran before the slot was free");
+        assert!(
+            *s >= held.1 - 0.001,
+            "a waiter ran before the slot was free"
+        );
     }
     ends.sort_by(|x, y| x.1 .0.partial_cmp(&y.1 .0).unwrap());
-    assert_eq!(ends.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1, 2], "slots go in arrival order");
+    assert_eq!(
+        ends.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "slots go in arrival order"
+    );
 
     // max_wait: refused with 53000 after about that long, naming the workspace
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, interval '150 ms', workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(1, interval '150 ms', workspace => '{a}')"
+        ))
+        .unwrap();
     let hold = {
         let (db, a) = (db.clone(), a.clone());
         thread::spawn(move || app(&db, &a).query("SELECT pg_sleep(0.8)", &[]).unwrap())
@@ -146,8 +182,14 @@ fn waits_end_in_arrival_order_and_max_wait_refuses_with_53000() {
     let waited = t.elapsed();
     assert_eq!(sqlstate(&err), "53000");
     let e = err.as_db_error().unwrap();
-    assert!(e.message().contains(&a) && e.hint().is_some() && e.detail().is_some(), "{e:?}");
-    assert!(waited >= Duration::from_millis(140) && waited < Duration::from_millis(700), "waited {waited:?}");
+    assert!(
+        e.message().contains(&a) && e.hint().is_some() && e.detail().is_some(),
+        "{e:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(140) && waited < Duration::from_millis(700),
+        "waited {waited:?}"
+    );
     hold.join().unwrap();
     // counted in workspace_stats: 1 + 3 + 1 admitted (holders and waiters), 3 waited and
     // admitted + 1 refused, with their wait time
@@ -158,8 +200,13 @@ fn waits_end_in_arrival_order_and_max_wait_refuses_with_53000() {
             &[&a],
         )
         .unwrap();
-    let (admitted, waited_n, rejected, wait_ms): (i64, i64, i64, f64) = (r.get(0), r.get(1), r.get(2), r.get(3));
-    assert_eq!((admitted, waited_n, rejected), (5, 4, 1), "admitted, waited, refused");
+    let (admitted, waited_n, rejected, wait_ms): (i64, i64, i64, f64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!(
+        (admitted, waited_n, rejected),
+        (5, 4, 1),
+        "admitted, waited, refused"
+    );
     assert!(wait_ms > 400.0, "wait time {wait_ms} ms");
 }
 
@@ -167,7 +214,11 @@ fn waits_end_in_arrival_order_and_max_wait_refuses_with_53000() {
 fn failing_cancelled_and_waiting_statements_free_their_slots() {
     let (db, a, _) = setup("adm_free");
     // max_wait 0: a leaked slot would refuse the next statement at once
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')"
+        ))
+        .unwrap();
     let mut c = app(&db, &a);
     assert_eq!(sqlstate(&c.query("SELECT 1/0", &[]).unwrap_err()), "22012");
     c.query("SELECT 1", &[]).unwrap();
@@ -184,14 +235,21 @@ fn failing_cancelled_and_waiting_statements_free_their_slots() {
         let db = db.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(200));
-            connect(&db).execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+            connect(&db)
+                .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .unwrap();
         })
     };
-    assert_eq!(sqlstate(&c.query("SELECT pg_sleep(5)", &[]).unwrap_err()), "57014");
+    assert_eq!(
+        sqlstate(&c.query("SELECT pg_sleep(5)", &[]).unwrap_err()),
+        "57014"
+    );
     canceller.join().unwrap();
     app(&db, &a).query("SELECT 1", &[]).unwrap();
     // a statement cancelled while it waits: it stops counting as a waiter
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!("SELECT tenancy.set_limits(1, workspace => '{a}')"))
+        .unwrap();
     let hold = {
         let (db, a) = (db.clone(), a.clone());
         thread::spawn(move || app(&db, &a).query("SELECT pg_sleep(0.7)", &[]).unwrap())
@@ -200,18 +258,25 @@ fn failing_cancelled_and_waiting_statements_free_their_slots() {
     // the pid first: under the context, even that query would wait for the slot
     let mut w = connect_as(&db, APP);
     let wpid: i32 = w.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    w.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a]).unwrap();
+    w.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a])
+        .unwrap();
     let canceller = {
         let db = db.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(150));
-            connect(&db).execute("SELECT pg_cancel_backend($1)", &[&wpid]).unwrap();
+            connect(&db)
+                .execute("SELECT pg_cancel_backend($1)", &[&wpid])
+                .unwrap();
         })
     };
     assert_eq!(sqlstate(&w.query("SELECT 1", &[]).unwrap_err()), "57014");
     canceller.join().unwrap();
     hold.join().unwrap();
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')"
+        ))
+        .unwrap();
     app(&db, &a).query("SELECT 1", &[]).unwrap();
     let r = connect(&db).query_one("SELECT coalesce(sum(active), 0)::int + coalesce(sum(waiting), 0)::int FROM tenancy.workspace_limits", &[]).unwrap();
     assert_eq!(r.get::<_, i32>(0), 0);
@@ -231,9 +296,13 @@ fn cursors_nested_statements_and_portals_do_not_wait_for_their_own_slot() {
         .unwrap();
     let mut c = app(&db, &a);
     c.query("SELECT public.count_segments()", &[]).unwrap();
-    c.batch_execute("DO $$ BEGIN PERFORM count(*) FROM \"Segment\"; PERFORM public.count_segments(); END $$").unwrap();
+    c.batch_execute(
+        "DO $$ BEGIN PERFORM count(*) FROM \"Segment\"; PERFORM public.count_segments(); END $$",
+    )
+    .unwrap();
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute("DECLARE cur CURSOR FOR SELECT id FROM \"Segment\"").unwrap();
+    tx.batch_execute("DECLARE cur CURSOR FOR SELECT id FROM \"Segment\"")
+        .unwrap();
     tx.query("FETCH 1 FROM cur", &[]).unwrap();
     tx.query("SELECT count(*) FROM \"Journey\"", &[]).unwrap();
     // a portal suspended by the extended protocol, then another statement
@@ -263,8 +332,14 @@ fn other_workspaces_are_not_slowed_and_timeouts_are_per_workspace() {
     until_active(&db, 1);
     thread::sleep(Duration::from_millis(50));
     let t = Instant::now();
-    app(&db, &b).query("SELECT count(*) FROM \"Segment\"", &[]).unwrap();
-    assert!(t.elapsed() < Duration::from_millis(300), "b waited {:?}", t.elapsed());
+    app(&db, &b)
+        .query("SELECT count(*) FROM \"Segment\"", &[])
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "b waited {:?}",
+        t.elapsed()
+    );
     for h in holders {
         h.join().unwrap();
     }
@@ -276,8 +351,15 @@ fn other_workspaces_are_not_slowed_and_timeouts_are_per_workspace() {
     let mut c = app(&db, &b);
     c.batch_execute("SET statement_timeout = '100ms'").unwrap();
     let t = Instant::now();
-    assert_eq!(sqlstate(&c.query("SELECT pg_sleep(1)", &[]).unwrap_err()), "57014");
-    assert!(t.elapsed() < Duration::from_millis(280), "{:?}", t.elapsed());
+    assert_eq!(
+        sqlstate(&c.query("SELECT pg_sleep(1)", &[]).unwrap_err()),
+        "57014"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(280),
+        "{:?}",
+        t.elapsed()
+    );
     // only the first was the workspace's timeout
     let timeouts: i64 = connect(&db)
         .query_one("SELECT statement_timeouts FROM tenancy.workspace_stats WHERE workspace_id = $1::text::uuid AND database = current_database()", &[&b])
@@ -285,7 +367,11 @@ fn other_workspaces_are_not_slowed_and_timeouts_are_per_workspace() {
         .get(0);
     assert_eq!(timeouts, 1);
     // no context, or a superuser: not throttled
-    connect(&db).batch_execute(&format!("SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')")).unwrap();
+    connect(&db)
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')"
+        ))
+        .unwrap();
     let hold = {
         let (db, a) = (db.clone(), a.clone());
         thread::spawn(move || app(&db, &a).query("SELECT pg_sleep(0.5)", &[]).unwrap())
@@ -293,9 +379,13 @@ fn other_workspaces_are_not_slowed_and_timeouts_are_per_workspace() {
     until_active(&db, 1);
     connect_as(&db, APP).query("SELECT 1", &[]).unwrap();
     let mut su = connect(&db);
-    su.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a]).unwrap();
+    su.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a])
+        .unwrap();
     su.query("SELECT 1", &[]).unwrap();
-    assert_eq!(sqlstate(&app(&db, &a).query("SELECT 1", &[]).unwrap_err()), "53000");
+    assert_eq!(
+        sqlstate(&app(&db, &a).query("SELECT 1", &[]).unwrap_err()),
+        "53000"
+    );
     hold.join().unwrap();
 }
 
@@ -308,7 +398,11 @@ fn bad_limits_are_refused_and_the_view_shows_sources() {
         ("SELECT tenancy.set_limits(2, interval '-1 s')", "22023"),
         ("SELECT tenancy.set_limits(2, NULL, interval '0')", "22023"),
     ] {
-        assert_eq!(sqlstate(&admin.batch_execute(sql).unwrap_err()), code, "{sql}");
+        assert_eq!(
+            sqlstate(&admin.batch_execute(sql).unwrap_err()),
+            code,
+            "{sql}"
+        );
     }
     admin.batch_execute(&format!("SELECT tenancy.set_limits(4, interval '2 s'); SELECT tenancy.set_limits(2, workspace => '{a}'); SELECT tenancy.set_limits(2, workspace => '{a}')")).unwrap();
     let rows: Vec<(Option<String>, Option<i32>, String)> = admin
@@ -317,12 +411,29 @@ fn bad_limits_are_refused_and_the_view_shows_sources() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(rows, vec![(None, Some(4), "default".into()), (Some(a.clone()), Some(2), "workspace".into())]);
+    assert_eq!(
+        rows,
+        vec![
+            (None, Some(4), "default".into()),
+            (Some(a.clone()), Some(2), "workspace".into())
+        ]
+    );
     // the application role cannot change limits
-    let err = connect_as(&db, APP).batch_execute(&format!("SELECT tenancy.set_limits(100, workspace => '{b}')")).unwrap_err();
+    let err = connect_as(&db, APP)
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(100, workspace => '{b}')"
+        ))
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
-    admin.batch_execute(&format!("SELECT tenancy.clear_limits('{a}'); SELECT tenancy.clear_limits('{a}')")).unwrap();
-    let n: i64 = admin.query_one("SELECT count(*) FROM tenancy.workspace_limit", &[]).unwrap().get(0);
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.clear_limits('{a}'); SELECT tenancy.clear_limits('{a}')"
+        ))
+        .unwrap();
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM tenancy.workspace_limit", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
@@ -332,20 +443,37 @@ fn bad_limits_are_refused_and_the_view_shows_sources() {
 fn terminated_and_killed_backends_leak_no_slot() {
     let cluster = Cluster::start("it-admission-crash", 25464, &[]);
     let mut admin = cluster.fixture_db("adm_crash");
-    admin.batch_execute(&format!("SELECT tenancy.create_app_role('{APP}')")).unwrap();
+    admin
+        .batch_execute(&format!("SELECT tenancy.create_app_role('{APP}')"))
+        .unwrap();
     let a = ws_id(&mut admin, "root", 1);
-    admin.batch_execute(&format!("SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')")).unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(1, interval '0', workspace => '{a}')"
+        ))
+        .unwrap();
     // the test clusters commit asynchronously: make the setup survive the crash below
     admin.batch_execute("CHECKPOINT").unwrap();
     let port = cluster.port;
     let app_on = move |a: &str| {
-        let mut c = Client::connect(&format!("host=127.0.0.1 port={port} user={APP} dbname=adm_crash"), NoTls).unwrap();
+        let mut c = Client::connect(
+            &format!("host=127.0.0.1 port={port} user={APP} dbname=adm_crash"),
+            NoTls,
+        )
+        .unwrap();
         let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a]).unwrap();
+        c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a])
+            .unwrap();
         (c, pid)
     };
     let active = |admin: &mut Client| -> i32 {
-        admin.query_one("SELECT coalesce(sum(active), 0)::int FROM tenancy.workspace_limits", &[]).unwrap().get(0)
+        admin
+            .query_one(
+                "SELECT coalesce(sum(active), 0)::int FROM tenancy.workspace_limits",
+                &[],
+            )
+            .unwrap()
+            .get(0)
     };
     for how in ["terminate", "kill -9"] {
         let (mut holder, pid) = app_on(&a);
@@ -358,25 +486,43 @@ fn terminated_and_killed_backends_leak_no_slot() {
         }
         assert_eq!(active(&mut admin), 1, "{how}: the holder took the slot");
         // at the limit: refused at once
-        assert_eq!(sqlstate(&app_on(&a).0.query("SELECT 1", &[]).unwrap_err()), "53000");
+        assert_eq!(
+            sqlstate(&app_on(&a).0.query("SELECT 1", &[]).unwrap_err()),
+            "53000"
+        );
         if how == "terminate" {
-            admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+            admin
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .unwrap();
         } else {
-            assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+            assert!(std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success());
         }
-        assert!(sleeper.join().unwrap(), "{how}: the holder's statement ended with an error");
+        assert!(
+            sleeper.join().unwrap(),
+            "{how}: the holder's statement ended with an error"
+        );
         // the server may be restarting: reconnect until it accepts connections
         let mut admitted = false;
         for _ in 0..300 {
-            match Client::connect(&format!("host=127.0.0.1 port={port} user={APP} dbname=adm_crash"), NoTls) {
+            match Client::connect(
+                &format!("host=127.0.0.1 port={port} user={APP} dbname=adm_crash"),
+                NoTls,
+            ) {
                 Ok(mut c) => {
-                    c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a]).unwrap();
+                    c.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&a])
+                        .unwrap();
                     match c.query("SELECT 1", &[]) {
                         Ok(_) => {
                             admitted = true;
                             break;
                         }
-                        Err(e) if sqlstate(&e) == "53000" => thread::sleep(Duration::from_millis(20)), // exit still in progress
+                        Err(e) if sqlstate(&e) == "53000" => {
+                            thread::sleep(Duration::from_millis(20))
+                        } // exit still in progress
                         Err(e) => panic!("{how}: {e}"),
                     }
                 }

@@ -20,14 +20,29 @@ fn sessions_never_see_each_others_context() {
                 for i in 0..200 {
                     let want = &ids[(t + i) % ids.len()];
                     let mut tx = c.transaction().unwrap();
-                    tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[want]).unwrap();
-                    let got: Option<String> =
-                        tx.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
-                    assert_eq!(got.as_deref(), Some(want.as_str()), "session {t} iteration {i}");
+                    tx.execute(
+                        "SELECT tenancy.set_workspace($1::text::uuid, true)",
+                        &[want],
+                    )
+                    .unwrap();
+                    let got: Option<String> = tx
+                        .query_one("SELECT tenancy.current_workspace_id()::text", &[])
+                        .unwrap()
+                        .get(0);
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(want.as_str()),
+                        "session {t} iteration {i}"
+                    );
                     tx.commit().unwrap();
-                    let after: Option<String> =
-                        c.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
-                    assert_eq!(after, None, "transaction-local context survived its transaction");
+                    let after: Option<String> = c
+                        .query_one("SELECT tenancy.current_workspace_id()::text", &[])
+                        .unwrap()
+                        .get(0);
+                    assert_eq!(
+                        after, None,
+                        "transaction-local context survived its transaction"
+                    );
                 }
             })
         })
@@ -46,22 +61,42 @@ fn non_superuser_login_role_sets_its_workspace() {
     let tomb = ws_id(&mut admin, "tombstoned", 1);
 
     let mut app = connect_as(&db, "tenancy_it_app");
-    let is_super: bool = app.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+    let is_super: bool = app
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(!is_super);
-    app.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&child]).unwrap();
-    let got: String = app.query_one("SELECT tenancy.require_workspace_id()::text", &[]).unwrap().get(0);
+    app.execute(
+        "SELECT tenancy.set_workspace($1::text::uuid, false)",
+        &[&child],
+    )
+    .unwrap();
+    let got: String = app
+        .query_one("SELECT tenancy.require_workspace_id()::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(got, child);
 
     // refused: tombstoned (42704), garbage SET (22023), registry change (42501); context kept
-    let err = app.execute("SELECT tenancy.set_workspace($1::text::uuid)", &[&tomb]).unwrap_err();
+    let err = app
+        .execute("SELECT tenancy.set_workspace($1::text::uuid)", &[&tomb])
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "42704");
-    let err = app.batch_execute("SET tenancy.workspace_id = 'robert''); DROP TABLE x;--'").unwrap_err();
+    let err = app
+        .batch_execute("SET tenancy.workspace_id = 'robert''); DROP TABLE x;--'")
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "22023");
-    let err = app.batch_execute("SET tenancy.registry_table = 'public.x'").unwrap_err();
+    let err = app
+        .batch_execute("SET tenancy.registry_table = 'public.x'")
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
-    let got: String = app.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
+    let got: String = app
+        .query_one("SELECT tenancy.current_workspace_id()::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(got, child);
 }
 
@@ -75,27 +110,46 @@ fn context_given_at_connection_start_is_validated_and_canonical() {
         port()
     );
     let mut c = Client::connect(&conn, NoTls).unwrap();
-    let got: String = c.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
+    let got: String = c
+        .query_one("SELECT tenancy.current_workspace_id()::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(got, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
 
     let bad = format!(
         "host=127.0.0.1 port={} user=postgres dbname={db} options='-c tenancy.workspace_id=nope'",
         port()
     );
-    let err = Client::connect(&bad, NoTls).err().expect("a bad startup value must refuse the connection");
+    let err = Client::connect(&bad, NoTls)
+        .err()
+        .expect("a bad startup value must refuse the connection");
     assert_eq!(sqlstate(&err), "22023");
 }
 
 /// Notices (WARNINGs included) a connection receives, from its startup on.
-fn connect_collecting(db: &str, user: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>) {
+fn connect_collecting(
+    db: &str,
+    user: &str,
+) -> (
+    Client,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+) {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
     let mut config: postgres::Config =
-        format!("host=127.0.0.1 port={} user={user} dbname={db}", port()).parse().unwrap();
+        format!("host=127.0.0.1 port={} user={user} dbname={db}", port())
+            .parse()
+            .unwrap();
     config.notice_callback(move |n| {
-        sink.lock().unwrap().push((n.severity().to_string(), n.code().code().to_string(), n.message().to_string()))
+        sink.lock().unwrap().push((
+            n.severity().to_string(),
+            n.code().code().to_string(),
+            n.message().to_string(),
+        ))
     });
-    let client = config.connect(NoTls).unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"));
+    let client = config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"));
     (client, seen)
 }
 
@@ -110,7 +164,11 @@ fn login_default_context_is_refused_and_ignored() {
     let db = fresh_db("ctx_default");
     let role = format!("tenancy_it_ctxdef_{}", std::process::id());
     let mut admin = connect(&db);
-    admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")).unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"
+        ))
+        .unwrap();
     admin
         .batch_execute(&format!(
             "GRANT SELECT ON public.\"Segment\", public.\"Workspace\" TO {role};
@@ -139,9 +197,12 @@ fn login_default_context_is_refused_and_ignored() {
         .unwrap_err();
     assert_eq!(sqlstate(&err), "0A000");
     // removing a default, and other settings, stay allowed
-    app.batch_execute("ALTER ROLE CURRENT_USER RESET tenancy.workspace_id").unwrap();
-    app.batch_execute("ALTER ROLE CURRENT_USER SET tenancy.workspace_id TO DEFAULT").unwrap();
-    app.batch_execute("ALTER ROLE CURRENT_USER SET work_mem = '8MB'").unwrap();
+    app.batch_execute("ALTER ROLE CURRENT_USER RESET tenancy.workspace_id")
+        .unwrap();
+    app.batch_execute("ALTER ROLE CURRENT_USER SET tenancy.workspace_id TO DEFAULT")
+        .unwrap();
+    app.batch_execute("ALTER ROLE CURRENT_USER SET work_mem = '8MB'")
+        .unwrap();
     // nor a superuser, for a role, a database or every role; nor the server-wide file
     for stmt in [
         format!("ALTER ROLE {role} SET tenancy.workspace_id = '{tomb}'"),
@@ -181,24 +242,50 @@ fn login_default_context_is_refused_and_ignored() {
             &[],
         )
         .unwrap();
-    let (ctx, raw, work_mem, rows): (Option<String>, String, String, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(ctx, None, "the session started inside the default workspace");
+    let (ctx, raw, work_mem, rows): (Option<String>, String, String, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        ctx, None,
+        "the session started inside the default workspace"
+    );
     assert_eq!(raw, "");
     assert_eq!(work_mem, "8MB", "the role's other defaults still apply");
     assert_eq!(rows, 0, "a session without context sees no row");
     // RESET returns to no context, not to the stored default
     fresh.batch_execute("RESET tenancy.workspace_id").unwrap();
-    let ctx: Option<String> = fresh.query_one("SELECT tenancy.current_workspace_id()::text", &[]).unwrap().get(0);
+    let ctx: Option<String> = fresh
+        .query_one("SELECT tenancy.current_workspace_id()::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(ctx, None);
     let warnings: Vec<_> = seen.lock().unwrap().clone();
-    let ours: Vec<_> = warnings.iter().filter(|(_, _, m)| m.contains("tenancy.workspace_id")).collect();
-    assert_eq!(ours.len(), 2, "one WARNING per stored default: {warnings:?}");
+    let ours: Vec<_> = warnings
+        .iter()
+        .filter(|(_, _, m)| m.contains("tenancy.workspace_id"))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        2,
+        "one WARNING per stored default: {warnings:?}"
+    );
     for (severity, code, _) in &ours {
-        assert_eq!((severity.as_str(), code.as_str()), ("WARNING", "0A000"), "{warnings:?}");
+        assert_eq!(
+            (severity.as_str(), code.as_str()),
+            ("WARNING", "0A000"),
+            "{warnings:?}"
+        );
     }
     // the session still sets its context per request as usual
-    fresh.execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&root]).unwrap();
-    let rows: i64 = fresh.query_one("SELECT count(*) FROM public.\"Segment\"", &[]).unwrap().get(0);
+    fresh
+        .execute(
+            "SELECT tenancy.set_workspace($1::text::uuid, false)",
+            &[&root],
+        )
+        .unwrap();
+    let rows: i64 = fresh
+        .query_one("SELECT count(*) FROM public.\"Segment\"", &[])
+        .unwrap()
+        .get(0);
     assert!(rows > 0);
 
     // audit() reports both entries (fail, context_default) with the RESET that removes each
@@ -209,11 +296,18 @@ fn login_default_context_is_refused_and_ignored() {
             &[&role],
         )
         .unwrap();
-    let found: Vec<(String, String, String)> = found.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let found: Vec<(String, String, String)> = found
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     assert_eq!(
         found,
         vec![
-            ("fail".into(), format!("role \"{role}\""), format!("ALTER ROLE \"{role}\" RESET tenancy.workspace_id;")),
+            (
+                "fail".into(),
+                format!("role \"{role}\""),
+                format!("ALTER ROLE \"{role}\" RESET tenancy.workspace_id;")
+            ),
             (
                 "fail".into(),
                 format!("role \"{role}\" in database \"{db}\""),
@@ -233,9 +327,15 @@ fn login_default_context_is_refused_and_ignored() {
         .get(0);
     assert_eq!(left, 0);
     let (_clean, seen) = connect_collecting(&db, &role);
-    assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
     drop(app);
     drop(fresh);
     drop(_clean);
-    admin.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).unwrap();
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
 }

@@ -64,8 +64,16 @@ const ERRCODE_NAMES: &[(&str, &str)] = &[
 /// The rows "42501 (policy)" and "0A000" (COPY under row-level security) are PostgreSQL's own
 /// errors too, but tenancy raises both codes itself, so they need no exemption.
 const RAISED_BY_POSTGRES: &[(&str, &str, &str)] = &[
-    ("42602", "MarkGUCPrefixReserved", "a misspelled tenancy.* setting: the prefix is reserved in src/context.rs"),
-    ("25006", "PreventCommandIfReadOnly", "quota administration in a read-only transaction: src/quota.rs calls the check"),
+    (
+        "42602",
+        "MarkGUCPrefixReserved",
+        "a misspelled tenancy.* setting: the prefix is reserved in src/context.rs",
+    ),
+    (
+        "25006",
+        "PreventCommandIfReadOnly",
+        "quota administration in a read-only transaction: src/quota.rs calls the check",
+    ),
 ];
 
 fn repo() -> PathBuf {
@@ -91,7 +99,10 @@ fn sources(dir: &str, ext: &str) -> Vec<(String, String)> {
                 walk(&e, ext, out);
             } else if e.to_string_lossy().ends_with(ext) {
                 let text = std::fs::read_to_string(&e).unwrap();
-                out.push((e.strip_prefix(&root).unwrap_or(&e).display().to_string(), text));
+                out.push((
+                    e.strip_prefix(&root).unwrap_or(&e).display().to_string(),
+                    text,
+                ));
             }
         }
     }
@@ -106,7 +117,10 @@ fn sources(dir: &str, ext: &str) -> Vec<(String, String)> {
 fn section<'a>(doc: &'a str, heading: &str) -> Vec<&'a str> {
     let level = heading.chars().take_while(|&c| c == '#').count();
     let mut lines = doc.lines().skip_while(|l| l.trim_end() != heading);
-    assert!(lines.next().is_some(), "docs/reference.md has no line `{heading}`");
+    assert!(
+        lines.next().is_some(),
+        "docs/reference.md has no line `{heading}`"
+    );
     lines
         .take_while(|l| {
             let hashes = l.chars().take_while(|&c| c == '#').count();
@@ -117,11 +131,22 @@ fn section<'a>(doc: &'a str, heading: &str) -> Vec<&'a str> {
 
 /// First cells of the table rows of `lines` (header and separator rows excluded).
 fn first_cells(lines: &[&str]) -> Vec<String> {
-    let rows: Vec<&str> = lines.iter().map(|l| l.trim()).filter(|l| l.starts_with('|')).collect();
+    let rows: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with('|'))
+        .collect();
     assert!(rows.len() > 2, "no table found");
     rows.iter()
         .skip(2) // header, |---|
-        .map(|r| r.trim_start_matches('|').split('|').next().unwrap_or("").trim().to_string())
+        .map(|r| {
+            r.trim_start_matches('|')
+                .split('|')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .collect()
 }
 
@@ -140,7 +165,10 @@ fn entries(doc: &str) -> BTreeSet<String> {
         } else if let Some(rest) = l.strip_prefix("- ") {
             l = rest;
         }
-        let Some(rest) = l.strip_prefix("**`tenancy.").or_else(|| l.strip_prefix("**View `tenancy.")) else {
+        let Some(rest) = l
+            .strip_prefix("**`tenancy.")
+            .or_else(|| l.strip_prefix("**View `tenancy."))
+        else {
             continue;
         };
         let name: String = rest.chars().take_while(|&c| is_ident_char(c)).collect();
@@ -156,7 +184,8 @@ fn sqlstates(cell: &str) -> Vec<String> {
     cell.split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|t| {
             t.len() == 5
-                && t.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+                && t.chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
                 && t.chars().any(|c| c.is_ascii_digit())
         })
         .map(str::to_string)
@@ -165,16 +194,24 @@ fn sqlstates(cell: &str) -> Vec<String> {
 
 /// SQLSTATEs the sources raise: `ERRCODE_<NAME>` in Rust, `ERRCODE = '<code>'` in SQL. Returns
 /// code → where, and the `ERRCODE_` names that `ERRCODE_NAMES` lacks.
-fn raised(rust: &[(String, String)], sql: &[(String, String)]) -> (BTreeMap<String, String>, BTreeSet<String>) {
+fn raised(
+    rust: &[(String, String)],
+    sql: &[(String, String)],
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
     let names: BTreeMap<&str, &str> = ERRCODE_NAMES.iter().copied().collect();
     let mut codes = BTreeMap::new();
     let mut unknown = BTreeSet::new();
     for (file, text) in rust {
         for (i, _) in text.match_indices("ERRCODE_") {
-            let name: String = text[i + "ERRCODE_".len()..].chars().take_while(|&c| is_ident_char(c)).collect();
+            let name: String = text[i + "ERRCODE_".len()..]
+                .chars()
+                .take_while(|&c| is_ident_char(c))
+                .collect();
             match names.get(name.as_str()) {
                 Some(code) => {
-                    codes.entry(code.to_string()).or_insert_with(|| format!("ERRCODE_{name} in {file}"));
+                    codes
+                        .entry(code.to_string())
+                        .or_insert_with(|| format!("ERRCODE_{name} in {file}"));
                 }
                 None => {
                     unknown.insert(format!("ERRCODE_{name} ({file})"));
@@ -186,10 +223,18 @@ fn raised(rust: &[(String, String)], sql: &[(String, String)]) -> (BTreeMap<Stri
         let upper = text.to_uppercase();
         for (i, _) in upper.match_indices("ERRCODE") {
             let rest = upper[i + "ERRCODE".len()..].trim_start();
-            let Some(rest) = rest.strip_prefix('=') else { continue };
+            let Some(rest) = rest.strip_prefix('=') else {
+                continue;
+            };
             let rest = rest.trim_start();
-            if let Some(code) = rest.strip_prefix('\'').and_then(|r| r.get(..6)).and_then(|r| r.strip_suffix('\'')) {
-                codes.entry(code.to_string()).or_insert_with(|| format!("ERRCODE = '{code}' in {file}"));
+            if let Some(code) = rest
+                .strip_prefix('\'')
+                .and_then(|r| r.get(..6))
+                .and_then(|r| r.strip_suffix('\''))
+            {
+                codes
+                    .entry(code.to_string())
+                    .or_insert_with(|| format!("ERRCODE = '{code}' in {file}"));
             }
         }
     }
@@ -201,8 +246,17 @@ fn reference_matches_catalog_settings_and_errors() {
     let doc = read("docs/reference.md");
     let rust = sources("src", ".rs");
     let sql = sources("sql", ".sql");
-    let all_rust: String = rust.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n");
-    let all_sources: String = rust.iter().chain(sql.iter()).map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n");
+    let all_rust: String = rust
+        .iter()
+        .map(|(_, t)| t.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let all_sources: String = rust
+        .iter()
+        .chain(sql.iter())
+        .map(|(_, t)| t.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut problems: Vec<String> = Vec::new();
 
     let db = fresh_db("docs");
@@ -222,7 +276,10 @@ fn reference_matches_catalog_settings_and_errors() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(catalog.contains("set_workspace"), "schema tenancy looks empty: {catalog:?}");
+    assert!(
+        catalog.contains("set_workspace"),
+        "schema tenancy looks empty: {catalog:?}"
+    );
     let documented = entries(&doc);
     for name in catalog.difference(&documented) {
         problems.push(format!("function or view tenancy.{name} has no entry in docs/reference.md (a line starting **`tenancy.{name}(...)` or **View `tenancy.{name}`)"));
@@ -233,31 +290,51 @@ fn reference_matches_catalog_settings_and_errors() {
 
     // Settings.
     let settings: BTreeSet<String> = c
-        .query("SELECT name FROM pg_settings WHERE name LIKE 'tenancy.%'", &[])
+        .query(
+            "SELECT name FROM pg_settings WHERE name LIKE 'tenancy.%'",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let preloaded: String = c.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
-    assert!(preloaded.contains("tenancy"), "the suite's cluster should preload tenancy, has {preloaded:?}");
+    let preloaded: String = c
+        .query_one("SHOW shared_preload_libraries", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        preloaded.contains("tenancy"),
+        "the suite's cluster should preload tenancy, has {preloaded:?}"
+    );
     let table: BTreeSet<String> = first_cells(&section(&doc, "## Settings"))
         .iter()
         .map(|cell| cell.trim_matches('`').to_string())
         .collect();
     for name in settings.difference(&table) {
-        problems.push(format!("setting {name} has no row in the Settings table of docs/reference.md"));
+        problems.push(format!(
+            "setting {name} has no row in the Settings table of docs/reference.md"
+        ));
     }
     for name in table.difference(&settings) {
-        problems.push(format!("the Settings table of docs/reference.md lists {name}, which pg_settings does not have"));
+        problems.push(format!(
+            "the Settings table of docs/reference.md lists {name}, which pg_settings does not have"
+        ));
     }
 
     // Errors.
-    let documented_codes: BTreeSet<String> =
-        first_cells(&section(&doc, "## Errors")).iter().flat_map(|cell| sqlstates(cell)).collect();
-    assert!(documented_codes.contains("53400"), "no SQLSTATE read from the Errors table: {documented_codes:?}");
+    let documented_codes: BTreeSet<String> = first_cells(&section(&doc, "## Errors"))
+        .iter()
+        .flat_map(|cell| sqlstates(cell))
+        .collect();
+    assert!(
+        documented_codes.contains("53400"),
+        "no SQLSTATE read from the Errors table: {documented_codes:?}"
+    );
     let (raised_codes, unknown) = raised(&rust, &sql);
     for name in &unknown {
-        problems.push(format!("{name}: add its SQLSTATE to ERRCODE_NAMES in tests/docs.rs"));
+        problems.push(format!(
+            "{name}: add its SQLSTATE to ERRCODE_NAMES in tests/docs.rs"
+        ));
     }
     for code in &documented_codes {
         if raised_codes.contains_key(code)
@@ -304,7 +381,8 @@ fn parsers() {
     assert_eq!(sqlstates("42804 / 42809"), vec!["42804", "42809"]);
     assert_eq!(sqlstates("42501 (policy)"), vec!["42501"]);
     assert!(sqlstates("SQLSTATE").is_empty());
-    let doc = "1. **`tenancy.a(x int)`** — a\n   **`tenancy.b(tbl)`** — b\n9. **View `tenancy.c`** — c\n\
+    let doc =
+        "1. **`tenancy.a(x int)`** — a\n   **`tenancy.b(tbl)`** — b\n9. **View `tenancy.c`** — c\n\
                - **`tenancy.d()`** — d\nsee `tenancy.e` and **`tenancy.f`**x\n";
     let names: Vec<String> = entries(doc).into_iter().collect();
     assert_eq!(names, vec!["a", "b", "c", "d"]);

@@ -12,7 +12,9 @@ pub use postgres::{Client, NoTls};
 
 pub fn port() -> u16 {
     std::env::var("TENANCY_TEST_PORT")
-        .expect("TENANCY_TEST_PORT is not set: run these tests through `make test` (scripts/test.sh)")
+        .expect(
+            "TENANCY_TEST_PORT is not set: run these tests through `make test` (scripts/test.sh)",
+        )
         .parse()
         .expect("TENANCY_TEST_PORT must be a port number")
 }
@@ -34,15 +36,24 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh database cloned from the fixture template, named after the test.
 pub fn fresh_db(test: &str) -> String {
-    let name = format!("t_{}_{}_{}", test, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "t_{}_{}_{}",
+        test,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let mut admin = connect("postgres");
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .unwrap();
     // CREATE DATABASE ... TEMPLATE fails while another session is copying the same template;
     // retry briefly rather than serialising all tests.
     for attempt in 0.. {
         match admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {}", template())) {
             Ok(()) => break,
-            Err(e) if attempt < 50 && e.to_string().contains("is being accessed by other users") => {
+            Err(e)
+                if attempt < 50 && e.to_string().contains("is being accessed by other users") =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             Err(e) => panic!("create database {name}: {e}"),
@@ -60,7 +71,10 @@ pub fn sqlstate(err: &postgres::Error) -> String {
 
 /// A fixture workspace id, as `fixture.ws_id(kind, n)` computes it.
 pub fn ws_id(client: &mut Client, kind: &str, n: i32) -> String {
-    client.query_one("SELECT fixture.ws_id($1, $2)::text", &[&kind, &n]).unwrap().get(0)
+    client
+        .query_one("SELECT fixture.ws_id($1, $2)::text", &[&kind, &n])
+        .unwrap()
+        .get(0)
 }
 
 /// Create (once per cluster, race-free) a non-superuser, non-owner login role, and let it use
@@ -100,11 +114,17 @@ impl Cluster {
             .status()
             .expect("run scripts/cluster.sh");
         assert!(status.success(), "cluster {name} did not start");
-        Cluster { name: name.to_string(), port }
+        Cluster {
+            name: name.to_string(),
+            port,
+        }
     }
 
     pub fn connect(&self, db: &str) -> Client {
-        let conn = format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port);
+        let conn = format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        );
         Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e}"))
     }
 
@@ -112,12 +132,17 @@ impl Cluster {
     /// 3 roots, 5 rows per table).
     pub fn fixture_db(&self, db: &str) -> Client {
         let mut admin = self.connect("postgres");
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
         let mut c = self.connect(db);
         c.batch_execute("CREATE EXTENSION tenancy").unwrap();
-        c.batch_execute(include_str!("../fixture/dittofeed.sql")).unwrap();
-        c.batch_execute(include_str!("../fixture/generate.sql")).unwrap();
-        c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)").unwrap();
+        c.batch_execute(include_str!("../fixture/dittofeed.sql"))
+            .unwrap();
+        c.batch_execute(include_str!("../fixture/generate.sql"))
+            .unwrap();
+        c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
+            .unwrap();
         c
     }
 }
@@ -133,7 +158,10 @@ impl Drop for Cluster {
 
 /// A random uuid (from the server), for workspaces no other test uses.
 pub fn random_ws(client: &mut Client) -> String {
-    client.query_one("SELECT gen_random_uuid()::text", &[]).unwrap().get(0)
+    client
+        .query_one("SELECT gen_random_uuid()::text", &[])
+        .unwrap()
+        .get(0)
 }
 
 impl Cluster {
@@ -197,7 +225,9 @@ pub struct PoolDb<'a> {
 
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -219,12 +249,20 @@ impl Pgbouncer {
         databases: &[PoolDb],
     ) -> Pgbouncer {
         use std::fmt::Write as _;
-        let run_dir = std::env::var("TENANCY_RUN_DIR").unwrap_or_else(|_| "/tmp/tenancy-run".into());
+        let run_dir =
+            std::env::var("TENANCY_RUN_DIR").unwrap_or_else(|_| "/tmp/tenancy-run".into());
         let dir = std::path::Path::new(&run_dir).join(format!("pgbouncer-{name}"));
-        let (ini, pidfile, log) = (dir.join("pgbouncer.ini"), dir.join("pgbouncer.pid"), dir.join("pgbouncer.log"));
+        let (ini, pidfile, log) = (
+            dir.join("pgbouncer.ini"),
+            dir.join("pgbouncer.pid"),
+            dir.join("pgbouncer.log"),
+        );
 
         // A pgbouncer of ours left over by a crashed run holds the port: end it (only it, by pid).
-        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(ini.to_str().unwrap()) {
                 signal(pid, "-KILL");
@@ -238,7 +276,8 @@ impl Pgbouncer {
         }
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], listen_port));
         assert!(
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_err(),
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                .is_err(),
             "pgbouncer {name}: port {listen_port} is already in use"
         );
 
@@ -246,7 +285,12 @@ impl Pgbouncer {
         std::fs::create_dir_all(&dir).unwrap();
         let mut conf = String::from("[databases]\n");
         for db in databases {
-            write!(conf, "{} = host=127.0.0.1 port={pg_port} dbname={}", db.alias, db.dbname).unwrap();
+            write!(
+                conf,
+                "{} = host=127.0.0.1 port={pg_port} dbname={}",
+                db.alias, db.dbname
+            )
+            .unwrap();
             if let Some(n) = db.pool_size {
                 write!(conf, " pool_size={n}").unwrap();
             }
@@ -299,23 +343,39 @@ impl Pgbouncer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn pgbouncer");
-        let mut bouncer = Pgbouncer { port: listen_port, dir, child: Some(child) };
+        let mut bouncer = Pgbouncer {
+            port: listen_port,
+            dir,
+            child: Some(child),
+        };
         for _ in 0..100 {
             if let Some(status) = bouncer.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("pgbouncer {name} exited ({status}) before accepting connections:\n{}", bouncer.log());
+                panic!(
+                    "pgbouncer {name} exited ({status}) before accepting connections:\n{}",
+                    bouncer.log()
+                );
             }
-            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok() {
+            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                .is_ok()
+            {
                 return bouncer;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("pgbouncer {name} does not accept connections on port {listen_port}:\n{}", bouncer.log());
+        panic!(
+            "pgbouncer {name} does not accept connections on port {listen_port}:\n{}",
+            bouncer.log()
+        );
     }
 
     /// A client connection through pgbouncer to database entry `alias`, as `user`.
     pub fn connect_as(&self, alias: &str, user: &str) -> Client {
-        let conn = format!("host=127.0.0.1 port={} user={user} dbname={alias} connect_timeout=10", self.port);
-        Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect via pgbouncer {conn}: {e}\n{}", self.log()))
+        let conn = format!(
+            "host=127.0.0.1 port={} user={user} dbname={alias} connect_timeout=10",
+            self.port
+        );
+        Client::connect(&conn, NoTls)
+            .unwrap_or_else(|e| panic!("connect via pgbouncer {conn}: {e}\n{}", self.log()))
     }
 
     /// The tail of pgbouncer's log, for failure messages.
@@ -328,7 +388,9 @@ impl Pgbouncer {
 
 impl Drop for Pgbouncer {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         // SIGTERM to pgbouncer itself (immediate shutdown); as root the child is runuser, which
         // then exits with it. Fall back to signalling the child.
         let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid"))

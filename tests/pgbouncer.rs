@@ -41,7 +41,9 @@ fn row(c: &mut Client, sql: &str) -> Result<Vec<Option<String>>, postgres::Error
         .simple_query(sql)?
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect();
@@ -60,10 +62,16 @@ fn workspaces(admin: &mut Client) -> Vec<(String, String, i64)> {
         .map(|(kind, n)| {
             let id = ws_id(admin, kind, n);
             let segments: i64 = admin
-                .query_one("SELECT count(*) FROM \"Segment\" WHERE \"workspaceId\" = $1::text::uuid", &[&id])
+                .query_one(
+                    "SELECT count(*) FROM \"Segment\" WHERE \"workspaceId\" = $1::text::uuid",
+                    &[&id],
+                )
                 .unwrap()
                 .get(0);
-            assert!(segments > 0, "fixture workspace {kind}/{n} has no Segment rows");
+            assert!(
+                segments > 0,
+                "fixture workspace {kind}/{n} has no Segment rows"
+            );
             (format!("{kind}/{n}"), id, segments)
         })
         .collect()
@@ -72,7 +80,9 @@ fn workspaces(admin: &mut Client) -> Vec<(String, String, i64)> {
 fn setup(test: &str) -> (String, Client, Vec<(String, String, i64)>) {
     let db = fresh_db(test);
     let mut admin = connect(&db);
-    admin.batch_execute("SELECT count(*) FROM tenancy.enable_rls_all()").unwrap();
+    admin
+        .batch_execute("SELECT count(*) FROM tenancy.enable_rls_all()")
+        .unwrap();
     app_role(&mut admin, ROLE);
     let wss = workspaces(&mut admin);
     (db, admin, wss)
@@ -94,12 +104,20 @@ fn transaction_pooling_never_leaks_context() {
         port(),
         POOL_SIZE as u32,
         &[ROLE, "postgres"],
-        &[PoolDb { alias: "tenancy_pgb", dbname: &db, pool_size: None }],
+        &[PoolDb {
+            alias: "tenancy_pgb",
+            dbname: &db,
+            pool_size: None,
+        }],
     );
     {
         let mut c = bouncer.connect_as("tenancy_pgb", ROLE);
         let r = row(&mut c, "SELECT rolsuper OR rolbypassrls, current_user FROM pg_roles WHERE rolname = current_user").unwrap();
-        assert_eq!(r, vec![Some("f".into()), Some(ROLE.into())], "the clients must not bypass row-level security");
+        assert_eq!(
+            r,
+            vec![Some("f".into()), Some(ROLE.into())],
+            "the clients must not bypass row-level security"
+        );
     }
 
     let start = std::time::Instant::now();
@@ -112,7 +130,9 @@ fn transaction_pooling_never_leaks_context() {
             std::thread::spawn(move || {
                 let mut c = bouncer.connect_as("tenancy_pgb", ROLE);
                 barrier.wait();
-                (0..REQUESTS).map(|i| request(&mut c, &wss, t, i)).collect::<Vec<Served>>()
+                (0..REQUESTS)
+                    .map(|i| request(&mut c, &wss, t, i))
+                    .collect::<Vec<Served>>()
             })
         })
         .collect();
@@ -123,18 +143,32 @@ fn transaction_pooling_never_leaks_context() {
             Ok(s) => served.extend(s),
             Err(e) => failures.push(format!(
                 "thread {t}: {}",
-                e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
             )),
         }
     }
-    assert!(failures.is_empty(), "{} of {THREADS} clients failed:\n{}\npgbouncer log:\n{}", failures.len(), failures.join("\n"), bouncer.log());
+    assert!(
+        failures.is_empty(),
+        "{} of {THREADS} clients failed:\n{}\npgbouncer log:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        bouncer.log()
+    );
     let elapsed = start.elapsed();
 
     // The committed rows, exactly, each in its workspace; no rolled-back row (as postgres, directly).
-    let expected: BTreeMap<String, String> =
-        served.iter().filter_map(|s| Some((s.committed.clone()?, wss[s.ws?].1.clone()))).collect();
+    let expected: BTreeMap<String, String> = served
+        .iter()
+        .filter_map(|s| Some((s.committed.clone()?, wss[s.ws?].1.clone())))
+        .collect();
     let found: BTreeMap<String, String> = admin
-        .query("SELECT name, \"workspaceId\"::text FROM \"Journey\" WHERE name LIKE 'pgb-%'", &[])
+        .query(
+            "SELECT name, \"workspaceId\"::text FROM \"Journey\" WHERE name LIKE 'pgb-%'",
+            &[],
+        )
         .unwrap()
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -142,9 +176,15 @@ fn transaction_pooling_never_leaks_context() {
     for (label, id, _) in wss.iter() {
         let want = expected.values().filter(|w| *w == id).count();
         let got = found.values().filter(|w| *w == id).count();
-        assert_eq!(got, want, "workspace {label}: {got} Journey rows of this test, {want} committed");
+        assert_eq!(
+            got, want,
+            "workspace {label}: {got} Journey rows of this test, {want} committed"
+        );
     }
-    assert_eq!(found, expected, "the test's Journey rows differ from the committed inserts");
+    assert_eq!(
+        found, expected,
+        "the test's Journey rows differ from the committed inserts"
+    );
 
     // The pool really multiplexed.
     let mut by_pid: BTreeMap<i32, (BTreeSet<usize>, usize)> = BTreeMap::new(); // workspaces, no-context requests
@@ -165,9 +205,20 @@ fn transaction_pooling_never_leaks_context() {
         by_pid.iter().map(|(p, (w, n))| (*p, w.len(), *n)).collect::<Vec<_>>()
     );
     assert!(served.len() >= 1000);
-    assert!(by_pid.len() < THREADS, "{} backends for {THREADS} clients: pgbouncer did not pool", by_pid.len());
-    assert!(by_pid.len() <= POOL_SIZE, "{} backends, more than the pool size {POOL_SIZE}", by_pid.len());
-    assert!(by_pid.values().any(|(w, _)| w.len() >= 2), "no backend served two workspaces");
+    assert!(
+        by_pid.len() < THREADS,
+        "{} backends for {THREADS} clients: pgbouncer did not pool",
+        by_pid.len()
+    );
+    assert!(
+        by_pid.len() <= POOL_SIZE,
+        "{} backends, more than the pool size {POOL_SIZE}",
+        by_pid.len()
+    );
+    assert!(
+        by_pid.values().any(|(w, _)| w.len() >= 2),
+        "no backend served two workspaces"
+    );
     assert!(
         by_pid.values().any(|(w, n)| !w.is_empty() && *n > 0),
         "no context-less request ran on a backend that had served a workspace"
@@ -177,21 +228,34 @@ fn transaction_pooling_never_leaks_context() {
 /// Request `i` of client `t`: one transaction over separate round trips through pgbouncer.
 fn request(c: &mut Client, wss: &[(String, String, i64)], t: usize, i: usize) -> Served {
     let run = |c: &mut Client, ctx: &str, sql: &str| {
-        row(c, sql).unwrap_or_else(|e| panic!("{ctx}: {sql}: {e} ({:?})", e.as_db_error().map(|d| d.code())))
+        row(c, sql).unwrap_or_else(|e| {
+            panic!(
+                "{ctx}: {sql}: {e} ({:?})",
+                e.as_db_error().map(|d| d.code())
+            )
+        })
     };
     let batch = |c: &mut Client, ctx: &str, sql: &str| {
-        c.batch_execute(sql).unwrap_or_else(|e| panic!("{ctx}: {sql}: {e}"))
+        c.batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{ctx}: {sql}: {e}"))
     };
 
     if i % 10 == 9 {
         // No context: whatever the server connection ran before, nothing is visible or writable.
         let ctx = format!("thread {t} request {i} (no context)");
         batch(c, &ctx, "BEGIN");
-        let r = run(c, &ctx, "SELECT tenancy.current_workspace_id()::text, pg_backend_pid()");
+        let r = run(
+            c,
+            &ctx,
+            "SELECT tenancy.current_workspace_id()::text, pg_backend_pid()",
+        );
         let pid: i32 = r[1].as_deref().unwrap().parse().unwrap();
         let ctx = format!("{ctx} on backend {pid}");
         if let Some(leaked) = &r[0] {
-            let label = wss.iter().find(|w| &w.1 == leaked).map_or("?", |w| w.0.as_str());
+            let label = wss
+                .iter()
+                .find(|w| &w.1 == leaked)
+                .map_or("?", |w| w.0.as_str());
             panic!("{ctx}: current_workspace_id() = {leaked} ({label}): an earlier transaction's context leaked");
         }
         let r = run(c, &ctx, "SELECT (SELECT count(*) FROM \"Segment\"), (SELECT count(*) FROM \"Journey\"), \
@@ -211,18 +275,34 @@ fn request(c: &mut Client, wss: &[(String, String, i64)], t: usize, i: usize) ->
             Err(e) => assert_eq!(sqlstate(&e), "42501", "{ctx}: insert without context: {e}"),
         }
         batch(c, &ctx, "ROLLBACK");
-        return Served { pid, ws: None, committed: None };
+        return Served {
+            pid,
+            ws: None,
+            committed: None,
+        };
     }
 
     let w = (t * 5 + i * 7 + i / 9) % wss.len();
     let (label, ws, segments) = &wss[w];
     let ctx = format!("thread {t} request {i} (workspace {label} {ws})");
     batch(c, &ctx, "BEGIN");
-    run(c, &ctx, &format!("SELECT tenancy.set_workspace('{ws}', true)"));
-    let r = run(c, &ctx, "SELECT tenancy.current_workspace_id()::text, pg_backend_pid()");
+    run(
+        c,
+        &ctx,
+        &format!("SELECT tenancy.set_workspace('{ws}', true)"),
+    );
+    let r = run(
+        c,
+        &ctx,
+        "SELECT tenancy.current_workspace_id()::text, pg_backend_pid()",
+    );
     let pid: i32 = r[1].as_deref().unwrap().parse().unwrap();
     let ctx = format!("{ctx} on backend {pid}");
-    assert_eq!(r[0].as_deref(), Some(ws.as_str()), "{ctx}: current_workspace_id() right after set_workspace");
+    assert_eq!(
+        r[0].as_deref(),
+        Some(ws.as_str()),
+        "{ctx}: current_workspace_id() right after set_workspace"
+    );
     let r = run(
         c,
         &ctx,
@@ -239,7 +319,11 @@ fn request(c: &mut Client, wss: &[(String, String, i64)], t: usize, i: usize) ->
         "{ctx}: foreign (Segment, Journey) rows visible, of workspaces {:?}",
         r[3]
     );
-    assert_eq!(r[0], Some(segments.to_string()), "{ctx}: Segment rows visible");
+    assert_eq!(
+        r[0],
+        Some(segments.to_string()),
+        "{ctx}: Segment rows visible"
+    );
     let name = format!("pgb-{t}-{i}");
     let r = run(
         c,
@@ -248,11 +332,23 @@ fn request(c: &mut Client, wss: &[(String, String, i64)], t: usize, i: usize) ->
             "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ('{ws}', '{name}') RETURNING \"workspaceId\"::text, pg_backend_pid()"
         ),
     );
-    assert_eq!(r[0].as_deref(), Some(ws.as_str()), "{ctx}: inserted row's workspace");
-    assert_eq!(r[1], Some(pid.to_string()), "{ctx}: the transaction moved to another backend");
+    assert_eq!(
+        r[0].as_deref(),
+        Some(ws.as_str()),
+        "{ctx}: inserted row's workspace"
+    );
+    assert_eq!(
+        r[1],
+        Some(pid.to_string()),
+        "{ctx}: the transaction moved to another backend"
+    );
     let commit = i % 7 != 3;
     batch(c, &ctx, if commit { "COMMIT" } else { "ROLLBACK" });
-    Served { pid, ws: Some(w), committed: commit.then_some(name) }
+    Served {
+        pid,
+        ws: Some(w),
+        committed: commit.then_some(name),
+    }
 }
 
 /// The negative control: the same detector, fed a session-level context, sees the leak.
@@ -266,12 +362,20 @@ fn session_level_context_leaks_through_the_pool() {
         port(),
         POOL_SIZE as u32,
         &[ROLE, "postgres"],
-        &[PoolDb { alias: "tenancy_pgb_solo", dbname: &db, pool_size: Some(1) }],
+        &[PoolDb {
+            alias: "tenancy_pgb_solo",
+            dbname: &db,
+            pool_size: Some(1),
+        }],
     );
     let (_, ws, segments) = &wss[1];
     let mut a = bouncer.connect_as("tenancy_pgb_solo", ROLE);
     let mut b = bouncer.connect_as("tenancy_pgb_solo", ROLE);
-    let pid = |c: &mut Client| row(c, "SELECT pg_backend_pid()").unwrap()[0].clone().unwrap();
+    let pid = |c: &mut Client| {
+        row(c, "SELECT pg_backend_pid()").unwrap()[0]
+            .clone()
+            .unwrap()
+    };
     let seen_by_b = |b: &mut Client| {
         b.batch_execute("BEGIN").unwrap();
         let r = row(b, "SELECT tenancy.current_workspace_id()::text, (SELECT count(*) FROM \"Segment\"), pg_backend_pid()").unwrap();
@@ -281,21 +385,41 @@ fn session_level_context_leaks_through_the_pool() {
 
     // is_local = true: a's context ends with a's transaction; b, next on the same backend, has none.
     a.batch_execute("BEGIN").unwrap();
-    row(&mut a, &format!("SELECT tenancy.set_workspace('{ws}', true)")).unwrap();
+    row(
+        &mut a,
+        &format!("SELECT tenancy.set_workspace('{ws}', true)"),
+    )
+    .unwrap();
     let backend = pid(&mut a);
     a.batch_execute("COMMIT").unwrap();
     let r = seen_by_b(&mut b);
-    assert_eq!(r[2].as_ref(), Some(&backend), "pool_size = 1: b must run on a's backend");
-    assert_eq!((r[0].as_deref(), r[1].as_deref()), (None, Some("0")), "transaction-local context leaked");
+    assert_eq!(
+        r[2].as_ref(),
+        Some(&backend),
+        "pool_size = 1: b must run on a's backend"
+    );
+    assert_eq!(
+        (r[0].as_deref(), r[1].as_deref()),
+        (None, Some("0")),
+        "transaction-local context leaked"
+    );
 
     // is_local = false: a's context stays on the server connection, and b, another client with no
     // context of its own, gets a's workspace and its rows. Behind a transaction pooler the
     // application must therefore call set_workspace(.., true) (SET LOCAL), never the session form.
     a.batch_execute("BEGIN").unwrap();
-    row(&mut a, &format!("SELECT tenancy.set_workspace('{ws}', false)")).unwrap();
+    row(
+        &mut a,
+        &format!("SELECT tenancy.set_workspace('{ws}', false)"),
+    )
+    .unwrap();
     a.batch_execute("COMMIT").unwrap();
     let r = seen_by_b(&mut b);
-    assert_eq!(r[2].as_ref(), Some(&backend), "pool_size = 1: b must run on a's backend");
+    assert_eq!(
+        r[2].as_ref(),
+        Some(&backend),
+        "pool_size = 1: b must run on a's backend"
+    );
     assert_eq!(
         (r[0].as_deref(), r[1].as_deref()),
         (Some(ws.as_str()), Some(segments.to_string().as_str())),
@@ -305,7 +429,11 @@ fn session_level_context_leaks_through_the_pool() {
     // Clean up the server connection, and check it is clean.
     b.batch_execute("RESET tenancy.workspace_id").unwrap();
     let r = seen_by_b(&mut a);
-    assert_eq!((r[0].as_deref(), r[1].as_deref()), (None, Some("0")), "context left after RESET");
+    assert_eq!(
+        (r[0].as_deref(), r[1].as_deref()),
+        (None, Some("0")),
+        "context left after RESET"
+    );
 }
 
 /// Admission control behind transaction pooling: workspace A limited to 1 statement at once,
@@ -327,14 +455,22 @@ fn admission_limits_hold_through_transaction_pooling() {
         .unwrap();
     let a = ws_id(&mut admin, "root", 1);
     let b = ws_id(&mut admin, "root", 2);
-    admin.batch_execute(&format!("SELECT tenancy.set_limits(1, interval '5 s', workspace => '{a}')")).unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.set_limits(1, interval '5 s', workspace => '{a}')"
+        ))
+        .unwrap();
     let bouncer = Arc::new(Pgbouncer::start(
         "admission",
         25465,
         port(),
         4,
         &[APP],
-        &[PoolDb { alias: "tenancy_pgb_adm", dbname: &db, pool_size: Some(4) }],
+        &[PoolDb {
+            alias: "tenancy_pgb_adm",
+            dbname: &db,
+            pool_size: Some(4),
+        }],
     ));
     let start = Arc::new(Barrier::new(4));
     let heavy: Vec<_> = (0..3)
@@ -345,7 +481,10 @@ fn admission_limits_hold_through_transaction_pooling() {
                 start.wait();
                 (0..3)
                     .map(|_| {
-                        c.batch_execute(&format!("BEGIN; SELECT tenancy.set_workspace('{a}', true)")).unwrap();
+                        c.batch_execute(&format!(
+                            "BEGIN; SELECT tenancy.set_workspace('{a}', true)"
+                        ))
+                        .unwrap();
                         let r = row(&mut c, "SELECT s, e FROM public.timed_sleep(0.2)").unwrap();
                         c.batch_execute("COMMIT").unwrap();
                         let f = |i: usize| r[i].as_deref().unwrap().parse::<f64>().unwrap();
@@ -371,17 +510,27 @@ fn admission_limits_hold_through_transaction_pooling() {
                 .unwrap()
         })
     };
-    let mut intervals: Vec<(f64, f64)> = heavy.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut intervals: Vec<(f64, f64)> =
+        heavy.into_iter().flat_map(|h| h.join().unwrap()).collect();
     let slowest_b = light.join().unwrap();
     intervals.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap());
     for w in intervals.windows(2) {
-        assert!(w[1].0 >= w[0].1 - 0.001, "A's statements overlapped through the pool: {w:?}");
+        assert!(
+            w[1].0 >= w[0].1 - 0.001,
+            "A's statements overlapped through the pool: {w:?}"
+        );
     }
     assert_eq!(intervals.len(), 9);
-    assert!(slowest_b < std::time::Duration::from_millis(150), "B waited behind A: {slowest_b:?}");
+    assert!(
+        slowest_b < std::time::Duration::from_millis(150),
+        "B waited behind A: {slowest_b:?}"
+    );
     let waited: i64 = admin
         .query_one("SELECT statements_waited FROM tenancy.workspace_stats WHERE workspace_id = $1::text::uuid AND database = current_database()", &[&a])
         .unwrap()
         .get(0);
-    assert!(waited >= 4, "A's statements waited for their slot: {waited}");
+    assert!(
+        waited >= 4,
+        "A's statements waited for their slot: {waited}"
+    );
 }

@@ -15,17 +15,26 @@ struct Db {
 impl Db {
     /// A fresh fixture database on the suite's cluster.
     fn fresh(test: &str) -> Db {
-        Db { port: port(), name: fresh_db(test) }
+        Db {
+            port: port(),
+            name: fresh_db(test),
+        }
     }
 
     /// A fresh fixture database on `cluster`.
     fn on(cluster: &Cluster, name: &str) -> Db {
         cluster.fixture_db(name);
-        Db { port: cluster.port, name: name.to_string() }
+        Db {
+            port: cluster.port,
+            name: name.to_string(),
+        }
     }
 
     fn connect(&self) -> Client {
-        let conn = format!("host=127.0.0.1 port={} user=postgres dbname={}", self.port, self.name);
+        let conn = format!(
+            "host=127.0.0.1 port={} user=postgres dbname={}",
+            self.port, self.name
+        );
         Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e}"))
     }
 }
@@ -75,7 +84,12 @@ fn hammer_at_limit(db: &Db, isolation: &'static str) {
     let ws = ws_id(&mut admin, "root", 1);
     let before = declarative_segments(&mut admin, &ws);
     let limit = before + 40;
-    admin.execute("SELECT tenancy.set_quota('\"Segment\"', $1, $2::text::uuid)", &[&limit, &ws]).unwrap();
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('\"Segment\"', $1, $2::text::uuid)",
+            &[&limit, &ws],
+        )
+        .unwrap();
 
     let sessions = 16;
     let barrier = Arc::new(Barrier::new(sessions));
@@ -116,7 +130,10 @@ fn hammer_at_limit(db: &Db, isolation: &'static str) {
         retry += c;
     }
     let after = declarative_segments(&mut admin, &ws);
-    assert!(after <= limit, "overshoot under {isolation}: {after} rows for a limit of {limit}");
+    assert!(
+        after <= limit,
+        "overshoot under {isolation}: {after} rows for a limit of {limit}"
+    );
     if isolation == "READ COMMITTED" {
         assert_eq!(ok, 40, "successes (over={over})");
         assert_eq!(after, limit);
@@ -125,12 +142,19 @@ fn hammer_at_limit(db: &Db, isolation: &'static str) {
         assert!(ok <= 40);
         assert_eq!(after, before + ok as i64);
     }
-    assert_eq!(used(&mut admin, "\"Segment\"", &ws), after, "counter = count(*)");
+    assert_eq!(
+        used(&mut admin, "\"Segment\"", &ws),
+        after,
+        "counter = count(*)"
+    );
     assert!(drift(&mut admin).is_empty(), "{:?}", drift(&mut admin));
 }
 
 fn hammer_db(isolation: &str) -> Db {
-    Db::fresh(&format!("quota_hammer_{}", isolation.replace(' ', "_").to_lowercase()))
+    Db::fresh(&format!(
+        "quota_hammer_{}",
+        isolation.replace(' ', "_").to_lowercase()
+    ))
 }
 
 #[test]
@@ -153,9 +177,16 @@ fn sixteen_sessions_at_the_limit_serializable() {
 #[test]
 fn table_path_without_preload() {
     let cluster = Cluster::start("it-quota-nopreload", 25449, &["--no-preload"]);
-    for (i, isolation) in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"].into_iter().enumerate() {
+    for (i, isolation) in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+        .into_iter()
+        .enumerate()
+    {
         let db = Db::on(&cluster, &format!("hammer_{i}"));
-        let shared: bool = db.connect().query_one("SELECT tenancy._quota_shared()", &[]).unwrap().get(0);
+        let shared: bool = db
+            .connect()
+            .query_one("SELECT tenancy._quota_shared()", &[])
+            .unwrap()
+            .get(0);
         assert!(!shared, "a cluster without preload must use the table path");
         hammer_at_limit(&db, isolation);
     }
@@ -212,7 +243,9 @@ fn limit_cache_follows_changes_from_another_session() {
     let mut admin = connect(&db);
     enforce_all(&mut admin);
     let ws = ws_id(&mut admin, "root", 2);
-    admin.execute("SELECT tenancy.set_quota('\"Journey\"', 1000)", &[]).unwrap();
+    admin
+        .execute("SELECT tenancy.set_quota('\"Journey\"', 1000)", &[])
+        .unwrap();
 
     let mut app = connect(&db);
     let ins = |c: &mut Client, name: &str| {
@@ -225,19 +258,29 @@ fn limit_cache_follows_changes_from_another_session() {
 
     // another session lowers the default to the current usage
     let now = used(&mut admin, "\"Journey\"", &ws);
-    admin.execute("SELECT tenancy.set_quota('\"Journey\"', $1)", &[&now]).unwrap();
+    admin
+        .execute("SELECT tenancy.set_quota('\"Journey\"', $1)", &[&now])
+        .unwrap();
     let err = ins(&mut app, "j-2").unwrap_err();
     assert_eq!(sqlstate(&err), "53400", "{err}");
 
     // a workspace override raises it again
-    admin.execute("SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)", &[&(now + 1), &ws]).unwrap();
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)",
+            &[&(now + 1), &ws],
+        )
+        .unwrap();
     ins(&mut app, "j-2").unwrap();
     let err = ins(&mut app, "j-3").unwrap_err();
     assert_eq!(sqlstate(&err), "53400");
 
     // a direct write of the limit table (not through set_quota) is seen as well
     admin
-        .execute("UPDATE tenancy.quota_limit SET max_rows = NULL WHERE workspace_id = $1::text::uuid", &[&ws])
+        .execute(
+            "UPDATE tenancy.quota_limit SET max_rows = NULL WHERE workspace_id = $1::text::uuid",
+            &[&ws],
+        )
         .unwrap();
     ins(&mut app, "j-3").unwrap();
     assert!(drift(&mut admin).is_empty());
@@ -382,38 +425,61 @@ fn randomized_workload(db: &Db) {
         }
     }
     eprintln!("errors by SQLSTATE: {all:?}");
-    assert!(all.get("53400").copied().unwrap_or(0) > 0, "the workload never reached a limit: {all:?}");
+    assert!(
+        all.get("53400").copied().unwrap_or(0) > 0,
+        "the workload never reached a limit: {all:?}"
+    );
     let d = drift(&mut admin);
     assert!(d.is_empty(), "counters drifted: {d:?}");
     // and the counters are non-negative and no workspace is above its limit except by lowering
-    let neg: i64 = admin.query_one("SELECT count(*) FROM tenancy.quota_counters() WHERE used < 0", &[]).unwrap().get(0);
+    let neg: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM tenancy.quota_counters() WHERE used < 0",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(neg, 0);
     // the counters compared above exist (in shared memory they appear on first write)
     let counters: i64 = admin
-        .query_one("SELECT count(*) FROM tenancy.quota_counters() WHERE in_flight = 0", &[])
+        .query_one(
+            "SELECT count(*) FROM tenancy.quota_counters() WHERE in_flight = 0",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(counters >= 10, "only {counters} counters to compare");
     let over: i64 = admin
-        .query_one("SELECT count(*) FROM tenancy.quota_usage WHERE used > max_rows", &[])
+        .query_one(
+            "SELECT count(*) FROM tenancy.quota_usage WHERE used > max_rows",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(over, 0, "a workspace went over its limit");
 }
 
 fn insert_q(c: &mut Client, ws: &str, n: i64) -> Result<u64, postgres::Error> {
-    c.execute("INSERT INTO q SELECT $1::text::uuid FROM generate_series(1, $2::bigint)", &[&ws, &n])
+    c.execute(
+        "INSERT INTO q SELECT $1::text::uuid FROM generate_series(1, $2::bigint)",
+        &[&ws, &n],
+    )
 }
 
 fn count_q(c: &mut Client, ws: &str) -> i64 {
-    c.query_one("SELECT count(*) FROM q WHERE ws = $1::text::uuid", &[&ws]).unwrap().get(0)
+    c.query_one("SELECT count(*) FROM q WHERE ws = $1::text::uuid", &[&ws])
+        .unwrap()
+        .get(0)
 }
 
 fn reconnect(db: &Db) -> Client {
     (0..150)
         .find_map(|_| {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            let conn = format!("host=127.0.0.1 port={} user=postgres dbname={}", db.port, db.name);
+            let conn = format!(
+                "host=127.0.0.1 port={} user=postgres dbname={}",
+                db.port, db.name
+            );
             Client::connect(&conn, NoTls).ok()
         })
         .expect("server accepts connections again")
@@ -436,20 +502,38 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     // clean restart: the counter is gone from shared memory and recounted on first use
     cluster.restart();
     let mut c = reconnect(&db);
-    let counters: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_counters('q')", &[]).unwrap().get(0);
+    let counters: i64 = c
+        .query_one("SELECT count(*) FROM tenancy.quota_counters('q')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(counters, 0, "shared counters are not saved");
     insert_q(&mut c, &ws, 2).unwrap();
     assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
     assert_eq!(count_q(&mut c, &ws), 5);
 
     // crash while a transaction holds a reservation: it is neither committed nor counted
-    c.execute("DELETE FROM q WHERE ctid IN (SELECT ctid FROM q WHERE ws = $1::text::uuid LIMIT 2)", &[&ws]).unwrap();
+    c.execute(
+        "DELETE FROM q WHERE ctid IN (SELECT ctid FROM q WHERE ws = $1::text::uuid LIMIT 2)",
+        &[&ws],
+    )
+    .unwrap();
     let mut victim = db.connect();
     victim.batch_execute("BEGIN").unwrap();
     insert_q(&mut victim, &ws, 2).unwrap();
-    assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400", "the reservation holds the room");
-    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    assert_eq!(
+        sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()),
+        "53400",
+        "the reservation holds the room"
+    );
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     drop(victim);
     drop(c);
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -458,7 +542,13 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     insert_q(&mut c, &ws, 2).unwrap();
     assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
     assert_eq!(count_q(&mut c, &ws), 5);
-    let shared: bool = c.query_one("SELECT EXISTS (SELECT FROM tenancy.quota_shared_mark WHERE tbl = 'q'::regclass)", &[]).unwrap().get(0);
+    let shared: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT FROM tenancy.quota_shared_mark WHERE tbl = 'q'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(shared, "the table is marked as counted in shared memory");
 
     // without preload: tenancy.quota_counter is stale, so the table path refuses it
@@ -467,12 +557,28 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     let mut c = reconnect(&db);
     let err = insert_q(&mut c, &ws, 1).unwrap_err();
     assert_eq!(sqlstate(&err), "55000", "{err}");
-    let hint = err.as_db_error().unwrap().hint().unwrap_or_default().to_string();
-    assert!(hint.contains("tenancy.enforce_quota('q', 'ws')"), "hint: {hint}");
-    c.batch_execute("SELECT tenancy.enforce_quota('q', 'ws')").unwrap();
-    c.batch_execute("CREATE TABLE q2 (ws uuid NOT NULL); SELECT tenancy.enforce_quota('q2', 'ws');").unwrap();
+    let hint = err
+        .as_db_error()
+        .unwrap()
+        .hint()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        hint.contains("tenancy.enforce_quota('q', 'ws')"),
+        "hint: {hint}"
+    );
+    c.batch_execute("SELECT tenancy.enforce_quota('q', 'ws')")
+        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE q2 (ws uuid NOT NULL); SELECT tenancy.enforce_quota('q2', 'ws');",
+    )
+    .unwrap();
     assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
-    c.execute("DELETE FROM q WHERE ctid IN (SELECT ctid FROM q WHERE ws = $1::text::uuid LIMIT 1)", &[&ws]).unwrap();
+    c.execute(
+        "DELETE FROM q WHERE ctid IN (SELECT ctid FROM q WHERE ws = $1::text::uuid LIMIT 1)",
+        &[&ws],
+    )
+    .unwrap();
     insert_q(&mut c, &ws, 1).unwrap();
     assert_eq!(count_q(&mut c, &ws), 5);
     assert!(drift(&mut c).is_empty());
@@ -485,9 +591,12 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     // mark rolled back with a savepoint is inserted again by the next write (even when an outer
     // level of the same transaction had marked another table).
     let marked = |c: &mut Client, t: &str| -> bool {
-        c.query_one("SELECT EXISTS (SELECT FROM tenancy.quota_shared_mark WHERE tbl = $1::text::regclass)", &[&t])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT EXISTS (SELECT FROM tenancy.quota_shared_mark WHERE tbl = $1::text::regclass)",
+            &[&t],
+        )
+        .unwrap()
+        .get(0)
     };
     assert!(!marked(&mut c, "q") && !marked(&mut c, "q2"));
     let w2 = random_ws(&mut c);
@@ -497,13 +606,19 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     .unwrap();
     assert!(marked(&mut c, "q2") && !marked(&mut c, "q"));
     insert_q(&mut c, &w2, 1).unwrap();
-    assert!(marked(&mut c, "q"), "the rolled-back mark was not inserted again");
+    assert!(
+        marked(&mut c, "q"),
+        "the rolled-back mark was not inserted again"
+    );
     assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
     let others: Vec<String> = (0..250).map(|_| random_ws(&mut c)).collect();
     for w in &others {
         insert_q(&mut c, w, 1).unwrap();
     }
-    let counters: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_counters('q')", &[]).unwrap().get(0);
+    let counters: i64 = c
+        .query_one("SELECT count(*) FROM tenancy.quota_counters('q')", &[])
+        .unwrap()
+        .get(0);
     assert!(counters <= 101, "{counters} counters for a capacity of 100");
     // the first workspaces' counters were evicted: recounted, still exact
     assert_eq!(sqlstate(&insert_q(&mut c, &ws, 1).unwrap_err()), "53400");
@@ -517,10 +632,19 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
     // every counter in flight: one transaction writing more new workspaces than there are
     // counters is refused (53200) instead of growing the table past tenancy.max_quota_entries
     let many: Vec<String> = (0..120).map(|_| random_ws(&mut c)).collect();
-    let values = many.iter().map(|w| format!("('{w}')")).collect::<Vec<_>>().join(",");
-    let err = c.batch_execute(&format!("INSERT INTO q VALUES {values}")).unwrap_err();
+    let values = many
+        .iter()
+        .map(|w| format!("('{w}')"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let err = c
+        .batch_execute(&format!("INSERT INTO q VALUES {values}"))
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "53200", "{err}");
-    let entries: i64 = c.query_one("SELECT count(*) FROM tenancy._quota_entries()", &[]).unwrap().get(0);
+    let entries: i64 = c
+        .query_one("SELECT count(*) FROM tenancy._quota_entries()", &[])
+        .unwrap()
+        .get(0);
     assert!(entries <= 100, "{entries} counters for a capacity of 100");
     assert!(drift(&mut c).is_empty(), "{:?}", drift(&mut c));
 }
@@ -532,11 +656,16 @@ fn shared_counters_recount_after_restart_crash_eviction_and_mode_switch() {
 fn repeatable_read_sees_limits_and_enforcement_committed_after_its_snapshot() {
     let db = Db::fresh("quota_rr_settings");
     let mut admin = db.connect();
-    admin.batch_execute("CREATE TABLE q (ws uuid NOT NULL)").unwrap();
+    admin
+        .batch_execute("CREATE TABLE q (ws uuid NOT NULL)")
+        .unwrap();
     let ws = random_ws(&mut admin);
     let mut rr = db.connect();
-    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM q;").unwrap();
-    admin.batch_execute("SELECT tenancy.enforce_quota('q', 'ws'); SELECT tenancy.set_quota('q', 3);").unwrap();
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM q;")
+        .unwrap();
+    admin
+        .batch_execute("SELECT tenancy.enforce_quota('q', 'ws'); SELECT tenancy.set_quota('q', 3);")
+        .unwrap();
     insert_q(&mut rr, &ws, 3).unwrap();
     let err = insert_q(&mut rr, &ws, 1).unwrap_err();
     assert_eq!(sqlstate(&err), "53400", "{err}");
@@ -544,9 +673,12 @@ fn repeatable_read_sees_limits_and_enforcement_committed_after_its_snapshot() {
 
     // a limit lowered after the snapshot
     let mut rr = db.connect();
-    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM q;").unwrap();
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM q;")
+        .unwrap();
     insert_q(&mut rr, &ws, 1).unwrap(); // the limit (3) is cached now
-    admin.batch_execute("SELECT tenancy.set_quota('q', 1)").unwrap();
+    admin
+        .batch_execute("SELECT tenancy.set_quota('q', 1)")
+        .unwrap();
     let err = insert_q(&mut rr, &ws, 1).unwrap_err();
     assert_eq!(sqlstate(&err), "53400", "{err}");
     rr.batch_execute("ROLLBACK").unwrap();
@@ -573,14 +705,20 @@ fn savepoint_rollback_lets_go_of_the_counter() {
     assert_eq!(sqlstate(&insert_q(&mut t1, &ws, 1).unwrap_err()), "53400");
     t1.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
     let held: i64 = admin
-        .query_one("SELECT COALESCE(sum(in_flight), 0)::bigint FROM tenancy.quota_counters('q')", &[])
+        .query_one(
+            "SELECT COALESCE(sum(in_flight), 0)::bigint FROM tenancy.quota_counters('q')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(held, 0, "the rolled-back savepoint still holds the counter");
     admin.batch_execute("TRUNCATE q").unwrap();
     t1.batch_execute("COMMIT").unwrap();
     insert_q(&mut admin, &ws, 3).unwrap();
-    assert_eq!(sqlstate(&insert_q(&mut admin, &ws, 1).unwrap_err()), "53400");
+    assert_eq!(
+        sqlstate(&insert_q(&mut admin, &ws, 1).unwrap_err()),
+        "53400"
+    );
     assert_eq!(count_q(&mut admin, &ws), 3);
     assert!(drift(&mut admin).is_empty());
 }
@@ -617,23 +755,35 @@ fn per_connection_quota_caches_stay_bounded() {
         (r.get(0), r.get(1))
     };
     for i in 1..=200 {
-        w.batch_execute(&format!("INSERT INTO m{i} VALUES ('{ws}', 'a')")).unwrap();
+        w.batch_execute(&format!("INSERT INTO m{i} VALUES ('{ws}', 'a')"))
+            .unwrap();
     }
     let (readers_200, bytes_200) = ours(&mut w);
     for i in 201..=400 {
-        w.batch_execute(&format!("INSERT INTO m{i} VALUES ('{ws}', 'a')")).unwrap();
+        w.batch_execute(&format!("INSERT INTO m{i} VALUES ('{ws}', 'a')"))
+            .unwrap();
     }
     let (readers_400, bytes_400) = ours(&mut w);
     println!("compiled readers after 200 / 400 tables: {readers_200} / {readers_400}; backend memory {bytes_200} / {bytes_400} bytes");
-    assert!(readers_400 <= 128 && readers_400 > 0, "{readers_400} compiled readers kept");
+    assert!(
+        readers_400 <= 128 && readers_400 > 0,
+        "{readers_400} compiled readers kept"
+    );
     // the relation cache grows with every table touched (PostgreSQL's own); ours must not:
     // 200 more tables may add well under the ~60 kB each an unbounded cache would keep
-    assert!(bytes_400 - bytes_200 < 200 * 30_000, "backend memory grew by {} bytes for 200 tables", bytes_400 - bytes_200);
+    assert!(
+        bytes_400 - bytes_200 < 200 * 30_000,
+        "backend memory grew by {} bytes for 200 tables",
+        bytes_400 - bytes_200
+    );
     // a table dropped from the cache is still enforced exactly when written again
     for _ in 0..4 {
-        w.batch_execute(&format!("INSERT INTO m1 VALUES ('{ws}', 'a')")).unwrap();
+        w.batch_execute(&format!("INSERT INTO m1 VALUES ('{ws}', 'a')"))
+            .unwrap();
     }
-    let err = w.batch_execute(&format!("INSERT INTO m1 VALUES ('{ws}', 'a')")).unwrap_err();
+    let err = w
+        .batch_execute(&format!("INSERT INTO m1 VALUES ('{ws}', 'a')"))
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "53400", "{err}");
     assert!(drift(&mut admin).is_empty());
 }

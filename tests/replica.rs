@@ -38,16 +38,31 @@ fn reads_on_a_streaming_standby() {
         .unwrap();
     let parent = ws_id(&mut admin, "parent", 1);
     let expected = parent_scope_rows(&mut admin, &parent);
-    assert!(expected > 5, "the parent reads its children's rows too: {expected}");
-    let lsn: String = admin.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    assert!(
+        expected > 5,
+        "the parent reads its children's rows too: {expected}"
+    );
+    let lsn: String = admin
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
 
     let standby = Cluster::start("it-replica-standby", 25455, &["--standby-of", "25454"]);
     let mut ro = standby.connect("replica");
-    let in_recovery: bool = ro.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    let in_recovery: bool = ro
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
     assert!(in_recovery, "the second cluster is a standby");
     let mut replayed = false;
     for _ in 0..300 {
-        replayed = ro.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn]).unwrap().get(0);
+        replayed = ro
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0);
         if replayed {
             break;
         }
@@ -58,26 +73,53 @@ fn reads_on_a_streaming_standby() {
     // the application's request transaction, on the replica
     let mut app = connect_port(25455, "replica", "tenancy_it_replica_app");
     app.batch_execute("BEGIN READ ONLY").unwrap();
-    app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&parent]).unwrap();
-    let readable: i64 =
-        app.query_one("SELECT cardinality(tenancy.readable_workspace_ids())::bigint", &[]).unwrap().get(0);
-    assert!(readable >= 2, "the parent and its active children: {readable}");
-    let rows: i64 = app.query_one(r#"SELECT count(*) FROM "Journey""#, &[]).unwrap().get(0);
+    app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&parent])
+        .unwrap();
+    let readable: i64 = app
+        .query_one(
+            "SELECT cardinality(tenancy.readable_workspace_ids())::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        readable >= 2,
+        "the parent and its active children: {readable}"
+    );
+    let rows: i64 = app
+        .query_one(r#"SELECT count(*) FROM "Journey""#, &[])
+        .unwrap()
+        .get(0);
     assert_eq!(rows, expected);
     app.batch_execute("COMMIT").unwrap();
     // a session-level context, and a context refused for a workspace that does not exist
-    app.query_one("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&parent]).unwrap();
-    let rows: i64 = app.query_one(r#"SELECT count(*) FROM "Journey""#, &[]).unwrap().get(0);
+    app.query_one(
+        "SELECT tenancy.set_workspace($1::text::uuid, false)",
+        &[&parent],
+    )
+    .unwrap();
+    let rows: i64 = app
+        .query_one(r#"SELECT count(*) FROM "Journey""#, &[])
+        .unwrap()
+        .get(0);
     assert_eq!(rows, expected);
-    let err = app.query_one("SELECT tenancy.set_workspace(gen_random_uuid())", &[]).unwrap_err();
+    let err = app
+        .query_one("SELECT tenancy.set_workspace(gen_random_uuid())", &[])
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "42704", "{err}");
 
     // the statistics views, as the superuser, on the standby
-    let n: i64 = ro.query_one("SELECT count(*) FROM tenancy.workspace_stats", &[]).unwrap().get(0);
+    let n: i64 = ro
+        .query_one("SELECT count(*) FROM tenancy.workspace_stats", &[])
+        .unwrap()
+        .get(0);
     assert!(n >= 1, "the replica's own statements are counted: {n}");
-    ro.query_one("SELECT capacity FROM tenancy.stats_info", &[]).unwrap();
+    ro.query_one("SELECT capacity FROM tenancy.stats_info", &[])
+        .unwrap();
     // writes are refused by PostgreSQL, cleanly
-    let err = ro.batch_execute("SELECT tenancy.enforce_quota('\"Journey\"')").unwrap_err();
+    let err = ro
+        .batch_execute("SELECT tenancy.enforce_quota('\"Journey\"')")
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "25006", "{err}");
     drop(app);
     drop(ro);
@@ -95,25 +137,40 @@ fn reads_on_a_streaming_standby() {
 fn request_transactions_assign_no_transaction_id() {
     let db = fresh_db("noxid");
     let mut admin = connect(&db);
-    admin.batch_execute("SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true)").unwrap();
+    admin
+        .batch_execute("SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true)")
+        .unwrap();
     app_role(&mut admin, "tenancy_it_noxid");
     let parent = ws_id(&mut admin, "parent", 1);
     let expected = parent_scope_rows(&mut admin, &parent);
     let mut app = connect_as(&db, "tenancy_it_noxid");
     for i in 0..200 {
         app.batch_execute("BEGIN").unwrap();
-        app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&parent]).unwrap();
-        let rows: i64 = app.query_one(r#"SELECT count(*) FROM "Journey""#, &[]).unwrap().get(0);
+        app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&parent])
+            .unwrap();
+        let rows: i64 = app
+            .query_one(r#"SELECT count(*) FROM "Journey""#, &[])
+            .unwrap()
+            .get(0);
         assert_eq!(rows, expected);
-        let xid: Option<String> =
-            app.query_one("SELECT pg_current_xact_id_if_assigned()::text", &[]).unwrap().get(0);
+        let xid: Option<String> = app
+            .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(xid, None, "request {i} was given a transaction id");
         app.batch_execute("COMMIT").unwrap();
     }
     // a session-level context does not write either
     app.batch_execute("BEGIN").unwrap();
-    app.query_one("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&parent]).unwrap();
-    let xid: Option<String> = app.query_one("SELECT pg_current_xact_id_if_assigned()::text", &[]).unwrap().get(0);
+    app.query_one(
+        "SELECT tenancy.set_workspace($1::text::uuid, false)",
+        &[&parent],
+    )
+    .unwrap();
+    let xid: Option<String> = app
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(xid, None);
     app.batch_execute("COMMIT").unwrap();
 }
@@ -124,7 +181,9 @@ fn request_transactions_assign_no_transaction_id() {
 fn parallel_plan_under_the_hierarchy_policy() {
     let db = fresh_db("parallel_rls");
     let mut admin = connect(&db);
-    admin.batch_execute("SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true)").unwrap();
+    admin
+        .batch_execute("SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true)")
+        .unwrap();
     app_role(&mut admin, "tenancy_it_parallel");
     let parent = ws_id(&mut admin, "parent", 1);
     // more rows for the parent's scope and the others, so the scan is worth splitting
@@ -143,7 +202,8 @@ fn parallel_plan_under_the_hierarchy_policy() {
          SET max_parallel_workers_per_gather = 2; BEGIN",
     )
     .unwrap();
-    app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&parent]).unwrap();
+    app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&parent])
+        .unwrap();
     let plan: Vec<String> = app
         .query(r#"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT count(*) FROM "Journey""#, &[])
         .unwrap()
@@ -151,8 +211,14 @@ fn parallel_plan_under_the_hierarchy_policy() {
         .map(|r| r.get(0))
         .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("Gather") && plan.contains("Workers Launched"), "not a parallel plan:\n{plan}");
-    let rows: i64 = app.query_one(r#"SELECT count(*) FROM "Journey""#, &[]).unwrap().get(0);
+    assert!(
+        plan.contains("Gather") && plan.contains("Workers Launched"),
+        "not a parallel plan:\n{plan}"
+    );
+    let rows: i64 = app
+        .query_one(r#"SELECT count(*) FROM "Journey""#, &[])
+        .unwrap()
+        .get(0);
     assert_eq!(rows, expected);
     app.batch_execute("COMMIT").unwrap();
 }

@@ -46,22 +46,27 @@ fn exact_counts_for_a_known_workload_over_several_connections() {
     let (a, b) = (random_ws(&mut admin), random_ws(&mut admin));
 
     let mut c1 = connect(&db);
-    c1.batch_execute(&format!("SET tenancy.workspace_id = '{a}'")).unwrap();
+    c1.batch_execute(&format!("SET tenancy.workspace_id = '{a}'"))
+        .unwrap();
     for _ in 0..10 {
         c1.query("SELECT 1", &[]).unwrap();
     }
     let mut c2 = connect(&db);
-    c2.batch_execute(&format!("SET tenancy.workspace_id = '{b}'")).unwrap();
+    c2.batch_execute(&format!("SET tenancy.workspace_id = '{b}'"))
+        .unwrap();
     for _ in 0..4 {
-        c2.query("SELECT g FROM generate_series(1, 5) g", &[]).unwrap();
+        c2.query("SELECT g FROM generate_series(1, 5) g", &[])
+            .unwrap();
     }
     c2.query("SELECT nested_two()", &[]).unwrap(); // 1 top-level + 2 nested statements
-    // a third connection without context is counted nowhere; one with a transaction-local
-    // context counts for that transaction only
+                                                   // a third connection without context is counted nowhere; one with a transaction-local
+                                                   // context counts for that transaction only
     let mut c3 = connect(&db);
     c3.query("SELECT 1", &[]).unwrap();
-    c3.batch_execute(&format!("BEGIN; SET LOCAL tenancy.workspace_id = '{a}'; SELECT 1; SELECT 2; COMMIT; SELECT 3;"))
-        .unwrap();
+    c3.batch_execute(&format!(
+        "BEGIN; SET LOCAL tenancy.workspace_id = '{a}'; SELECT 1; SELECT 2; COMMIT; SELECT 3;"
+    ))
+    .unwrap();
 
     let ra = stats(&mut admin, &db, &a).expect("row for workspace a");
     assert_eq!((ra.queries, ra.nested, ra.rows), (12, 0, 12));
@@ -92,19 +97,27 @@ fn two_databases_are_kept_apart_and_reset_is_per_workspace() {
     let (x, y) = (random_ws(&mut admin), random_ws(&mut admin));
     for (db, n) in [(&db1, 3), (&db2, 5)] {
         let mut c = connect(db);
-        c.batch_execute(&format!("SET tenancy.workspace_id = '{x}'")).unwrap();
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{x}'"))
+            .unwrap();
         for _ in 0..n {
             c.query("SELECT 1", &[]).unwrap();
         }
-        c.batch_execute(&format!("SET tenancy.workspace_id = '{y}'")).unwrap();
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{y}'"))
+            .unwrap();
         c.query("SELECT 1", &[]).unwrap();
     }
     assert_eq!(stats(&mut admin, &db1, &x).unwrap().queries, 3);
     assert_eq!(stats(&mut admin, &db2, &x).unwrap().queries, 5);
-    admin.execute("SELECT tenancy.reset_stats($1::text::uuid)", &[&x]).unwrap();
+    admin
+        .execute("SELECT tenancy.reset_stats($1::text::uuid)", &[&x])
+        .unwrap();
     assert!(stats(&mut admin, &db1, &x).is_none());
     assert!(stats(&mut admin, &db2, &x).is_none());
-    assert_eq!(stats(&mut admin, &db1, &y).unwrap().queries, 1, "other workspaces are kept");
+    assert_eq!(
+        stats(&mut admin, &db1, &y).unwrap().queries,
+        1,
+        "other workspaces are kept"
+    );
 }
 
 /// The context is self-asserted: claiming a workspace must not reveal its row. Rows are for
@@ -125,58 +138,96 @@ fn unprivileged_role_cannot_read_a_workspace_by_claiming_it() {
         .unwrap();
     for ws in [&x, &y] {
         let mut c = connect(&db);
-        c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;"))
+            .unwrap();
     }
     let mut viewer = connect_as(&db, "tenancy_it_viewer");
     for claim in [Some(&x), Some(&y), None] {
         match claim {
-            Some(ws) => viewer.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'")).unwrap(),
+            Some(ws) => viewer
+                .batch_execute(&format!("SET tenancy.workspace_id = '{ws}'"))
+                .unwrap(),
             None => viewer.batch_execute("RESET tenancy.workspace_id").unwrap(),
         }
-        let n: i64 = viewer.query_one("SELECT count(*) FROM tenancy.workspace_stats", &[]).unwrap().get(0);
+        let n: i64 = viewer
+            .query_one("SELECT count(*) FROM tenancy.workspace_stats", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(n, 0, "claiming {claim:?} must not reveal any row");
     }
     // the totals stay visible
-    let entries: i64 = viewer.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+    let entries: i64 = viewer
+        .query_one("SELECT entries FROM tenancy.stats_info", &[])
+        .unwrap()
+        .get(0);
     assert!(entries >= 2);
-    let err = viewer.execute("SELECT tenancy.reset_stats()", &[]).unwrap_err();
+    let err = viewer
+        .execute("SELECT tenancy.reset_stats()", &[])
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
-    let err = viewer.batch_execute("SET tenancy.stats_new_entry_limit = -1").unwrap_err();
-    assert_eq!(sqlstate(&err), "42501", "the new-entry limit is superuser-only");
-    admin.batch_execute("GRANT pg_read_all_stats TO tenancy_it_viewer").unwrap();
+    let err = viewer
+        .batch_execute("SET tenancy.stats_new_entry_limit = -1")
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "42501",
+        "the new-entry limit is superuser-only"
+    );
+    admin
+        .batch_execute("GRANT pg_read_all_stats TO tenancy_it_viewer")
+        .unwrap();
     let mut viewer = connect_as(&db, "tenancy_it_viewer");
     let n: i64 = viewer
         .query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id IN ($1::text::uuid, $2::text::uuid)", &[&x, &y])
         .unwrap()
         .get(0);
-    assert_eq!(n, 2, "pg_read_all_stats reads every row, without any context");
-    admin.batch_execute("REVOKE pg_read_all_stats FROM tenancy_it_viewer").unwrap();
+    assert_eq!(
+        n, 2,
+        "pg_read_all_stats reads every row, without any context"
+    );
+    admin
+        .batch_execute("REVOKE pg_read_all_stats FROM tenancy_it_viewer")
+        .unwrap();
 }
 
 fn stats_info(c: &mut Client) -> (i64, i64, i64) {
-    let r = c.query_one("SELECT entries, evictions, refused_statements FROM tenancy.stats_info", &[]).unwrap();
+    let r = c
+        .query_one(
+            "SELECT entries, evictions, refused_statements FROM tenancy.stats_info",
+            &[],
+        )
+        .unwrap();
     (r.get(0), r.get(1), r.get(2))
 }
 
 fn random_ids(c: &mut Client, n: i32) -> Vec<String> {
-    c.query("SELECT gen_random_uuid()::text FROM generate_series(1, $1)", &[&n])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    c.query(
+        "SELECT gen_random_uuid()::text FROM generate_series(1, $1)",
+        &[&n],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 /// `SET tenancy.workspace_id` to many ids, one statement each, in one round trip.
 fn claim_each(c: &mut Client, ids: &[String]) {
-    let sql: String = ids.iter().map(|id| format!("SET tenancy.workspace_id = '{id}'; SELECT 1;\n")).collect();
+    let sql: String = ids
+        .iter()
+        .map(|id| format!("SET tenancy.workspace_id = '{id}'; SELECT 1;\n"))
+        .collect();
     c.batch_execute(&sql).unwrap();
     c.batch_execute("RESET tenancy.workspace_id").unwrap();
 }
 
 fn rows_among(c: &mut Client, ids: &[String]) -> i64 {
-    c.query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id::text = ANY($1)", &[&ids])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT count(*) FROM tenancy.workspace_stats WHERE workspace_id::text = ANY($1)",
+        &[&ids],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// From a database without the extension, any role could claim thousands of ids and evict every
@@ -187,11 +238,17 @@ fn a_database_without_the_extension_is_not_tracked() {
     let db = fresh_db("stats_noext_tenant");
     let mut admin = connect(&db);
     let tenant = random_ws(&mut admin);
-    connect(&db).batch_execute(&format!("SET tenancy.workspace_id = '{tenant}'; SELECT 1; SELECT 2;")).unwrap();
+    connect(&db)
+        .batch_execute(&format!(
+            "SET tenancy.workspace_id = '{tenant}'; SELECT 1; SELECT 2;"
+        ))
+        .unwrap();
     let plain = format!("t_stats_plain_{}", std::process::id());
     let mut pg = connect("postgres");
-    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {plain}")).unwrap();
-    pg.batch_execute(&format!("CREATE DATABASE {plain} TEMPLATE template0")).unwrap();
+    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {plain}"))
+        .unwrap();
+    pg.batch_execute(&format!("CREATE DATABASE {plain} TEMPLATE template0"))
+        .unwrap();
     let (_, evictions_before, _) = stats_info(&mut admin);
 
     let ids = random_ids(&mut admin, 600);
@@ -204,9 +261,16 @@ fn a_database_without_the_extension_is_not_tracked() {
     let mut q = connect_as(&plain, "tenancy_it_noext");
     claim_each(&mut p, &ids[..300]);
     claim_each(&mut q, &ids[300..]);
-    assert_eq!(rows_among(&mut admin, &ids), 0, "no entry for a database without the extension");
+    assert_eq!(
+        rows_among(&mut admin, &ids),
+        0,
+        "no entry for a database without the extension"
+    );
     let n: i64 = admin
-        .query_one("SELECT count(*) FROM tenancy.workspace_stats WHERE database = $1", &[&plain])
+        .query_one(
+            "SELECT count(*) FROM tenancy.workspace_stats WHERE database = $1",
+            &[&plain],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
@@ -217,18 +281,43 @@ fn a_database_without_the_extension_is_not_tracked() {
 
     // CREATE EXTENSION from another session: p, open all along, starts tracking
     let ws = random_ws(&mut admin);
-    connect(&plain).batch_execute("CREATE EXTENSION tenancy").unwrap();
-    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
-    assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(1), "tracked once installed");
+    connect(&plain)
+        .batch_execute("CREATE EXTENSION tenancy")
+        .unwrap();
+    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;"))
+        .unwrap();
+    assert_eq!(
+        stats(&mut admin, &plain, &ws).map(|r| r.queries),
+        Some(1),
+        "tracked once installed"
+    );
     // DROP EXTENSION (from p itself, then from another session after a new CREATE): untracked again
-    p.batch_execute("RESET tenancy.workspace_id; DROP EXTENSION tenancy").unwrap();
-    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
-    assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(1), "not tracked once dropped");
-    connect(&plain).batch_execute("CREATE EXTENSION tenancy").unwrap();
-    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    p.batch_execute("RESET tenancy.workspace_id; DROP EXTENSION tenancy")
+        .unwrap();
+    p.batch_execute(&format!(
+        "SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;"
+    ))
+    .unwrap();
+    assert_eq!(
+        stats(&mut admin, &plain, &ws).map(|r| r.queries),
+        Some(1),
+        "not tracked once dropped"
+    );
+    connect(&plain)
+        .batch_execute("CREATE EXTENSION tenancy")
+        .unwrap();
+    p.batch_execute(&format!(
+        "SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;"
+    ))
+    .unwrap();
     assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(2));
-    connect(&plain).batch_execute("DROP EXTENSION tenancy").unwrap();
-    p.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    connect(&plain)
+        .batch_execute("DROP EXTENSION tenancy")
+        .unwrap();
+    p.batch_execute(&format!(
+        "SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;"
+    ))
+    .unwrap();
     assert_eq!(stats(&mut admin, &plain, &ws).map(|r| r.queries), Some(2));
     drop((p, q));
 }
@@ -240,25 +329,38 @@ fn a_database_without_the_extension_is_not_tracked() {
 fn a_backend_over_its_new_entry_limit_stops_creating_entries() {
     let db = fresh_db("stats_limit");
     let mut admin = connect(&db);
-    let setting: String = admin.query_one("SHOW tenancy.stats_new_entry_limit", &[]).unwrap().get(0);
+    let setting: String = admin
+        .query_one("SHOW tenancy.stats_new_entry_limit", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(setting, "100", "default");
     let known = random_ws(&mut admin);
     let mut c = connect(&db);
-    c.batch_execute(&format!("SET tenancy.workspace_id = '{known}'; SELECT 1; RESET tenancy.workspace_id;")).unwrap();
+    c.batch_execute(&format!(
+        "SET tenancy.workspace_id = '{known}'; SELECT 1; RESET tenancy.workspace_id;"
+    ))
+    .unwrap();
     let (_, _, refused_before) = stats_info(&mut admin);
-    c.batch_execute("SET tenancy.stats_new_entry_limit = 5").unwrap();
+    c.batch_execute("SET tenancy.stats_new_entry_limit = 5")
+        .unwrap();
     let ids = random_ids(&mut admin, 40);
     claim_each(&mut c, &ids);
     let created = rows_among(&mut admin, &ids);
     assert!(created <= 5, "{created} entries created over a limit of 5");
     let (_, _, refused_after) = stats_info(&mut admin);
-    assert!(refused_after - refused_before >= 40 - created, "refused {} of {}", refused_after - refused_before, 40 - created);
+    assert!(
+        refused_after - refused_before >= 40 - created,
+        "refused {} of {}",
+        refused_after - refused_before,
+        40 - created
+    );
     // existing entries keep counting
     c.batch_execute(&format!("SET tenancy.workspace_id = '{known}'; SELECT 1; SELECT 2; SELECT 3; RESET tenancy.workspace_id;"))
         .unwrap();
     assert_eq!(stats(&mut admin, &db, &known).unwrap().queries, 4);
     // the default allows a connection to serve many workspaces; -1 lifts the limit
-    c.batch_execute("SET tenancy.stats_new_entry_limit = -1").unwrap();
+    c.batch_execute("SET tenancy.stats_new_entry_limit = -1")
+        .unwrap();
     let more = random_ids(&mut admin, 40);
     claim_each(&mut c, &more);
     assert_eq!(rows_among(&mut admin, &more), 40);
@@ -285,7 +387,9 @@ fn a_parallel_query_is_counted_once() {
     for q in [q1, q2] {
         // without a context: EXPLAIN ANALYZE's statement is not counted for ws
         let plan: String = c
-            .simple_query(&format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {q}"))
+            .simple_query(&format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {q}"
+            ))
             .unwrap()
             .iter()
             .filter_map(|m| match m {
@@ -303,24 +407,54 @@ fn a_parallel_query_is_counted_once() {
             .unwrap();
         assert!(launched >= 1, "no parallel worker launched:\n{plan}");
     }
-    let expected: i64 = admin.query_one("SELECT count(*) FROM par WHERE h LIKE 'a%'", &[]).unwrap().get(0);
-    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'")).unwrap();
+    let expected: i64 = admin
+        .query_one("SELECT count(*) FROM par WHERE h LIKE 'a%'", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'"))
+        .unwrap();
     let t0 = std::time::Instant::now();
-    let n = c.simple_query(q1).unwrap().iter().filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_))).count();
-    let counted: i64 = c.simple_query(q2).unwrap().iter().filter_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<i64>().unwrap()),
-        _ => None,
-    }).next().unwrap();
+    let n = c
+        .simple_query(q1)
+        .unwrap()
+        .iter()
+        .filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    let counted: i64 = c
+        .simple_query(q2)
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<i64>().unwrap()),
+            _ => None,
+        })
+        .next()
+        .unwrap();
     let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
     assert_eq!(n as i64, expected);
     assert!(counted > 0);
     // closes the workspace's CPU stretch
-    c.batch_execute("RESET tenancy.workspace_id; SELECT 1;").unwrap();
+    c.batch_execute("RESET tenancy.workspace_id; SELECT 1;")
+        .unwrap();
     let r = stats(&mut admin, &db, &ws).expect("row for the workspace");
-    assert_eq!((r.queries, r.nested), (2, 0), "two parallel statements count as two");
+    assert_eq!(
+        (r.queries, r.nested),
+        (2, 0),
+        "two parallel statements count as two"
+    );
     assert_eq!(r.rows, expected + 1, "rows of the leader only");
-    assert!(r.exec_ms <= wall_ms + 1.0, "execution time {} ms counted for {} ms of wall time", r.exec_ms, wall_ms);
-    assert!(r.cpu_ms >= 0.0 && r.cpu_ms <= 3.0 * wall_ms + 50.0, "cpu {} ms for {} ms of wall time", r.cpu_ms, wall_ms);
+    assert!(
+        r.exec_ms <= wall_ms + 1.0,
+        "execution time {} ms counted for {} ms of wall time",
+        r.exec_ms,
+        wall_ms
+    );
+    assert!(
+        r.cpu_ms >= 0.0 && r.cpu_ms <= 3.0 * wall_ms + 50.0,
+        "cpu {} ms for {} ms of wall time",
+        r.cpu_ms,
+        wall_ms
+    );
     assert_eq!(r.sessions, 0, "parallel workers are not sessions");
 }
 
@@ -356,31 +490,52 @@ fn quota_activity_is_attributed_to_the_rows_workspace() {
     }
     let r = stats(&mut admin, &db, &ws).expect("row for the rows' workspace");
     assert_eq!((r.added, r.removed, r.rejections), (4, 1, 1));
-    assert_eq!(r.queries, 0, "no statement ran under this workspace's context");
+    assert_eq!(
+        r.queries, 0,
+        "no statement ran under this workspace's context"
+    );
 }
 
 #[test]
 fn full_table_evicts_least_recently_active_and_counts_it() {
-    let cluster = Cluster::start("it-evict", 25443, &["--conf", "tenancy.max_workspaces = 100"]);
+    let cluster = Cluster::start(
+        "it-evict",
+        25443,
+        &["--conf", "tenancy.max_workspaces = 100"],
+    );
     let mut c = cluster.fixture_db("evict");
     let info: (i64, i64) = {
-        let r = c.query_one("SELECT capacity, entries FROM tenancy.stats_info", &[]).unwrap();
+        let r = c
+            .query_one("SELECT capacity, entries FROM tenancy.stats_info", &[])
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(info, (100, 0));
     // one backend creating 150 entries: lift its new-entry limit
-    c.batch_execute("SET tenancy.stats_new_entry_limit = -1").unwrap();
+    c.batch_execute("SET tenancy.stats_new_entry_limit = -1")
+        .unwrap();
     let mut last = String::new();
     for _ in 0..150 {
         last = random_ws(&mut c);
-        c.batch_execute(&format!("SET tenancy.workspace_id = '{last}'; SELECT 1; RESET tenancy.workspace_id;"))
-            .unwrap();
+        c.batch_execute(&format!(
+            "SET tenancy.workspace_id = '{last}'; SELECT 1; RESET tenancy.workspace_id;"
+        ))
+        .unwrap();
     }
-    let r = c.query_one("SELECT entries, evictions FROM tenancy.stats_info", &[]).unwrap();
+    let r = c
+        .query_one("SELECT entries, evictions FROM tenancy.stats_info", &[])
+        .unwrap();
     let (entries, evictions): (i64, i64) = (r.get(0), r.get(1));
     assert!(entries <= 100 && entries >= 90, "entries {entries}");
-    assert_eq!(entries + evictions, 150, "every workspace is either kept or counted as evicted");
-    assert!(stats(&mut c, "evict", &last).is_some(), "the most recent workspace is kept");
+    assert_eq!(
+        entries + evictions,
+        150,
+        "every workspace is either kept or counted as evicted"
+    );
+    assert!(
+        stats(&mut c, "evict", &last).is_some(),
+        "the most recent workspace is kept"
+    );
 }
 
 #[test]
@@ -395,8 +550,15 @@ fn without_preload_the_extension_works_and_stats_say_how_to_enable_them() {
     )
     .unwrap();
     let ws = ws_id(&mut c, "root", 1);
-    c.execute("INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'np')", &[&ws]).unwrap();
-    let drift: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_drift()", &[]).unwrap().get(0);
+    c.execute(
+        "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'np')",
+        &[&ws],
+    )
+    .unwrap();
+    let drift: i64 = c
+        .query_one("SELECT count(*) FROM tenancy.quota_drift()", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(drift, 0);
     // the statistics say how to enable them (usage reads them for the quota rows above)
     for q in [
@@ -418,20 +580,29 @@ fn without_preload_the_extension_works_and_stats_say_how_to_enable_them() {
         "SELECT tenancy.enable_rls('\"Segment\"', hierarchy => true)",
     ] {
         let mut fresh = cluster.connect("nopreload");
-        fresh.batch_execute(q).unwrap_or_else(|e| panic!("{q} in a fresh session without preload: {e}"));
+        fresh
+            .batch_execute(q)
+            .unwrap_or_else(|e| panic!("{q} in a fresh session without preload: {e}"));
     }
     let registry_deletable: bool = c
-        .query_one("SELECT has_table_privilege('tenancy_it_nopreload_app', '\"Workspace\"', 'DELETE')", &[])
+        .query_one(
+            "SELECT has_table_privilege('tenancy_it_nopreload_app', '\"Workspace\"', 'DELETE')",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert!(!registry_deletable, "create_app_role must take back DELETE on the registry");
+    assert!(
+        !registry_deletable,
+        "create_app_role must take back DELETE on the registry"
+    );
 }
 
 #[test]
 fn kill_9_of_a_backend_mid_workload_recovers_and_resets_statistics() {
     let cluster = Cluster::start("it-crash", 25445, &[]);
     let mut c = cluster.fixture_db("crash");
-    c.batch_execute("SELECT tenancy.enforce_quota('\"Journey\"')").unwrap();
+    c.batch_execute("SELECT tenancy.enforce_quota('\"Journey\"')")
+        .unwrap();
     let ws = ws_id(&mut c, "root", 1);
     let port = cluster.port;
     let workers: Vec<_> = (0..3)
@@ -466,7 +637,10 @@ fn kill_9_of_a_backend_mid_workload_recovers_and_resets_statistics() {
         .query_one("SELECT pid FROM pg_stat_activity WHERE datname = 'crash' AND pid <> pg_backend_pid() AND backend_type = 'client backend' LIMIT 1", &[])
         .unwrap()
         .get(0);
-    let status = std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     for w in workers {
         assert!(w.join().unwrap(), "a worker's session outlived the crash");
@@ -479,12 +653,26 @@ fn kill_9_of_a_backend_mid_workload_recovers_and_resets_statistics() {
             Client::connect(&conn, NoTls).ok()
         })
         .expect("server back after the crash");
-    let entries: i64 = c.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+    let entries: i64 = c
+        .query_one("SELECT entries FROM tenancy.stats_info", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(entries, 0, "statistics start empty after a crash");
-    let drift: i64 = c.query_one("SELECT count(*) FROM tenancy.quota_drift()", &[]).unwrap().get(0);
-    assert_eq!(drift, 0, "quota counters are exact after the crash (recounted from the tables on first use)");
-    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;")).unwrap();
-    assert_eq!(stats(&mut c, "crash", &ws).unwrap().queries, 1, "counting resumes");
+    let drift: i64 = c
+        .query_one("SELECT count(*) FROM tenancy.quota_drift()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        drift, 0,
+        "quota counters are exact after the crash (recounted from the tables on first use)"
+    );
+    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1;"))
+        .unwrap();
+    assert_eq!(
+        stats(&mut c, "crash", &ws).unwrap().queries,
+        1,
+        "counting resumes"
+    );
 }
 
 #[test]
@@ -500,7 +688,10 @@ fn statistics_survive_a_clean_restart_and_a_bad_file_is_ignored() {
     let r = stats(&mut c, "persist", &ws).expect("kept across a clean restart");
     assert_eq!((r.queries, r.rows), (3, 3));
     let file = cluster.dir().join("data/pg_stat/tenancy_stats.json");
-    assert!(!file.exists(), "the file is removed once loaded (a crash must not bring it back)");
+    assert!(
+        !file.exists(),
+        "the file is removed once loaded (a crash must not bring it back)"
+    );
 
     // a corrupt file, then a foreign one: the server starts, logs a line, and starts empty
     for (content, what) in [
@@ -519,14 +710,19 @@ fn statistics_survive_a_clean_restart_and_a_bad_file_is_ignored() {
     }
 
     // save_stats = off: nothing is saved
-    c.batch_execute(&format!("SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;"))
-        .unwrap();
+    c.batch_execute(&format!(
+        "SET tenancy.workspace_id = '{ws}'; SELECT 1; RESET tenancy.workspace_id;"
+    ))
+    .unwrap();
     drop(c);
     cluster.stop();
     cluster.start_again(&["--conf", "tenancy.save_stats = off"]);
     cluster.restart();
     let mut c = cluster.connect("persist");
-    let entries: i64 = c.query_one("SELECT entries FROM tenancy.stats_info", &[]).unwrap().get(0);
+    let entries: i64 = c
+        .query_one("SELECT entries FROM tenancy.stats_info", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(entries, 0, "save_stats = off saves nothing");
 }
 
@@ -542,16 +738,19 @@ fn cpu_time_goes_to_the_workspace_that_used_it() {
     // one connection alternating: heavy, light, heavy, light
     let mut c = connect(&db);
     for _ in 0..2 {
-        c.batch_execute(&format!("SET tenancy.workspace_id = '{heavy}'")).unwrap();
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{heavy}'"))
+            .unwrap();
         c.query(burn, &[]).unwrap();
-        c.batch_execute(&format!("SET tenancy.workspace_id = '{light}'")).unwrap();
+        c.batch_execute(&format!("SET tenancy.workspace_id = '{light}'"))
+            .unwrap();
         for _ in 0..5 {
             c.query("SELECT 1", &[]).unwrap();
         }
     }
     // a second connection: heavy only, then it exits (its last stretch is read at exit)
     let mut d = connect(&db);
-    d.batch_execute(&format!("SET tenancy.workspace_id = '{heavy}'")).unwrap();
+    d.batch_execute(&format!("SET tenancy.workspace_id = '{heavy}'"))
+        .unwrap();
     d.query(burn, &[]).unwrap();
     drop(d);
     c.batch_execute("RESET tenancy.workspace_id").unwrap();
@@ -568,8 +767,18 @@ fn cpu_time_goes_to_the_workspace_that_used_it() {
     let h = h.expect("the heavy workspace's CPU time must cover most of its execution time");
     let l = stats(&mut admin, &db, &light).expect("row for the light workspace");
     assert_eq!(l.queries, 10);
-    assert!(l.cpu_ms < h.cpu_ms / 10.0, "light {} ms of CPU vs heavy {} ms", l.cpu_ms, h.cpu_ms);
-    assert!(h.cpu_ms <= h.exec_ms * 1.5 + 50.0, "heavy: {} ms of CPU for {} ms of execution", h.cpu_ms, h.exec_ms);
+    assert!(
+        l.cpu_ms < h.cpu_ms / 10.0,
+        "light {} ms of CPU vs heavy {} ms",
+        l.cpu_ms,
+        h.cpu_ms
+    );
+    assert!(
+        h.cpu_ms <= h.exec_ms * 1.5 + 50.0,
+        "heavy: {} ms of CPU for {} ms of execution",
+        h.cpu_ms,
+        h.exec_ms
+    );
 }
 
 /// The statement hooks chain through C trampolines that restore the nesting depth in
@@ -598,15 +807,25 @@ fn errors_pass_through_the_hooks_whole_and_leave_the_depth_right() {
     assert_eq!(e.constraint(), Some("t_id_key"));
     assert_eq!(e.table(), Some("t"));
     assert_eq!(e.schema(), Some("public"));
-    assert!(e.detail().unwrap_or_default().contains("(id)=(1)"), "{:?}", e.detail());
-    assert!(e.where_().unwrap_or_default().contains("add_dup"), "context kept: {:?}", e.where_());
+    assert!(
+        e.detail().unwrap_or_default().contains("(id)=(1)"),
+        "{:?}",
+        e.detail()
+    );
+    assert!(
+        e.where_().unwrap_or_default().contains("add_dup"),
+        "context kept: {:?}",
+        e.where_()
+    );
     // an error with a position (raised in the planner, under the trampolines of the SELECT)
     let err = c.query("SELECT 1 + 'x'::int", &[]).unwrap_err();
     let e = err.as_db_error().unwrap();
     assert_eq!(e.code().code(), "22P02");
     assert!(e.position().is_some(), "the error position is kept");
     // from inside a utility statement (DO): the inner error, not a copy
-    let err = c.batch_execute("DO $$ BEGIN INSERT INTO t VALUES (1); END $$").unwrap_err();
+    let err = c
+        .batch_execute("DO $$ BEGIN INSERT INTO t VALUES (1); END $$")
+        .unwrap_err();
     assert_eq!(err.as_db_error().unwrap().constraint(), Some("t_id_key"));
     // after each of those, and after an error caught inside a function, statements are counted
     // at the right depth: the failed PERFORM add_dup() and its INSERT never end (not counted),

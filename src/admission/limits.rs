@@ -40,7 +40,11 @@ pub(super) fn invalidate(relid: pg_sys::Oid) {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         let drop_it = match c.as_ref() {
-            Some(cache) => relid == pg_sys::InvalidOid || relid == cache.table || cache.table == pg_sys::InvalidOid,
+            Some(cache) => {
+                relid == pg_sys::InvalidOid
+                    || relid == cache.table
+                    || cache.table == pg_sys::InvalidOid
+            }
             None => false,
         };
         if drop_it {
@@ -53,7 +57,10 @@ pub(super) fn invalidate(relid: pg_sys::Oid) {
 /// The limits that apply to `ws` (None: none). In a transaction.
 pub(super) fn of(ws: &[u8; 16]) -> Option<Limits> {
     let cached = CACHE.with(|c| {
-        c.borrow().as_ref().filter(|c| c.loaded).map(|c| c.own.get(ws).copied().or(c.default))
+        c.borrow()
+            .as_ref()
+            .filter(|c| c.loaded)
+            .map(|c| c.own.get(ws).copied().or(c.default))
     });
     if let Some(l) = cached {
         return l.filter(Limits::any);
@@ -68,16 +75,25 @@ pub(super) fn of(ws: &[u8; 16]) -> Option<Limits> {
 }
 
 fn load() -> Cache {
-    let mut cache = Cache { loaded: true, ..Default::default() };
+    let mut cache = Cache {
+        loaded: true,
+        ..Default::default()
+    };
     // SAFETY: catalog cache lookups in a transaction.
     let (table, owner) = unsafe {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
-        let rel = if nsp == pg_sys::InvalidOid { pg_sys::InvalidOid } else { pg_sys::get_relname_relid(c"workspace_limit".as_ptr(), nsp) };
+        let rel = if nsp == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"workspace_limit".as_ptr(), nsp)
+        };
         (rel, rel_owner(rel))
     };
     cache.table = table;
     // SAFETY: catalog lookup in a transaction.
-    if table == pg_sys::InvalidOid || unsafe { pg_sys::get_extension_oid(c"tenancy".as_ptr(), true) } == pg_sys::InvalidOid {
+    if table == pg_sys::InvalidOid
+        || unsafe { pg_sys::get_extension_oid(c"tenancy".as_ptr(), true) } == pg_sys::InvalidOid
+    {
         return cache;
     }
     // As the table's owner (application roles have no privilege on it), with a fresh snapshot
@@ -134,5 +150,8 @@ fn rel_owner(rel: pg_sys::Oid) -> pg_sys::Oid {
     if rel == pg_sys::InvalidOid {
         return superuser;
     }
-    crate::pg::catalog::rel_owner(rel).ok().flatten().unwrap_or(superuser)
+    crate::pg::catalog::rel_owner(rel)
+        .ok()
+        .flatten()
+        .unwrap_or(superuser)
 }

@@ -59,7 +59,10 @@ fn capacity() -> c_long {
 
 fn size() -> usize {
     // SAFETY: pure size computation.
-    unsafe { pg_sys::hash_estimate_size(capacity(), std::mem::size_of::<Entry>()) + std::mem::size_of::<Shared>() }
+    unsafe {
+        pg_sys::hash_estimate_size(capacity(), std::mem::size_of::<Entry>())
+            + std::mem::size_of::<Shared>()
+    }
 }
 
 /// # Safety
@@ -93,7 +96,12 @@ pub(super) fn enabled() -> bool {
 
 fn lock() -> Option<LwLockGuard> {
     // SAFETY: set once at shmem startup; the lock lives in shared memory.
-    unsafe { SHARED.load(Relaxed).as_ref().map(|s| LwLockGuard::exclusive(s.lock)) }
+    unsafe {
+        SHARED
+            .load(Relaxed)
+            .as_ref()
+            .map(|s| LwLockGuard::exclusive(s.lock))
+    }
 }
 
 /// The entry of `key` (created if absent, when `create`); null when absent (or, creating, when
@@ -112,11 +120,21 @@ unsafe fn entry(key: &Key, create: bool) -> *mut Entry {
 
 /// Caller holds the lock.
 unsafe fn lookup(key: &Key, create: bool) -> *mut Entry {
-    let action = if create { pg_sys::HASHACTION::HASH_ENTER_NULL } else { pg_sys::HASHACTION::HASH_FIND };
+    let action = if create {
+        pg_sys::HASHACTION::HASH_ENTER_NULL
+    } else {
+        pg_sys::HASHACTION::HASH_FIND
+    };
     let mut found = false;
     // SAFETY: see entry().
     unsafe {
-        let e = pg_sys::hash_search(HASH.load(Relaxed), (key as *const Key).cast(), action, &mut found).cast::<Entry>();
+        let e = pg_sys::hash_search(
+            HASH.load(Relaxed),
+            (key as *const Key).cast(),
+            action,
+            &mut found,
+        )
+        .cast::<Entry>();
         if !e.is_null() && !found {
             (*e).active = 0;
             (*e).waiting = 0;
@@ -182,7 +200,9 @@ pub(super) fn acquire(key: &Key, max: u32, max_wait_ms: Option<u64>) -> Admitted
     let mut queued: Option<Queued> = None;
     let cv: *mut pg_sys::ConditionVariable;
     {
-        let Some(_lock) = lock() else { return Admitted::Untracked };
+        let Some(_lock) = lock() else {
+            return Admitted::Untracked;
+        };
         // SAFETY: lock held.
         unsafe {
             let e = entry(key, true);
@@ -198,7 +218,10 @@ pub(super) fn acquire(key: &Key, max: u32, max_wait_ms: Option<u64>) -> Admitted
             cv = &mut (*e).cv;
         }
     }
-    queued.replace(Queued { key, holds_slot: false });
+    queued.replace(Queued {
+        key,
+        holds_slot: false,
+    });
     loop {
         let waited = start.elapsed();
         let timeout_ms: i64 = match max_wait_ms {
@@ -209,7 +232,9 @@ pub(super) fn acquire(key: &Key, max: u32, max_wait_ms: Option<u64>) -> Admitted
                     drop(queued.take());
                     // SAFETY: this backend sleeps on no condition variable any more.
                     unsafe { pg_sys::ConditionVariableCancelSleep() };
-                    return Admitted::TimedOut { waited_ns: waited.as_nanos() as u64 };
+                    return Admitted::TimedOut {
+                        waited_ns: waited.as_nanos() as u64,
+                    };
                 }
                 left.min(i64::from(i32::MAX) as i128) as i64
             }
@@ -218,8 +243,12 @@ pub(super) fn acquire(key: &Key, max: u32, max_wait_ms: Option<u64>) -> Admitted
         // An interrupt (cancel, terminate, statement timeout) raises an ERROR in here: it
         // unwinds through `queued` (which stops counting this statement) and the transaction's
         // abort cancels the sleep.
-        unsafe { pg_sys::ConditionVariableTimedSleep(cv, timeout_ms as c_long, WAIT_EVENT_EXTENSION) };
-        let Some(_lock) = lock() else { return Admitted::Untracked };
+        unsafe {
+            pg_sys::ConditionVariableTimedSleep(cv, timeout_ms as c_long, WAIT_EVENT_EXTENSION)
+        };
+        let Some(_lock) = lock() else {
+            return Admitted::Untracked;
+        };
         // SAFETY: lock held; the entry exists while this statement counts in `waiting`.
         unsafe {
             let e = entry(key, false);
@@ -232,7 +261,9 @@ pub(super) fn acquire(key: &Key, max: u32, max_wait_ms: Option<u64>) -> Admitted
                 drop(_lock);
                 drop(queued.take());
                 pg_sys::ConditionVariableCancelSleep();
-                return Admitted::Slot { waited_ns: start.elapsed().as_nanos() as u64 };
+                return Admitted::Slot {
+                    waited_ns: start.elapsed().as_nanos() as u64,
+                };
             }
         }
     }
@@ -256,7 +287,9 @@ pub(super) fn release(key: &Key) {
 
 /// (database, workspace, active, waiting) of every entry with a statement active or waiting.
 pub(super) fn snapshot() -> Vec<(u32, [u8; 16], u32, u32)> {
-    let Some(_lock) = lock() else { return Vec::new() };
+    let Some(_lock) = lock() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     // SAFETY: lock held; entries read in place.
     unsafe {

@@ -31,7 +31,14 @@ pub(crate) struct Plan {
     pub scans: Vec<Scan>,
 }
 
-const SCAN_NODES: &[&str] = &["Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Tid Scan", "Tid Range Scan"];
+const SCAN_NODES: &[&str] = &[
+    "Seq Scan",
+    "Index Scan",
+    "Index Only Scan",
+    "Bitmap Heap Scan",
+    "Tid Scan",
+    "Tid Range Scan",
+];
 
 /// Parse the output of `EXPLAIN (FORMAT JSON, VERBOSE)`: `[{"Plan": {...}}]`.
 pub(crate) fn parse_plan(json: &Value) -> Option<Plan> {
@@ -43,8 +50,15 @@ pub(crate) fn parse_plan(json: &Value) -> Option<Plan> {
 }
 
 fn walk(node: &Value, scans: &mut Vec<Scan>) {
-    let kind = node.get("Node Type").and_then(Value::as_str).unwrap_or_default();
-    let children: &[Value] = node.get("Plans").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let kind = node
+        .get("Node Type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let children: &[Value] = node
+        .get("Plans")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if SCAN_NODES.contains(&kind) {
         if let Some(scan) = scan_of(node, children) {
             scans.push(scan);
@@ -56,7 +70,11 @@ fn walk(node: &Value, scans: &mut Vec<Scan>) {
         walk(child, scans);
     }
     if matches!(kind, "Sort" | "Incremental Sort") && scans.len() == first + 1 {
-        let keys = node.get("Sort Key").and_then(Value::as_array).map(|k| k.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+        let keys = node.get("Sort Key").and_then(Value::as_array).map(|k| {
+            k.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        });
         if let Some(keys) = keys {
             scans[first].sort = keys;
         }
@@ -67,9 +85,19 @@ fn scan_of(node: &Value, children: &[Value]) -> Option<Scan> {
     let s = |k: &str| node.get(k).and_then(Value::as_str).map(str::to_string);
     let index = s("Index Name").or_else(|| {
         // bitmap heap scan: the index of its (first) bitmap index scan
-        children.iter().find_map(|c| c.get("Index Name").and_then(Value::as_str).map(str::to_string))
+        children.iter().find_map(|c| {
+            c.get("Index Name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
     });
-    Some(Scan { schema: s("Schema")?, relation: s("Relation Name")?, alias: s("Alias").unwrap_or_default(), index, sort: Vec::new() })
+    Some(Scan {
+        schema: s("Schema")?,
+        relation: s("Relation Name")?,
+        alias: s("Alias").unwrap_or_default(),
+        index,
+        sort: Vec::new(),
+    })
 }
 
 /// A sort key as EXPLAIN writes it, for a scan with alias `alias`: the column name and whether
@@ -140,15 +168,26 @@ fn split_qualified(s: &str) -> Option<Vec<String>> {
 /// in the order given (the caller orders them the same way for every query of the table, so
 /// that shapes sharing columns share prefixes), then the sort keys the query orders by (with
 /// their direction), or else one range column.
-pub(crate) fn candidate(workspace: i16, equal: &[i16], sort: Option<&[Key]>, range: &[i16]) -> Vec<Key> {
-    let mut keys = vec![Key { attnum: workspace, desc: false }];
+pub(crate) fn candidate(
+    workspace: i16,
+    equal: &[i16],
+    sort: Option<&[Key]>,
+    range: &[i16],
+) -> Vec<Key> {
+    let mut keys = vec![Key {
+        attnum: workspace,
+        desc: false,
+    }];
     let mut eq: Vec<i16> = Vec::new();
     for &a in equal {
         if a != workspace && !eq.contains(&a) {
             eq.push(a);
         }
     }
-    keys.extend(eq.iter().map(|&attnum| Key { attnum, desc: false }));
+    keys.extend(eq.iter().map(|&attnum| Key {
+        attnum,
+        desc: false,
+    }));
     let fixed = |a: i16| a == workspace || eq.contains(&a);
     match sort {
         Some(sort) if !sort.is_empty() => {
@@ -160,7 +199,10 @@ pub(crate) fn candidate(workspace: i16, equal: &[i16], sort: Option<&[Key]>, ran
         }
         _ => {
             if let Some(&r) = range.iter().find(|&&r| !fixed(r)) {
-                keys.push(Key { attnum: r, desc: false });
+                keys.push(Key {
+                    attnum: r,
+                    desc: false,
+                });
             }
         }
     }
@@ -184,8 +226,14 @@ pub(crate) fn serves(index: &[Key], want: &[Key], n_equal: usize) -> bool {
     }
     let tail_index = &index[n_equal..want.len()];
     let tail_want = &want[n_equal..];
-    let same = tail_index.iter().zip(tail_want).all(|(a, b)| a.attnum == b.attnum && a.desc == b.desc);
-    let reversed = tail_index.iter().zip(tail_want).all(|(a, b)| a.attnum == b.attnum && a.desc != b.desc);
+    let same = tail_index
+        .iter()
+        .zip(tail_want)
+        .all(|(a, b)| a.attnum == b.attnum && a.desc == b.desc);
+    let reversed = tail_index
+        .iter()
+        .zip(tail_want)
+        .all(|(a, b)| a.attnum == b.attnum && a.desc != b.desc);
     same || reversed
 }
 
@@ -197,7 +245,10 @@ pub(crate) fn strict_prefix(prefix: &[Key], of: &[Key]) -> bool {
     }
     let head = &of[..prefix.len()];
     let same = prefix.iter().zip(head).all(|(a, b)| a == b);
-    let reversed = prefix.iter().zip(head).all(|(a, b)| a.attnum == b.attnum && a.desc != b.desc);
+    let reversed = prefix
+        .iter()
+        .zip(head)
+        .all(|(a, b)| a.attnum == b.attnum && a.desc != b.desc);
     same || reversed
 }
 
@@ -205,11 +256,19 @@ pub(crate) fn strict_prefix(prefix: &[Key], of: &[Key]) -> bool {
 /// chosen is served by it. Returns (chosen index keys, indexes into `candidates` it serves).
 pub(crate) fn merge(candidates: &[Vec<Key>]) -> Vec<(Vec<Key>, Vec<usize>)> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by(|&a, &b| candidates[b].len().cmp(&candidates[a].len()).then(candidates[a].cmp(&candidates[b])));
+    order.sort_by(|&a, &b| {
+        candidates[b]
+            .len()
+            .cmp(&candidates[a].len())
+            .then(candidates[a].cmp(&candidates[b]))
+    });
     let mut chosen: Vec<(Vec<Key>, Vec<usize>)> = Vec::new();
     for i in order {
         let c = &candidates[i];
-        match chosen.iter_mut().find(|(keys, _)| keys.len() >= c.len() && keys[..c.len()] == c[..]) {
+        match chosen
+            .iter_mut()
+            .find(|(keys, _)| keys.len() >= c.len() && keys[..c.len()] == c[..])
+        {
             Some((_, served)) => served.push(i),
             None => chosen.push((c.clone(), vec![i])),
         }
@@ -238,7 +297,13 @@ pub(crate) fn strip_prepare(text: &str) -> &str {
             b')' => depth -= 1,
             _ => {}
         }
-        if depth == 0 && bytes[i].is_ascii_whitespace() && t[i + 1..].len() >= 3 && t[i + 1..i + 3].eq_ignore_ascii_case("as") && t.as_bytes().get(i + 3).is_some_and(|c| c.is_ascii_whitespace())
+        if depth == 0
+            && bytes[i].is_ascii_whitespace()
+            && t[i + 1..].len() >= 3
+            && t[i + 1..i + 3].eq_ignore_ascii_case("as")
+            && t.as_bytes()
+                .get(i + 3)
+                .is_some_and(|c| c.is_ascii_whitespace())
         {
             return t[i + 3..].trim_start();
         }
@@ -268,7 +333,10 @@ mod tests {
         assert_eq!(plan.cost, 15.67);
         assert_eq!(plan.scans.len(), 1);
         assert_eq!(plan.scans[0].relation, "Journey");
-        assert_eq!(plan.scans[0].index.as_deref(), Some("Journey_workspaceId_name_key"));
+        assert_eq!(
+            plan.scans[0].index.as_deref(),
+            Some("Journey_workspaceId_name_key")
+        );
         assert_eq!(plan.scans[0].sort, vec!["j.\"createdAt\" DESC".to_string()]);
     }
 
@@ -288,9 +356,18 @@ mod tests {
 
     #[test]
     fn sort_keys_parse_with_quotes_aliases_and_directions() {
-        assert_eq!(parse_sort_key("\"createdAt\" DESC", "j"), Some(("createdAt".into(), true)));
-        assert_eq!(parse_sort_key("j.\"created\"\"At\" DESC NULLS LAST", "j"), Some(("created\"At".into(), true)));
-        assert_eq!(parse_sort_key("segment.name", "segment"), Some(("name".into(), false)));
+        assert_eq!(
+            parse_sort_key("\"createdAt\" DESC", "j"),
+            Some(("createdAt".into(), true))
+        );
+        assert_eq!(
+            parse_sort_key("j.\"created\"\"At\" DESC NULLS LAST", "j"),
+            Some(("created\"At".into(), true))
+        );
+        assert_eq!(
+            parse_sort_key("segment.name", "segment"),
+            Some(("name".into(), false))
+        );
         assert_eq!(parse_sort_key("other.name", "segment"), None);
         assert_eq!(parse_sort_key("(lower(name))", "segment"), None);
         assert_eq!(parse_sort_key("\"a.b\"", "x"), Some(("a.b".into(), false)));
@@ -299,19 +376,38 @@ mod tests {
     #[test]
     fn candidates_lead_with_the_workspace_then_equality_then_sort() {
         // workspace 2, equality on 9 and 3 (in that order), ordered by 5 DESC
-        assert_eq!(candidate(2, &[9, 3, 2], Some(&[k(5, true)]), &[]), vec![k(2, false), k(9, false), k(3, false), k(5, true)]);
+        assert_eq!(
+            candidate(2, &[9, 3, 2], Some(&[k(5, true)]), &[]),
+            vec![k(2, false), k(9, false), k(3, false), k(5, true)]
+        );
         // no sort: one range column
-        assert_eq!(candidate(2, &[4], None, &[7, 8]), vec![k(2, false), k(4, false), k(7, false)]);
+        assert_eq!(
+            candidate(2, &[4], None, &[7, 8]),
+            vec![k(2, false), k(4, false), k(7, false)]
+        );
         // a sort key that is also an equality column adds nothing
-        assert_eq!(candidate(2, &[4], Some(&[k(4, false), k(6, false)]), &[]), vec![k(2, false), k(4, false), k(6, false)]);
+        assert_eq!(
+            candidate(2, &[4], Some(&[k(4, false), k(6, false)]), &[]),
+            vec![k(2, false), k(4, false), k(6, false)]
+        );
     }
 
     #[test]
     fn an_index_serves_a_candidate_in_any_equality_order_and_either_direction() {
         let want = vec![k(2, false), k(4, false), k(6, true)];
         assert!(serves(&[k(4, false), k(2, false), k(6, true)], &want, 2));
-        assert!(serves(&[k(2, false), k(4, false), k(6, false)], &want, 2), "backward scan");
-        assert!(serves(&[k(2, false), k(4, false), k(6, true), k(9, false)], &want, 2), "longer");
+        assert!(
+            serves(&[k(2, false), k(4, false), k(6, false)], &want, 2),
+            "backward scan"
+        );
+        assert!(
+            serves(
+                &[k(2, false), k(4, false), k(6, true), k(9, false)],
+                &want,
+                2
+            ),
+            "longer"
+        );
         assert!(!serves(&[k(2, false), k(6, true), k(4, false)], &want, 2));
         assert!(!serves(&[k(2, false), k(4, false)], &want, 2));
     }
@@ -323,7 +419,13 @@ mod tests {
         let c = vec![k(2, false), k(3, false)];
         let merged = merge(&[a.clone(), b.clone(), c.clone()]);
         assert_eq!(merged, vec![(c.clone(), vec![2]), (b.clone(), vec![0, 1])]);
-        assert_eq!(merge(&[b, c, a]), vec![(vec![k(2, false), k(3, false)], vec![1]), (vec![k(2, false), k(9, false), k(5, true)], vec![0, 2])]);
+        assert_eq!(
+            merge(&[b, c, a]),
+            vec![
+                (vec![k(2, false), k(3, false)], vec![1]),
+                (vec![k(2, false), k(9, false), k(5, true)], vec![0, 2])
+            ]
+        );
     }
 
     #[test]
@@ -338,7 +440,10 @@ mod tests {
 
     #[test]
     fn prepare_is_stripped() {
-        assert_eq!(strip_prepare("PREPARE p(uuid, text) AS SELECT 1"), "SELECT 1");
+        assert_eq!(
+            strip_prepare("PREPARE p(uuid, text) AS SELECT 1"),
+            "SELECT 1"
+        );
         assert_eq!(strip_prepare("prepare q as\n select 2"), "select 2");
         assert_eq!(strip_prepare("SELECT 3"), "SELECT 3");
     }

@@ -37,7 +37,13 @@ pub(super) fn is_login_default(source: pg_sys::GucSource::Type) -> bool {
     use pg_sys::GucSource::*;
     matches!(
         source,
-        PGC_S_ENV_VAR | PGC_S_FILE | PGC_S_ARGV | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
+        PGC_S_ENV_VAR
+            | PGC_S_FILE
+            | PGC_S_ARGV
+            | PGC_S_GLOBAL
+            | PGC_S_DATABASE
+            | PGC_S_USER
+            | PGC_S_DATABASE_USER
     )
 }
 
@@ -112,8 +118,8 @@ pub(super) unsafe extern "C-unwind" fn check_workspace_id(
     // value rather than raising inside the hook.
     unsafe {
         if let Some(bytes) = parsed {
-            let canon = uuid_text::canonical(&bytes);
-            if canon.as_bytes() != raw {
+            let canon = uuid_text::canonical_bytes(&bytes);
+            if canon[..] != *raw {
                 let p = guc_mem::alloc(canon.len() + 1).cast::<u8>();
                 if p.is_null() {
                     return false;
@@ -128,7 +134,10 @@ pub(super) unsafe extern "C-unwind" fn check_workspace_id(
         if e.is_null() {
             return false;
         }
-        e.write(WorkspaceExtra { set: parsed.is_some(), bytes: parsed.unwrap_or_default() });
+        e.write(WorkspaceExtra {
+            set: parsed.is_some(),
+            bytes: parsed.unwrap_or_default(),
+        });
         *extra = e.cast();
     }
     true
@@ -136,7 +145,10 @@ pub(super) unsafe extern "C-unwind" fn check_workspace_id(
 
 /// Assign hook of `tenancy.workspace_id`: mirror the parsed value into [`CURRENT`].
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn assign_workspace_id(_newval: *const c_char, extra: *mut c_void) {
+pub(super) unsafe extern "C-unwind" fn assign_workspace_id(
+    _newval: *const c_char,
+    extra: *mut c_void,
+) {
     // SAFETY: `extra` is the WorkspaceExtra our check hook produced for this value (or null if
     // guc.c never ran the hook, which it always does for hooked custom variables).
     let value = unsafe {

@@ -15,7 +15,9 @@ pub(crate) struct Registry {
 }
 
 pub(super) fn setting(s: &GucSetting<Option<CString>>) -> Option<String> {
-    s.get().map(|c| c.to_string_lossy().into_owned()).filter(|v| !v.is_empty())
+    s.get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 impl Registry {
@@ -48,7 +50,9 @@ impl Registry {
             )
         };
         let (schema, name) = split_qualified(&self.table).ok_or_else(missing)?;
-        let (Ok(c_schema), Ok(c_name)) = (CString::new(schema.as_str()), CString::new(name.as_str())) else {
+        let (Ok(c_schema), Ok(c_name)) =
+            (CString::new(schema.as_str()), CString::new(name.as_str()))
+        else {
             return Err(missing());
         };
         // SAFETY: syscache lookups by name; no error is raised for a missing object.
@@ -70,10 +74,13 @@ impl Registry {
                     Code::ERRCODE_UNDEFINED_COLUMN,
                     format!("column \"{col}\" of workspace registry table {table} does not exist"),
                 )
-                .hint("Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...)."));
+                .hint(
+                    "Check the tenancy.registry_* settings (SHOW tenancy.registry_id_column; ...).",
+                ));
             };
             // the id and parent columns are compared with uuids
-            let is_id = *col == self.id_column.as_str() || Some(*col) == self.parent_column.as_deref();
+            let is_id =
+                *col == self.id_column.as_str() || Some(*col) == self.parent_column.as_deref();
             if is_id && typid != pg_sys::UUIDOID {
                 let type_name = crate::pg::catalog::type_name(typid);
                 return Err(TenancyError::new(
@@ -88,7 +95,10 @@ impl Registry {
     }
 
     /// `None`: no such workspace. `Some(status)`: it exists (status NULL or unchecked: `None`).
-    pub(crate) fn lookup_status(&self, workspace: pgrx::Uuid) -> TenancyResult<Option<Option<String>>> {
+    pub(crate) fn lookup_status(
+        &self,
+        workspace: pgrx::Uuid,
+    ) -> TenancyResult<Option<Option<String>>> {
         let mut columns = vec![self.id_column.as_str()];
         columns.extend(self.status_column.as_deref());
         let (_, table) = self.resolve(&columns)?;
@@ -122,16 +132,24 @@ pub(super) fn split_qualified(text: &str) -> Option<(String, String)> {
     let parts: Vec<String> = unsafe {
         let copy = pg_sys::pstrdup(raw.as_ptr());
         let mut list: *mut pg_sys::List = std::ptr::null_mut();
-        if !pg_sys::SplitIdentifierString(copy, b'.' as std::ffi::c_char, &mut list) || list.is_null() {
+        if !pg_sys::SplitIdentifierString(copy, b'.' as std::ffi::c_char, &mut list)
+            || list.is_null()
+        {
             return None;
         }
         (0..(*list).length as usize)
-            .map(|i| CStr::from_ptr((*(*list).elements.add(i)).ptr_value.cast()).to_string_lossy().into_owned())
+            .map(|i| {
+                CStr::from_ptr((*(*list).elements.add(i)).ptr_value.cast())
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect()
     };
     match parts.as_slice() {
         [name] if !name.is_empty() => Some(("public".to_string(), name.clone())),
-        [schema, name] if !schema.is_empty() && !name.is_empty() => Some((schema.clone(), name.clone())),
+        [schema, name] if !schema.is_empty() && !name.is_empty() => {
+            Some((schema.clone(), name.clone()))
+        }
         _ => None,
     }
 }

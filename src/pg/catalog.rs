@@ -42,7 +42,11 @@ pub(crate) fn column_type(relid: pg_sys::Oid, column: &str) -> Option<pg_sys::Oi
 /// A type's name as SQL writes it (`text`, `character varying`, ...).
 pub(crate) fn type_name(typid: pg_sys::Oid) -> String {
     // SAFETY: syscache lookup; a palloc'd name, read at once.
-    unsafe { CStr::from_ptr(pg_sys::format_type_be(typid)).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(pg_sys::format_type_be(typid))
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// A role's name, unquoted ("?" for a role that is gone).
@@ -79,12 +83,20 @@ pub(crate) fn extension_version(name: &CStr) -> Option<String> {
             pg_sys::F_OIDEQ.into(),
             pg_sys::Datum::from(ext),
         );
-        let scan = pg_sys::systable_beginscan(rel, pg_sys::ExtensionOidIndexId.into(), true, std::ptr::null_mut(), 1, &mut key);
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::ExtensionOidIndexId.into(),
+            true,
+            std::ptr::null_mut(),
+            1,
+            &mut key,
+        );
         let tuple = pg_sys::systable_getnext(scan);
         let version = if tuple.is_null() {
             None
         } else {
-            let attno = std::num::NonZeroUsize::new(pg_sys::Anum_pg_extension_extversion as usize).expect("attribute number");
+            let attno = std::num::NonZeroUsize::new(pg_sys::Anum_pg_extension_extversion as usize)
+                .expect("attribute number");
             pgrx::heap_getattr_raw(tuple, attno, (*rel).rd_att)
                 .and_then(|d| <String as pgrx::FromDatum>::from_datum(d, false))
         };

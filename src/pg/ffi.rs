@@ -19,7 +19,8 @@ use std::ffi::{c_int, c_void};
 
 extern "C-unwind" {
     #[link_name = "LWLockAcquire"]
-    pub(crate) fn lwlock_acquire(lock: *mut pg_sys::LWLock, mode: pg_sys::LWLockMode::Type) -> bool;
+    pub(crate) fn lwlock_acquire(lock: *mut pg_sys::LWLock, mode: pg_sys::LWLockMode::Type)
+        -> bool;
     #[link_name = "LWLockRelease"]
     pub(crate) fn lwlock_release(lock: *mut pg_sys::LWLock);
     #[link_name = "hash_search"]
@@ -32,7 +33,11 @@ extern "C-unwind" {
     #[link_name = "GetCurrentTimestamp"]
     pub(crate) fn now() -> pg_sys::TimestampTz;
     #[link_name = "InstrAlloc"]
-    pub(crate) fn instr_alloc(n: c_int, instrument_options: c_int, async_mode: bool) -> *mut pg_sys::Instrumentation;
+    pub(crate) fn instr_alloc(
+        n: c_int,
+        instrument_options: c_int,
+        async_mode: bool,
+    ) -> *mut pg_sys::Instrumentation;
     #[link_name = "InstrEndLoop"]
     pub(crate) fn instr_end_loop(instr: *mut pg_sys::Instrumentation);
 }

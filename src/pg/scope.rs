@@ -23,8 +23,9 @@ pub(crate) fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         pg_sys::SetUserIdAndSecContext(
             role,
             saved_ctx
-                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS)
-                    as i32,
+                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE
+                    | pg_sys::SECURITY_RESTRICTED_OPERATION
+                    | pg_sys::SECURITY_NOFORCE_RLS) as i32,
         );
     }
     let r = with_catalog_path(f);
@@ -41,7 +42,12 @@ pub(crate) fn with_catalog_path<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: the override path is copied by PostgreSQL and popped below, or by (sub)transaction
     // abort when an ERROR unwinds from `f`.
     unsafe {
-        let mut path = pg_sys::OverrideSearchPath { schemas: std::ptr::null_mut(), addCatalog: true, addTemp: false, generation: 0 };
+        let mut path = pg_sys::OverrideSearchPath {
+            schemas: std::ptr::null_mut(),
+            addCatalog: true,
+            addTemp: false,
+            generation: 0,
+        };
         pg_sys::PushOverrideSearchPath(&mut path);
     }
     let r = f();
@@ -55,7 +61,11 @@ pub(crate) fn with_catalog_path<R>(f: impl FnOnce() -> R) -> R {
 /// security-restricted operation. For planning a statement a role ran (the index advice):
 /// whatever the text calls while it is planned runs with that role's rights and cannot
 /// `SET ROLE` / `RESET ROLE` back to the caller.
-pub(crate) fn with_settings<R>(role: Option<pg_sys::Oid>, settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_settings<R>(
+    role: Option<pg_sys::Oid>,
+    settings: &[(&std::ffi::CStr, &std::ffi::CStr)],
+    f: impl FnOnce() -> R,
+) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
     // SAFETY: as in as_user; the nest level is closed below, or by (sub)transaction abort.
@@ -64,7 +74,9 @@ pub(crate) fn with_settings<R>(role: Option<pg_sys::Oid>, settings: &[(&std::ffi
         if let Some(role) = role {
             pg_sys::SetUserIdAndSecContext(
                 role,
-                saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+                saved_ctx
+                    | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                        as i32,
             );
         }
         let level = pg_sys::NewGUCNestLevel();
@@ -107,8 +119,11 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let result = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
         .catch_others(|e| {
             Err(match e {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_string()
+                }
             })
         })
         .execute();

@@ -23,7 +23,14 @@ pub(crate) fn least_recent<K: Copy>(mut items: Vec<(i64, K)>, n: usize) -> Vec<K
 pub(crate) unsafe fn remove_keys<K>(hash: *mut pg_sys::HTAB, keys: &[K]) {
     for key in keys {
         // SAFETY: see the caller's obligations; HASH_REMOVE of a key raises no error.
-        unsafe { pg_sys::hash_search(hash, (key as *const K).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut()) };
+        unsafe {
+            pg_sys::hash_search(
+                hash,
+                (key as *const K).cast(),
+                pg_sys::HASHACTION::HASH_REMOVE,
+                std::ptr::null_mut(),
+            )
+        };
     }
 }
 
@@ -59,9 +66,12 @@ pub(crate) unsafe fn startup<S, K, E, R>(
     unsafe {
         let _init_lock = LwLockGuard::exclusive(addin_shmem_init_lock());
         let mut found = false;
-        let shared = pg_sys::ShmemInitStruct(name.as_ptr(), std::mem::size_of::<S>(), &mut found).cast::<S>();
+        let shared = pg_sys::ShmemInitStruct(name.as_ptr(), std::mem::size_of::<S>(), &mut found)
+            .cast::<S>();
         if !found {
-            shared.write(init(&raw mut (*pg_sys::GetNamedLWLockTranche(tranche.as_ptr())).lock));
+            shared.write(init(
+                &raw mut (*pg_sys::GetNamedLWLockTranche(tranche.as_ptr())).lock,
+            ));
         }
         let r = more();
         let hash = shmem_hash::<K, E>(hash_name, max);
@@ -130,7 +140,13 @@ pub(crate) unsafe fn shmem_hash<K, E>(name: &std::ffi::CStr, max: c_long) -> *mu
         let mut info: pg_sys::HASHCTL = std::mem::zeroed();
         info.keysize = std::mem::size_of::<K>();
         info.entrysize = std::mem::size_of::<E>();
-        pg_sys::ShmemInitHash(name.as_ptr(), max, max, &mut info, (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int)
+        pg_sys::ShmemInitHash(
+            name.as_ptr(),
+            max,
+            max,
+            &mut info,
+            (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS) as c_int,
+        )
     }
 }
 

@@ -22,7 +22,9 @@ pub(super) fn require_owner(tbl: pg_sys::Oid, what: &str) -> Result<(), TenancyE
 
 pub(super) fn current_user_name() -> String {
     // SAFETY: reads the current user id.
-    quote_identifier(&crate::pg::catalog::role_name(unsafe { pg_sys::GetUserId() }))
+    quote_identifier(&crate::pg::catalog::role_name(unsafe {
+        pg_sys::GetUserId()
+    }))
 }
 
 /// Raise 42703 / 42804 unless `relid` has a uuid column named `column` (catalog caches only).
@@ -61,12 +63,20 @@ pub(super) fn quota_count(
     tbl: pg_sys::Oid,
     workspace_column: &str,
     counted_when: Option<&str>,
-) -> Result<TableIterator<'static, (name!(workspace_id, pgrx::Uuid), name!(n, i64))>, pgrx::pg_sys::panic::ErrorReport> {
+) -> Result<
+    TableIterator<'static, (name!(workspace_id, pgrx::Uuid), name!(n, i64))>,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
     require_owner(tbl, "count its quota rows")?;
     if let Some(cond) = counted_when {
         assert_expression(cond)?;
     }
-    let owner = owner_of(tbl)?.ok_or_else(|| TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, format!("relation {} does not exist", u32::from(tbl))))?;
+    let owner = owner_of(tbl)?.ok_or_else(|| {
+        TenancyError::new(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("relation {} does not exist", u32::from(tbl)),
+        )
+    })?;
     check_workspace_column(tbl, workspace_column)?;
     let q = TableQuota {
         workspace_column: workspace_column.to_string(),
@@ -89,7 +99,10 @@ pub(super) fn quota_count(
             }
             let mut out = Vec::new();
             for row in client.select(&sql, None, &[])? {
-                out.push((row.get::<pgrx::Uuid>(1)?.expect("not null"), row.get::<i64>(2)?.expect("count")));
+                out.push((
+                    row.get::<pgrx::Uuid>(1)?.expect("not null"),
+                    row.get::<i64>(2)?.expect("count"),
+                ));
             }
             Ok(out)
         })
@@ -144,8 +157,15 @@ pub(super) fn quota_admin(
     let entry = format!("tenancy.{entry}");
     // writes: refused in a read-only transaction and on a standby as PostgreSQL refuses any
     // write there (25006), before anything would ask for a transaction id
-    let command = CString::new(format!("tenancy.{}", entry.trim_start_matches("tenancy.").split('(').next().unwrap_or_default()))
-        .expect("no NUL");
+    let command = CString::new(format!(
+        "tenancy.{}",
+        entry
+            .trim_start_matches("tenancy.")
+            .split('(')
+            .next()
+            .unwrap_or_default()
+    ))
+    .expect("no NUL");
     // SAFETY: both raise a normal ERROR (25006) through pgrx's guard, or return.
     unsafe {
         pg_sys::PreventCommandIfReadOnly(command.as_ptr());
@@ -160,10 +180,20 @@ pub(super) fn quota_admin(
     .map_err(TenancyError::from)?;
     if may != Some(true) {
         let name = entry.split('(').next().unwrap_or_default();
-        return Err(TenancyError::new(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for function {name}"))
-            .detail(format!("Role {} has no EXECUTE privilege on {}.", current_user_name(), entry.replace("pg_catalog.", "")))
-            .hint(format!("A superuser delegates it with GRANT EXECUTE ON FUNCTION {} TO <role>.", entry.replace("pg_catalog.", "")))
-            .into());
+        return Err(TenancyError::new(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for function {name}"),
+        )
+        .detail(format!(
+            "Role {} has no EXECUTE privilege on {}.",
+            current_user_name(),
+            entry.replace("pg_catalog.", "")
+        ))
+        .hint(format!(
+            "A superuser delegates it with GRANT EXECUTE ON FUNCTION {} TO <role>.",
+            entry.replace("pg_catalog.", "")
+        ))
+        .into());
     }
     if let Some(tbl) = tbl {
         // SAFETY: syscache lookup; NULL for a relation that no longer exists.
@@ -202,8 +232,11 @@ pub(super) fn bookkeeping_table() -> Result<pg_sys::Oid, TenancyError> {
         pg_sys::get_relname_relid(c"quota_counter".as_ptr(), nsp)
     };
     if oid == pg_sys::InvalidOid {
-        return Err(TenancyError::new(Code::ERRCODE_UNDEFINED_TABLE, "tenancy.quota_counter does not exist")
-            .hint("Is the extension installed in this database? CREATE EXTENSION tenancy;"));
+        return Err(TenancyError::new(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            "tenancy.quota_counter does not exist",
+        )
+        .hint("Is the extension installed in this database? CREATE EXTENSION tenancy;"));
     }
     Ok(oid)
 }
@@ -222,7 +255,8 @@ pub(super) fn assert_expression(expr: &str) -> Result<bool, pgrx::pg_sys::panic:
     if expr.trim().is_empty() {
         return Err(bad("it is empty"));
     }
-    let text = CString::new(format!("SELECT ({expr})")).map_err(|_| bad("it contains a NUL byte"))?;
+    let text =
+        CString::new(format!("SELECT ({expr})")).map_err(|_| bad("it contains a NUL byte"))?;
     // SAFETY: raw_parser only reads the string; a syntax error is raised as a normal ERROR
     // (42601) through pgrx's FFI guard. The list is palloc'd in the current context.
     let n = unsafe {

@@ -37,7 +37,6 @@ thread_local! {
     pub(super) static CACHES: RefCell<Caches> = RefCell::new(Caches::default());
 }
 
-
 /// Relcache invalidation callback: an invalidation of a config table (or of all relations)
 /// drops every cached limit and plan. Must not raise errors or run queries.
 #[pg_guard]
@@ -63,7 +62,11 @@ pub(super) unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, re
 /// the plans, so that counted_when is checked and compiled again. Must not raise errors or run
 /// queries.
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn syscache_callback(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+pub(super) unsafe extern "C-unwind" fn syscache_callback(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
     CACHES.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             c.readers.clear();
@@ -110,7 +113,11 @@ impl Caches {
         self.clock += 1;
         self.last_used.insert(relid, self.clock);
         if self.last_used.len() > MAX_CACHED_TABLES {
-            let oldest = self.last_used.iter().min_by_key(|(_, &t)| t).map(|(&r, _)| r);
+            let oldest = self
+                .last_used
+                .iter()
+                .min_by_key(|(_, &t)| t)
+                .map(|(&r, _)| r);
             if let Some(oldest) = oldest {
                 self.forget(oldest);
             }
@@ -118,9 +125,12 @@ impl Caches {
     }
 }
 
-
 /// Load the table's settings and limits (and the watched oids) into the cache if absent.
-pub(super) fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClient<'_>, relid: pg_sys::Oid) -> Result<(), TenancyError> {
+pub(super) fn ensure_loaded(
+    caches: &mut Caches,
+    client: &mut pgrx::spi::SpiClient<'_>,
+    relid: pg_sys::Oid,
+) -> Result<(), TenancyError> {
     if caches.counter_owner.is_none() {
         let mut watched = Vec::new();
         let rows = client.select(
@@ -141,7 +151,8 @@ pub(super) fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClie
             }
         }
         caches.watched = watched;
-        caches.counter_owner = Some(owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)));
+        caches.counter_owner =
+            Some(owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)));
         caches.tables.clear();
         caches.plans.clear();
         caches.counts.clear();
@@ -162,7 +173,9 @@ pub(super) fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClie
                FROM tenancy.quota_table t WHERE t.tbl = $1",
             &arg,
         )?;
-        let Some(row) = cfg.first() else { return Ok(None) };
+        let Some(row) = cfg.first() else {
+            return Ok(None);
+        };
         let workspace_column = text_of(row[0]).expect("workspace_column");
         let counted_when = text_of(row[1]);
         let mut shared_counts = row[2].is_some_and(|d| d.value() != 0);
@@ -171,12 +184,25 @@ pub(super) fn ensure_loaded(caches: &mut Caches, client: &mut pgrx::spi::SpiClie
             // without preloading tenancy (the table path refuses stale counters). An INSERT into
             // a table without unique keys never waits for anybody; if this (sub)transaction
             // rolls back, the mark goes with it and the caches are dropped, to mark again.
-            client.update("INSERT INTO tenancy.quota_shared_mark (tbl) VALUES ($1)", None, &[DatumWithOid::from(relid)])?;
+            client.update(
+                "INSERT INTO tenancy.quota_shared_mark (tbl) VALUES ($1)",
+                None,
+                &[DatumWithOid::from(relid)],
+            )?;
             shared::mark_inserted();
             shared_counts = true;
         }
-        let mut q = TableQuota { workspace_column, counted_when, default_limit: None, overrides: HashMap::new(), shared_counts };
-        for row in crate::pg::spi::select_latest("SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1", &arg)? {
+        let mut q = TableQuota {
+            workspace_column,
+            counted_when,
+            default_limit: None,
+            overrides: HashMap::new(),
+            shared_counts,
+        };
+        for row in crate::pg::spi::select_latest(
+            "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
+            &arg,
+        )? {
             // SAFETY: datums of a uuid and a bigint column of the row just read.
             let max = row[1].map(|d| d.value() as i64);
             match row[0] {

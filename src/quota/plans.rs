@@ -17,8 +17,11 @@ impl KeptPlan {
         unsafe {
             let plan = pg_sys::SPI_prepare(text.as_ptr(), 1, types.as_mut_ptr());
             if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: could not prepare a quota count")
-                    .detail(sql.to_string()));
+                return Err(TenancyError::new(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    "tenancy: could not prepare a quota count",
+                )
+                .detail(sql.to_string()));
             }
             Ok(KeptPlan(plan))
         }
@@ -27,7 +30,11 @@ impl KeptPlan {
     /// Run the count for workspace `ws`: with `snapshot`, or (None) with a fresh snapshot that
     /// sees everything committed and every change of this transaction, the triggering
     /// statement's included. Returns the count.
-    pub(super) fn count(&self, ws: &[u8; 16], snapshot: Option<pg_sys::Snapshot>) -> Result<i64, TenancyError> {
+    pub(super) fn count(
+        &self,
+        ws: &[u8; 16],
+        snapshot: Option<pg_sys::Snapshot>,
+    ) -> Result<i64, TenancyError> {
         let uuid = pgrx::Uuid::from_bytes(*ws);
         let value = uuid.into_datum().expect("uuid datum");
         let snap = snapshot.unwrap_or_else(|| {
@@ -41,8 +48,11 @@ impl KeptPlan {
         let rows = unsafe { crate::pg::spi::execute_with_snapshot(self.0, &mut [value], snap)? };
         match rows.as_slice() {
             [row] => Ok(row[0].map_or(0, |d| d.value() as i64)),
-            _ => Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: quota count failed")
-                .detail(format!("{} rows", rows.len()))),
+            _ => Err(TenancyError::new(
+                Code::ERRCODE_INTERNAL_ERROR,
+                "tenancy: quota count failed",
+            )
+            .detail(format!("{} rows", rows.len()))),
         }
     }
 }
@@ -53,7 +63,6 @@ impl Drop for KeptPlan {
         unsafe { pg_sys::SPI_freeplan(self.0) };
     }
 }
-
 
 /// A text datum as a Rust string.
 pub(super) fn text_of(d: Option<pg_sys::Datum>) -> Option<String> {

@@ -137,12 +137,17 @@ struct Local {
     marks: Vec<i32>,
 }
 
-static LOCAL: BackendLocal<Local> =
-    BackendLocal::new(Local { ops: Vec::new(), touched: Vec::new(), exclusive: Vec::new(), marks: Vec::new() });
+static LOCAL: BackendLocal<Local> = BackendLocal::new(Local {
+    ops: Vec::new(),
+    touched: Vec::new(),
+    exclusive: Vec::new(),
+    marks: Vec::new(),
+});
 
 /// Set when a transaction that inserted a quota_shared_mark row rolled it back: the quota caches
 /// (which remember the table as marked) must be dropped. Read by the quota trigger.
-pub(crate) static MARK_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static MARK_LOST: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// This (sub)transaction inserted a tenancy.quota_shared_mark row.
 pub(crate) fn mark_inserted() {
@@ -176,7 +181,9 @@ pub(crate) fn install_hooks() {
 
 fn shared_size() -> usize {
     // SAFETY: pure size computation.
-    let hash = unsafe { pg_sys::hash_estimate_size(MAX_ENTRIES.get() as c_long, std::mem::size_of::<Entry>()) };
+    let hash = unsafe {
+        pg_sys::hash_estimate_size(MAX_ENTRIES.get() as c_long, std::mem::size_of::<Entry>())
+    };
     hash + std::mem::size_of::<Shared>()
 }
 
@@ -199,7 +206,11 @@ pub(crate) unsafe fn shmem_startup() {
             TRANCHE,
             c"tenancy quota hash",
             MAX_ENTRIES.get() as c_long,
-            |lock| Shared { lock, max: MAX_ENTRIES.get() as i64, evictions: AtomicU64::new(0) },
+            |lock| Shared {
+                lock,
+                max: MAX_ENTRIES.get() as i64,
+                evictions: AtomicU64::new(0),
+            },
             || (),
         );
         SHARED.store(shared, Relaxed);
@@ -219,7 +230,11 @@ pub(crate) fn enabled() -> bool {
 
 pub(crate) fn key(relid: pg_sys::Oid, ws: [u8; 16]) -> Key {
     // SAFETY: reading the backend's database id.
-    Key { dbid: unsafe { pg_sys::MyDatabaseId }, relid, ws }
+    Key {
+        dbid: unsafe { pg_sys::MyDatabaseId },
+        relid,
+        ws,
+    }
 }
 
 fn level() -> i32 {
@@ -234,8 +249,13 @@ fn with_entry<R>(key: &Key, f: impl FnOnce(&Entry) -> R) -> Option<R> {
     // SAFETY: the entry pointer is used only while the lock keeping it alive is held.
     unsafe {
         let _lock = LwLockGuard::shared(shared.lock);
-        let e = raw::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
-            .cast::<Entry>();
+        let e = raw::hash_search(
+            hash,
+            (key as *const Key).cast(),
+            pg_sys::HASHACTION::HASH_FIND,
+            std::ptr::null_mut(),
+        )
+        .cast::<Entry>();
         e.as_ref().map(f)
     }
 }
@@ -301,7 +321,14 @@ fn try_apply(key: &Key, n: i64, limit: Option<i64>) -> Option<Result<(), Over>> 
                     let next = cur + reserve;
                     if let Some(limit) = limit {
                         if next > limit {
-                            return (Err(Over { used: cur, would_be: next }), 0, 0);
+                            return (
+                                Err(Over {
+                                    used: cur,
+                                    would_be: next,
+                                }),
+                                0,
+                                0,
+                            );
                         }
                     }
                     match e.used.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
@@ -317,9 +344,18 @@ fn try_apply(key: &Key, n: i64, limit: Option<i64>) -> Option<Result<(), Over>> 
         }
         let (result, reserve, offset) = outcome;
         if result.is_ok() {
-            for (kind, amount) in [(Kind::Release, -n), (Kind::Reserve, reserve), (Kind::Offset, offset)] {
+            for (kind, amount) in [
+                (Kind::Release, -n),
+                (Kind::Reserve, reserve),
+                (Kind::Offset, offset),
+            ] {
                 if amount > 0 {
-                    local.note(Op { key: *key, level: lvl, kind, n: amount });
+                    local.note(Op {
+                        key: *key,
+                        level: lvl,
+                        kind,
+                        n: amount,
+                    });
                 }
             }
         }
@@ -331,13 +367,16 @@ impl Local {
     /// Add `op` to the note of the same key, level and kind, if any: a transaction of many
     /// statements keeps one note per (key, level, kind), so the scans above stay short.
     fn note(&mut self, op: Op) {
-        match self.ops.iter_mut().find(|o| o.key == op.key && o.level == op.level && o.kind == op.kind) {
+        match self
+            .ops
+            .iter_mut()
+            .find(|o| o.key == op.key && o.level == op.level && o.kind == op.kind)
+        {
             Some(o) => o.n += op.n,
             None => self.ops.push(op),
         }
     }
 }
-
 
 /// `tenancy._quota_entries()`: the shared-memory counters of this database (empty when tenancy
 /// is not preloaded): table, workspace, used (committed + reserved by transactions in
@@ -345,7 +384,12 @@ impl Local {
 #[pg_extern(volatile, parallel_restricted, name = "_quota_entries")]
 fn quota_entries() -> TableIterator<
     'static,
-    (name!(tbl, pg_sys::Oid), name!(workspace_id, pgrx::Uuid), name!(used, i64), name!(in_flight, i64)),
+    (
+        name!(tbl, pg_sys::Oid),
+        name!(workspace_id, pgrx::Uuid),
+        name!(used, i64),
+        name!(in_flight, i64),
+    ),
 > {
     let mut rows = Vec::new();
     if let Some(shared) = shared() {
@@ -356,12 +400,20 @@ fn quota_entries() -> TableIterator<
             let _lock = LwLockGuard::shared(shared.lock);
             each_entry(hash, |e: &Entry| {
                 if e.key.dbid == db {
-                    rows.push((e.key.relid, e.key.ws, e.used.load(Relaxed), e.in_flight.load(Relaxed)));
+                    rows.push((
+                        e.key.relid,
+                        e.key.ws,
+                        e.used.load(Relaxed),
+                        e.in_flight.load(Relaxed),
+                    ));
                 }
             });
         }
     }
-    TableIterator::new(rows.into_iter().map(|(r, ws, u, f)| (r, pgrx::Uuid::from_bytes(ws), u, f)))
+    TableIterator::new(
+        rows.into_iter()
+            .map(|(r, ws, u, f)| (r, pgrx::Uuid::from_bytes(ws), u, f)),
+    )
 }
 
 /// `tenancy._quota_shared()`: true when quota counters live in shared memory (preloaded).

@@ -11,12 +11,21 @@ pub(super) use crate::pg::catalog::qualified_name;
 /// The delta statement for one event: per workspace, rows counted after minus before, applied
 /// to the counters in workspace order; returns (workspace_id, used, delta) for every workspace
 /// that changed (only those with delta > 0 can go over a limit).
-pub(super) fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota, shared_path: bool) -> String {
+pub(super) fn delta_sql(
+    relid: pg_sys::Oid,
+    event: Event,
+    q: &TableQuota,
+    shared_path: bool,
+) -> String {
     let col = quote_identifier(&q.workspace_column);
     let cond = counted_condition(q);
     let source = match event {
-        Event::Insert => format!("SELECT {col} AS ws, count(*) AS n FROM {NEW_TABLE} WHERE {cond} GROUP BY 1"),
-        Event::Delete => format!("SELECT {col} AS ws, -count(*) AS n FROM {OLD_TABLE} WHERE {cond} GROUP BY 1"),
+        Event::Insert => {
+            format!("SELECT {col} AS ws, count(*) AS n FROM {NEW_TABLE} WHERE {cond} GROUP BY 1")
+        }
+        Event::Delete => {
+            format!("SELECT {col} AS ws, -count(*) AS n FROM {OLD_TABLE} WHERE {cond} GROUP BY 1")
+        }
         Event::Update => format!(
             "SELECT ws, sum(n)::bigint AS n FROM (
                  SELECT {col} AS ws, 1 AS n FROM {NEW_TABLE} WHERE {cond}
@@ -24,7 +33,12 @@ pub(super) fn delta_sql(relid: pg_sys::Oid, event: Event, q: &TableQuota, shared
                  SELECT {col}, -1 FROM {OLD_TABLE} WHERE {cond}) u
               GROUP BY 1"
         ),
-        Event::Truncate => return format!("DELETE FROM tenancy.quota_counter WHERE tbl = {}::oid", u32::from(relid)),
+        Event::Truncate => {
+            return format!(
+                "DELETE FROM tenancy.quota_counter WHERE tbl = {}::oid",
+                u32::from(relid)
+            )
+        }
     };
     // Evaluated as the table's owner; the table path then hands the deltas to APPLY_SQL, run
     // as the bookkeeping owner (so counted_when never runs with the bookkeeping owner's rights).

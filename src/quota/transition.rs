@@ -62,7 +62,8 @@ impl Deltas {
                 .find(|&i| {
                     let att = (*desc).attrs.as_ptr().add(i);
                     !(*att).attisdropped
-                        && std::ffi::CStr::from_ptr((*att).attname.data.as_ptr()).to_bytes() == ws_column.as_bytes()
+                        && std::ffi::CStr::from_ptr((*att).attname.data.as_ptr()).to_bytes()
+                            == ws_column.as_bytes()
                 })
                 .map(|i| i as i32 + 1)
         };
@@ -84,19 +85,33 @@ impl Deltas {
                 pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
                 pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
             );
-            let mut out = Deltas { ctx, ws_attnum, cond: None };
-            let Some(cond) = cond else { return Ok(Some(out)) };
-            let sql = CString::new(format!("SELECT ({cond})::boolean FROM ONLY {qualified}")).expect("no NUL");
+            let mut out = Deltas {
+                ctx,
+                ws_attnum,
+                cond: None,
+            };
+            let Some(cond) = cond else {
+                return Ok(Some(out));
+            };
+            let sql = CString::new(format!("SELECT ({cond})::boolean FROM ONLY {qualified}"))
+                .expect("no NUL");
             let plan = pg_sys::SPI_prepare(sql.as_ptr(), 0, std::ptr::null_mut());
             if plan.is_null() {
-                return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: could not compile counted_when")
-                    .detail(format!("counted_when: {cond}")));
+                return Err(TenancyError::new(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    "tenancy: could not compile counted_when",
+                )
+                .detail(format!("counted_when: {cond}")));
             }
             let sources = pg_sys::SPI_plan_get_plan_sources(plan);
-            let source = (*(*sources).elements).ptr_value.cast::<pg_sys::CachedPlanSource>();
+            let source = (*(*sources).elements)
+                .ptr_value
+                .cast::<pg_sys::CachedPlanSource>();
             let queries = (*source).query_list;
             let query = (*(*queries).elements).ptr_value.cast::<pg_sys::Query>();
-            let target = (*(*(*query).targetList).elements).ptr_value.cast::<pg_sys::TargetEntry>();
+            let target = (*(*(*query).targetList).elements)
+                .ptr_value
+                .cast::<pg_sys::TargetEntry>();
             let expr = (*target).expr;
             if pg_sys::contain_subplans(expr.cast()) {
                 pg_sys::SPI_freeplan(plan);
@@ -122,7 +137,12 @@ impl Deltas {
     /// owner) in a security-restricted operation under `search_path = pg_catalog`, as the SPI
     /// path runs it ([`as_user`]): a PL/pgSQL function it calls resolves the names in its body
     /// against the catalog, never against the writing session's search path.
-    pub(super) fn deltas(&self, td: &pg_sys::TriggerData, event: Event, owner: pg_sys::Oid) -> Vec<([u8; 16], i64)> {
+    pub(super) fn deltas(
+        &self,
+        td: &pg_sys::TriggerData,
+        event: Event,
+        owner: pg_sys::Oid,
+    ) -> Vec<([u8; 16], i64)> {
         if self.cond.is_some() {
             as_user(owner, || self.read(td, event))
         } else {
@@ -147,8 +167,10 @@ impl Deltas {
             // leaves other readers alone; the slot is dropped before returning.
             unsafe {
                 let desc = (*td.tg_relation).rd_att;
-                let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
-                let reader = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+                let slot =
+                    pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
+                let reader =
+                    pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
                 pg_sys::tuplestore_select_read_pointer(store, reader);
                 pg_sys::tuplestore_rescan(store);
                 let at = (self.ws_attnum - 1) as usize;
@@ -165,7 +187,9 @@ impl Deltas {
                         let mut isnull = false;
                         let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
                         let eval = (*state).evalfunc.expect("compiled expression");
-                        let d = pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| eval(state, econtext, &mut isnull));
+                        let d = pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                            eval(state, econtext, &mut isnull)
+                        });
                         pg_sys::MemoryContextSwitchTo(old);
                         pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
                         if isnull || d.value() == 0 {

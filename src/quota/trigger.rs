@@ -27,13 +27,16 @@ pub(super) fn quota_trigger<'a>(
         Ok(PgTriggerOperation::Delete) => Event::Delete,
         Ok(PgTriggerOperation::Update) => Event::Update,
         Ok(PgTriggerOperation::Truncate) => Event::Truncate,
-        Err(e) => {
-            TenancyError::new(Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION, "tenancy.quota_trigger(): unexpected event")
-                .detail(e.to_string())
-                .raise()
-        }
+        Err(e) => TenancyError::new(
+            Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            "tenancy.quota_trigger(): unexpected event",
+        )
+        .detail(e.to_string())
+        .raise(),
     };
-    if !matches!(t.level(), PgTriggerLevel::Statement) || !matches!(t.when(), Ok(PgTriggerWhen::After)) {
+    if !matches!(t.level(), PgTriggerLevel::Statement)
+        || !matches!(t.when(), Ok(PgTriggerWhen::After))
+    {
         TenancyError::new(
             Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             "tenancy.quota_trigger() must be fired AFTER ... FOR EACH STATEMENT",
@@ -73,7 +76,9 @@ pub extern "C" fn pg_finfo_tenancy_quota_trigger() -> &'static pg_sys::Pg_finfo_
 
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn tenancy_quota_trigger(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn tenancy_quota_trigger(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: a call from the function manager; the wrapper is pgrx's for `quota_trigger`.
     unsafe {
         require_trigger_call(fcinfo, "tenancy.quota_trigger()");
@@ -90,7 +95,9 @@ pub extern "C" fn pg_finfo_tenancy_quota_config_changed() -> &'static pg_sys::Pg
 
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn tenancy_quota_config_changed(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn tenancy_quota_config_changed(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: as above, for `quota_config_changed`.
     unsafe {
         require_trigger_call(fcinfo, "tenancy.quota_config_changed()");
@@ -104,7 +111,11 @@ pub unsafe extern "C-unwind" fn tenancy_quota_config_changed(fcinfo: pg_sys::Fun
 pub(super) type Deltas = Result<Vec<([u8; 16], i64, i64)>, ([u8; 16], TenancyError)>;
 
 /// Apply the statement's deltas; return the error to raise when a workspace went over its limit.
-pub(super) fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) -> Option<TenancyError> {
+pub(super) fn apply_deltas(
+    t: &PgTrigger<'_>,
+    relid: pg_sys::Oid,
+    event: Event,
+) -> Option<TenancyError> {
     let shared_path = shared::enabled();
     if shared_path && event == Event::Truncate {
         shared::forget_table(relid);
@@ -233,9 +244,11 @@ pub(super) fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) 
             for (ws, _, delta) in rows {
                 crate::stats::record(ws, |e| {
                     if delta > 0 {
-                        e.rows_added.fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
+                        e.rows_added
+                            .fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
                     } else {
-                        e.rows_removed.fetch_add(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
+                        e.rows_removed
+                            .fetch_add(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
                     }
                 });
             }
@@ -243,7 +256,8 @@ pub(super) fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) 
         }
         Ok(Err((ws, err))) => {
             crate::stats::record(ws, |e| {
-                e.quota_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.quota_rejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             });
             Some(err)
         }
@@ -252,7 +266,9 @@ pub(super) fn apply_deltas(t: &PgTrigger<'_>, relid: pg_sys::Oid, event: Event) 
 }
 
 /// The (workspace_id, used, delta) rows of a delta statement or of the counter update.
-pub(super) fn delta_rows(table: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
+pub(super) fn delta_rows(
+    table: pgrx::spi::SpiTupleTable<'_>,
+) -> Result<Vec<([u8; 16], i64, i64)>, pgrx::spi::Error> {
     let mut out = Vec::new();
     for row in table {
         let ws: pgrx::Uuid = row.get(1)?.expect("workspace_id");
@@ -292,10 +308,14 @@ pub(super) fn apply_shared(
             }
             continue;
         }
-        let mut count = || Spi::connect(|_| as_user(owner, || counter.count(&ws, Some(snapshot_of_others()))));
+        let mut count =
+            || Spi::connect(|_| as_user(owner, || counter.count(&ws, Some(snapshot_of_others()))));
         if let Err(over) = shared::apply(shared::key(relid, ws), n, limit, &mut count)? {
             let limit = limit.expect("only a limit rejects");
-            return Ok(Err((ws, over_quota(relid, &ws, limit, over.would_be, over.would_be - over.used))));
+            return Ok(Err((
+                ws,
+                over_quota(relid, &ws, limit, over.would_be, over.would_be - over.used),
+            )));
         }
     }
     Ok(Ok(rows))
@@ -314,7 +334,8 @@ pub(super) fn storage_new_in_this_transaction(rel: pg_sys::Relation) -> bool {
     const INVALID_SUBTRANSACTION_ID: pg_sys::SubTransactionId = 0;
     // SAFETY: the trigger's open relation.
     unsafe {
-        (*rel).rd_createSubid != INVALID_SUBTRANSACTION_ID || (*rel).rd_firstRelfilenodeSubid != INVALID_SUBTRANSACTION_ID
+        (*rel).rd_createSubid != INVALID_SUBTRANSACTION_ID
+            || (*rel).rd_firstRelfilenodeSubid != INVALID_SUBTRANSACTION_ID
     }
 }
 
@@ -334,7 +355,11 @@ pub(super) fn snapshot_of_others() -> pg_sys::Snapshot {
 
 pub(super) fn stale_counters(relid: pg_sys::Oid, quota: &TableQuota) -> TenancyError {
     let table = regclass_text(relid);
-    let mut call = format!("SELECT tenancy.enforce_quota('{}', '{}'", table.replace('\'', "''"), quota.workspace_column.replace('\'', "''"));
+    let mut call = format!(
+        "SELECT tenancy.enforce_quota('{}', '{}'",
+        table.replace('\'', "''"),
+        quota.workspace_column.replace('\'', "''")
+    );
     if let Some(cond) = &quota.counted_when {
         call.push_str(&format!(", '{}'", cond.replace('\'', "''")));
     }
@@ -347,7 +372,13 @@ pub(super) fn stale_counters(relid: pg_sys::Oid, quota: &TableQuota) -> TenancyE
     .hint(format!("Recount it: {call}; (or add tenancy to shared_preload_libraries again)."))
 }
 
-pub(super) fn over_quota(relid: pg_sys::Oid, ws: &[u8; 16], limit: i64, used: i64, added: i64) -> TenancyError {
+pub(super) fn over_quota(
+    relid: pg_sys::Oid,
+    ws: &[u8; 16],
+    limit: i64,
+    used: i64,
+    added: i64,
+) -> TenancyError {
     let table = regclass_text(relid);
     let ws = uuid_text::canonical(ws);
     TenancyError::new(
@@ -365,8 +396,11 @@ pub(super) fn over_quota(relid: pg_sys::Oid, ws: &[u8; 16], limit: i64, used: i6
 }
 
 pub(super) fn regclass_text(relid: pg_sys::Oid) -> String {
-    crate::pg::spi::one::<String>("SELECT $1::pg_catalog.regclass::pg_catalog.text", &[DatumWithOid::from(relid)])
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| format!("relation {}", u32::from(relid)))
+    crate::pg::spi::one::<String>(
+        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+        &[DatumWithOid::from(relid)],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| format!("relation {}", u32::from(relid)))
 }

@@ -61,7 +61,9 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> b
                 }
             }
             pg_sys::NodeTag::T_CoerceToDomain => {
-                (*ctx.cast::<Found>()).types.push((*node.cast::<pg_sys::CoerceToDomain>()).resulttype);
+                (*ctx.cast::<Found>())
+                    .types
+                    .push((*node.cast::<pg_sys::CoerceToDomain>()).resulttype);
             }
             _ => {}
         }
@@ -73,23 +75,39 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut c_void) -> b
 /// calls code owned by a role without the privileges of `table_owner`. Must run inside an SPI
 /// connection, as the table owner under `search_path = pg_catalog` (as the evaluation does, so
 /// names resolve alike).
-pub(super) fn vet(qualified: &str, cond: &str, table_owner: pg_sys::Oid) -> Result<(), TenancyError> {
-    let sql = CString::new(format!("SELECT ({cond})::boolean FROM ONLY {qualified}")).expect("no NUL");
+pub(super) fn vet(
+    qualified: &str,
+    cond: &str,
+    table_owner: pg_sys::Oid,
+) -> Result<(), TenancyError> {
+    let sql =
+        CString::new(format!("SELECT ({cond})::boolean FROM ONLY {qualified}")).expect("no NUL");
     let mut found = Found::default();
     // SAFETY: SPI is connected (caller); the plan's analysed queries are walked read-only and
     // the plan freed before returning.
     unsafe {
         let plan = pg_sys::SPI_prepare(sql.as_ptr(), 0, std::ptr::null_mut());
         if plan.is_null() {
-            return Err(TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, "tenancy: could not analyse counted_when")
-                .detail(format!("counted_when: {cond}")));
+            return Err(TenancyError::new(
+                Code::ERRCODE_INTERNAL_ERROR,
+                "tenancy: could not analyse counted_when",
+            )
+            .detail(format!("counted_when: {cond}")));
         }
         let sources = pg_sys::SPI_plan_get_plan_sources(plan);
         for i in 0..(*sources).length as usize {
-            let source = (*(*sources).elements.add(i)).ptr_value.cast::<pg_sys::CachedPlanSource>();
+            let source = (*(*sources).elements.add(i))
+                .ptr_value
+                .cast::<pg_sys::CachedPlanSource>();
             let queries = (*source).query_list;
-            for j in 0..(if queries.is_null() { 0 } else { (*queries).length as usize }) {
-                let query = (*(*queries).elements.add(j)).ptr_value.cast::<pg_sys::Node>();
+            for j in 0..(if queries.is_null() {
+                0
+            } else {
+                (*queries).length as usize
+            }) {
+                let query = (*(*queries).elements.add(j))
+                    .ptr_value
+                    .cast::<pg_sys::Node>();
                 walk(query, (&raw mut found).cast());
             }
         }
@@ -117,8 +135,9 @@ pub(super) fn vet(qualified: &str, cond: &str, table_owner: pg_sys::Oid) -> Resu
     if found.funcs.is_empty() && found.types.is_empty() {
         return Ok(());
     }
-    let bad: Option<(String, String)> = Spi::connect(|client| -> Result<Option<(String, String)>, pgrx::spi::Error> {
-        let rows = client.select(
+    let bad: Option<(String, String)> = Spi::connect(
+        |client| -> Result<Option<(String, String)>, pgrx::spi::Error> {
+            let rows = client.select(
             "SELECT x.what, x.owner FROM (
                  SELECT pg_catalog.format('function %s', p.oid::pg_catalog.regprocedure) AS what, r.rolname::pg_catalog.text AS owner,
                         r.rolsuper OR pg_catalog.pg_has_role(p.proowner, $2, 'USAGE') AS trusted
@@ -133,15 +152,18 @@ pub(super) fn vet(qualified: &str, cond: &str, table_owner: pg_sys::Oid) -> Resu
             None,
             &[DatumWithOid::from(found.funcs.clone()), DatumWithOid::from(table_owner), DatumWithOid::from(found.types.clone())],
         )?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(match rows.first().get_two::<String, String>()? {
-            (Some(what), Some(owner)) => Some((what, owner)),
-            _ => None,
-        })
-    })?;
-    let Some((what, owner)) = bad else { return Ok(()) };
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            Ok(match rows.first().get_two::<String, String>()? {
+                (Some(what), Some(owner)) => Some((what, owner)),
+                _ => None,
+            })
+        },
+    )?;
+    let Some((what, owner)) = bad else {
+        return Ok(());
+    };
     let table_owner_name = crate::pg::catalog::role_name(table_owner);
     Err(TenancyError::new(
         Code::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -26,8 +26,12 @@ pub(super) struct Cpu {
     exit_registered: bool,
 }
 
-pub(super) static CPU: BackendLocal<Cpu> =
-    BackendLocal::new(Cpu { last_ns: 0, last_at_us: 0, pending: None, exit_registered: false });
+pub(super) static CPU: BackendLocal<Cpu> = BackendLocal::new(Cpu {
+    last_ns: 0,
+    last_at_us: 0,
+    pending: None,
+    exit_registered: false,
+});
 
 /// Read the clock, add what was used since the last reading to the pending workspace.
 pub(super) fn cpu_read(cpu: &mut Cpu) {

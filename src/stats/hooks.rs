@@ -16,11 +16,11 @@ pub(super) use crate::pg::local::INTERNAL;
 /// tenancy.set_workspace(x)` belongs to the context before it).
 pub(super) static STARTED: BackendLocal<Vec<(usize, [u8; 16])>> = BackendLocal::new(Vec::new());
 
-
 /// Per open subtransaction: (id, NESTING, INTERNAL, STARTED length, UTILITY_FRAMES length) at
 /// its start, restored when it aborts (an ERROR caught by a PL/pgSQL exception block or a
 /// ROLLBACK TO).
-pub(super) static SUBXACTS: BackendLocal<Vec<(pg_sys::SubTransactionId, i64, i64, usize, usize)>> = BackendLocal::new(Vec::new());
+pub(super) static SUBXACTS: BackendLocal<Vec<(pg_sys::SubTransactionId, i64, i64, usize, usize)>> =
+    BackendLocal::new(Vec::new());
 
 /// NESTING before each utility statement still running (innermost last). A procedure (`CALL`)
 /// or `DO` block that runs `COMMIT` or `ROLLBACK` ends the transaction in the middle of the
@@ -33,7 +33,10 @@ pub(super) static UTILITY_FRAMES: BackendLocal<Vec<i64>> = BackendLocal::new(Vec
 pub(super) static SLOT_EXIT_REGISTERED: BackendLocal<bool> = BackendLocal::new(false);
 
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+pub(super) unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut c_void,
+) {
     use pg_sys::XactEvent::*;
     if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
         // An abort with a portal still active is a ROLLBACK run by a procedure or DO block
@@ -57,7 +60,14 @@ pub(super) unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::T
         INTERNAL.store(0, Relaxed);
         STARTED.with(|s| s.borrow_mut().clear());
     }
-    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE) {
+    if matches!(
+        event,
+        XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PREPARE
+    ) {
         SUBXACTS.with(|s| s.borrow_mut().clear());
     }
 }
@@ -124,10 +134,13 @@ pub(super) unsafe fn refuse_context_default(pstmt: *mut pg_sys::PlannedStmt) {
             return;
         }
         match (*node).type_ {
-            pg_sys::NodeTag::T_AlterRoleSetStmt => ((*node.cast::<pg_sys::AlterRoleSetStmt>()).setstmt, "ROLE"),
-            pg_sys::NodeTag::T_AlterDatabaseSetStmt => {
-                ((*node.cast::<pg_sys::AlterDatabaseSetStmt>()).setstmt, "DATABASE")
+            pg_sys::NodeTag::T_AlterRoleSetStmt => {
+                ((*node.cast::<pg_sys::AlterRoleSetStmt>()).setstmt, "ROLE")
             }
+            pg_sys::NodeTag::T_AlterDatabaseSetStmt => (
+                (*node.cast::<pg_sys::AlterDatabaseSetStmt>()).setstmt,
+                "DATABASE",
+            ),
             _ => return,
         }
     };
@@ -181,7 +194,11 @@ const _: () = assert!(std::mem::align_of::<Frame>() <= 8);
 
 impl Frame {
     fn new(ws: Option<[u8; 16]>, start_ns: u64) -> Self {
-        Frame { ws: ws.unwrap_or_default(), tracked: ws.is_some() as u64, start_ns }
+        Frame {
+            ws: ws.unwrap_or_default(),
+            tracked: ws.is_some() as u64,
+            start_ns,
+        }
     }
     fn ws(&self) -> Option<[u8; 16]> {
         (self.tracked != 0).then_some(self.ws)
@@ -191,7 +208,9 @@ impl Frame {
 /// Monotonic nanoseconds since the first call in this process (planning time).
 fn mono_ns() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 /// Utility statements (DO, CALL, EXPLAIN ANALYZE, CREATE TABLE AS, ...) are not counted
@@ -200,7 +219,10 @@ fn mono_ns() -> u64 {
 /// [`tenancy_utility_exit`]) and writes the index of its [`UTILITY_FRAMES`] entry to `frame`.
 #[pg_guard]
 #[no_mangle]
-pub unsafe extern "C-unwind" fn tenancy_utility_enter(pstmt: *mut pg_sys::PlannedStmt, frame: *mut i64) -> i64 {
+pub unsafe extern "C-unwind" fn tenancy_utility_enter(
+    pstmt: *mut pg_sys::PlannedStmt,
+    frame: *mut i64,
+) -> i64 {
     // SAFETY: pstmt is the statement PostgreSQL is about to run.
     unsafe { refuse_context_default(pstmt) };
     reset_if_top();
@@ -281,7 +303,11 @@ pub(super) static WORKER_CPU: BackendLocal<Option<([u8; 16], u64)>> = BackendLoc
 pub unsafe extern "C-unwind" fn tenancy_executor_start_enter(frame: *mut Frame) {
     if is_parallel_worker() {
         // the leader counts the statement; a worker only reads its CPU clock (see the header)
-        let ws = if shared().is_some() && TRACK.get() { crate::context::current() } else { None };
+        let ws = if shared().is_some() && TRACK.get() {
+            crate::context::current()
+        } else {
+            None
+        };
         WORKER_CPU.with(|w| *w.borrow_mut() = ws.map(|ws| (ws, now_ns())));
         return; // frame stays zeroed: nothing to do after
     }
@@ -302,7 +328,10 @@ pub unsafe extern "C-unwind" fn tenancy_executor_start_enter(frame: *mut Frame) 
 /// in the query's own memory context.
 #[pg_guard]
 #[no_mangle]
-pub unsafe extern "C-unwind" fn tenancy_executor_start_exit(query_desc: *mut pg_sys::QueryDesc, frame: *const Frame) {
+pub unsafe extern "C-unwind" fn tenancy_executor_start_exit(
+    query_desc: *mut pg_sys::QueryDesc,
+    frame: *const Frame,
+) {
     // SAFETY: the frame written by tenancy_executor_start_enter; query_desc was just started, so
     // its estate and query memory context exist.
     unsafe {
@@ -310,7 +339,11 @@ pub unsafe extern "C-unwind" fn tenancy_executor_start_exit(query_desc: *mut pg_
         STARTED.with(|s| s.borrow_mut().push((query_desc as usize, ws)));
         if (*query_desc).totaltime.is_null() {
             let old = pg_sys::MemoryContextSwitchTo((*(*query_desc).estate).es_query_cxt);
-            (*query_desc).totaltime = raw::instr_alloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as c_int, false);
+            (*query_desc).totaltime = raw::instr_alloc(
+                1,
+                pg_sys::InstrumentOption::INSTRUMENT_TIMER as c_int,
+                false,
+            );
             pg_sys::MemoryContextSwitchTo(old);
         }
     }
@@ -339,7 +372,9 @@ pub unsafe extern "C-unwind" fn tenancy_executor_end_enter(query_desc: *mut pg_s
             Some(s.remove(i).1)
         });
         let still_tracking = INTERNAL.load(Relaxed) == 0 && TRACK.get();
-        if let (Some(ws), true, Some(total)) = (started, still_tracking, (*query_desc).totaltime.as_mut()) {
+        if let (Some(ws), true, Some(total)) =
+            (started, still_tracking, (*query_desc).totaltime.as_mut())
+        {
             raw::instr_end_loop(total);
             let exec_ns = (total.total * 1e9) as u64;
             let rows = (*(*query_desc).estate).es_processed;

@@ -67,16 +67,29 @@ pub(super) unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
     }
     let mut loaded = 0;
     for saved in file.entries.iter().take(shared.max as usize) {
-        let Some(ws) = crate::uuid_text::parse(saved.workspace.as_bytes()) else { continue };
-        let key = Key { dbid: pg_sys::Oid::from(saved.dbid), _pad: 0, ws };
+        let Some(ws) = crate::uuid_text::parse(saved.workspace.as_bytes()) else {
+            continue;
+        };
+        let key = Key {
+            dbid: pg_sys::Oid::from(saved.dbid),
+            _pad: 0,
+            ws,
+        };
         let mut found = false;
         // SAFETY: single-threaded postmaster startup; nobody else uses the table yet.
         let e = unsafe {
-            pg_sys::hash_search(hash, (&key as *const Key).cast(), pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found)
-                .cast::<Entry>()
+            pg_sys::hash_search(
+                hash,
+                (&key as *const Key).cast(),
+                pg_sys::HASHACTION::HASH_ENTER_NULL,
+                &mut found,
+            )
+            .cast::<Entry>()
         };
         // SAFETY: e points to an entry of our table (key in place).
-        let Some(e) = (unsafe { e.as_mut() }) else { break };
+        let Some(e) = (unsafe { e.as_mut() }) else {
+            break;
+        };
         let c = saved.counters;
         e.queries_top = AtomicU64::new(c[0]);
         e.queries_nested = AtomicU64::new(c[1]);

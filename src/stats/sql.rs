@@ -68,10 +68,16 @@ pub(super) fn can_read_stats() -> bool {
     // SAFETY: catalog lookups on the current user.
     let user = unsafe { pg_sys::GetUserId() };
     // SAFETY: as above.
-    if unsafe { pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) } {
+    if unsafe { pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) }
+    {
         return true;
     }
-    let owner = crate::pg::local::internal(|| crate::pg::spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'", &[]));
+    let owner = crate::pg::local::internal(|| {
+        crate::pg::spi::one::<pg_sys::Oid>(
+            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'tenancy'",
+            &[],
+        )
+    });
     // SAFETY: as above.
     matches!(owner, Ok(Some(owner)) if unsafe { pg_sys::has_privs_of_role(user, owner) })
 }
@@ -125,7 +131,10 @@ fn stats_rows_all() -> Result<Vec<StatsRow>, pgrx::pg_sys::panic::ErrorReport> {
                 s.v[11] as i64,
                 s.v[12] as i64,
                 ms(s.v[13]),
-                sessions.get(&(u32::from(s.key.dbid), s.key.ws)).copied().unwrap_or(0),
+                sessions
+                    .get(&(u32::from(s.key.dbid), s.key.ws))
+                    .copied()
+                    .unwrap_or(0),
                 s.last,
             )
         })
@@ -191,9 +200,11 @@ pub(super) fn stats_rows() -> Result<
     >,
     pgrx::pg_sys::panic::ErrorReport,
 > {
-    Ok(TableIterator::new(
-        stats_rows_all()?.into_iter().map(|r| (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.16, r.17)),
-    ))
+    Ok(TableIterator::new(stats_rows_all()?.into_iter().map(|r| {
+        (
+            r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.16, r.17,
+        )
+    })))
 }
 
 /// `tenancy._stats_info()` since 0.2.0 (C symbol `stats_info_v2_wrapper`).
@@ -256,12 +267,16 @@ pub(super) fn stats_info() -> Result<
 > {
     let (capacity, entries, evictions, _refused, bytes, per_entry, reset) =
         stats_info_v2()?.next().expect("one row");
-    Ok(TableIterator::once((capacity, entries, evictions, bytes, per_entry, reset)))
+    Ok(TableIterator::once((
+        capacity, entries, evictions, bytes, per_entry, reset,
+    )))
 }
 
 /// Remove the statistics of one workspace (all databases), or of everything when NULL.
 #[pg_extern(volatile, parallel_unsafe)]
-pub(super) fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Result<(), pgrx::pg_sys::panic::ErrorReport> {
+pub(super) fn reset_stats(
+    workspace: default!(Option<pgrx::Uuid>, "NULL"),
+) -> Result<(), pgrx::pg_sys::panic::ErrorReport> {
     let shared = require_preloaded()?;
     let hash = HASH.load(Relaxed);
     let target = workspace.map(|w| *w.as_bytes());
@@ -275,10 +290,17 @@ pub(super) fn reset_stats(workspace: default!(Option<pgrx::Uuid>, "NULL")) -> Re
             }
         });
         for key in &keys {
-            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+            pg_sys::hash_search(
+                hash,
+                (key as *const Key).cast(),
+                pg_sys::HASHACTION::HASH_REMOVE,
+                std::ptr::null_mut(),
+            );
         }
         if target.is_none() {
-            shared.reset_at.store(pg_sys::GetCurrentTimestamp(), Relaxed);
+            shared
+                .reset_at
+                .store(pg_sys::GetCurrentTimestamp(), Relaxed);
         }
     }
     Ok(())

@@ -208,7 +208,10 @@ pub(super) fn take_token(now: i64, give_back: bool) -> bool {
     match my_slot() {
         // only this backend writes its slot
         Some(slot) => {
-            let (ok, tokens) = update(f64::from_bits(slot.tokens.load(Relaxed)), slot.tokens_at.load(Relaxed));
+            let (ok, tokens) = update(
+                f64::from_bits(slot.tokens.load(Relaxed)),
+                slot.tokens_at.load(Relaxed),
+            );
             slot.tokens.store(tokens.to_bits(), Relaxed);
             slot.tokens_at.store(now, Relaxed);
             ok
@@ -229,7 +232,11 @@ pub(super) fn bucket(tokens: f64, at: i64, now: i64, limit: f64, give_back: bool
     if give_back {
         return (true, (tokens + 1.0).min(limit));
     }
-    let tokens = if at == 0 { limit } else { (tokens + (now - at).max(0) as f64 * limit / 60e6).min(limit) };
+    let tokens = if at == 0 {
+        limit
+    } else {
+        (tokens + (now - at).max(0) as f64 * limit / 60e6).min(limit)
+    };
     if tokens >= 1.0 {
         (true, tokens - 1.0)
     } else {
@@ -270,18 +277,30 @@ mod tests {
 /// Add to the entry of (current database, `ws`), with its last activity set to `now` (us) the
 /// caller already read; `create` says whether a missing entry may be created.
 pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entry)) -> Recorded {
-    let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else { return Recorded::No };
+    let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else {
+        return Recorded::No;
+    };
     if !TRACK.get() {
         return Recorded::No;
     }
     // SAFETY: MyDatabaseId is the backend's database; the hash is valid shared memory; every
     // entry pointer is used only while the lock keeping it alive is held.
     unsafe {
-        let key = Key { dbid: pg_sys::MyDatabaseId, _pad: 0, ws };
+        let key = Key {
+            dbid: pg_sys::MyDatabaseId,
+            _pad: 0,
+            ws,
+        };
         let keyp = (&key as *const Key).cast::<c_void>();
         {
             let _lock = LwLockGuard::shared(shared.lock);
-            let e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+            let e = raw::hash_search(
+                hash,
+                keyp,
+                pg_sys::HASHACTION::HASH_FIND,
+                std::ptr::null_mut(),
+            )
+            .cast::<Entry>();
             if let Some(e) = e.as_ref() {
                 f(e);
                 e.last_activity.store(now, Relaxed);
@@ -295,17 +314,28 @@ pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entr
             _ => {}
         }
         let lock = LwLockGuard::exclusive(shared.lock);
-        let mut e = raw::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut()).cast::<Entry>();
+        let mut e = raw::hash_search(
+            hash,
+            keyp,
+            pg_sys::HASHACTION::HASH_FIND,
+            std::ptr::null_mut(),
+        )
+        .cast::<Entry>();
         if e.is_null() {
             if pg_sys::hash_get_num_entries(hash) >= shared.max {
                 evict(shared, hash);
             }
             let mut found = false;
-            e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>();
+            e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found)
+                .cast::<Entry>();
             if !e.is_null() && !found {
                 // zero every counter (the key is already in place)
                 let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
-                std::ptr::write_bytes(counters, 0, std::mem::size_of::<Entry>() - std::mem::size_of::<Key>());
+                std::ptr::write_bytes(
+                    counters,
+                    0,
+                    std::mem::size_of::<Entry>() - std::mem::size_of::<Key>(),
+                );
             }
         } else if create == Create::Limited {
             take_token(now, true); // another backend created it meanwhile
@@ -327,8 +357,11 @@ pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entr
 pub(super) unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
     // SAFETY: caller holds the lock exclusively, so entries cannot change membership.
     unsafe {
-        let mut all: Vec<(i64, Key)> = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
-        each_entry(hash, |e: &Entry| all.push((e.last_activity.load(Relaxed), e.key)));
+        let mut all: Vec<(i64, Key)> =
+            Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
+        each_entry(hash, |e: &Entry| {
+            all.push((e.last_activity.load(Relaxed), e.key))
+        });
         let n = (all.len() / 20).max(1);
         let keys = crate::pg::shmem::least_recent(all, n);
         crate::pg::shmem::remove_keys(hash, &keys);
@@ -353,9 +386,12 @@ pub(crate) fn note_context(ws: Option<[u8; 16]>) {
         match ws {
             None => slot.set.store(false, Relaxed),
             Some(b) => {
-                slot.dbid.store(u32::from(pg_sys::MyDatabaseId) as u64, Relaxed);
-                slot.hi.store(u64::from_be_bytes(b[..8].try_into().unwrap()), Relaxed);
-                slot.lo.store(u64::from_be_bytes(b[8..].try_into().unwrap()), Relaxed);
+                slot.dbid
+                    .store(u32::from(pg_sys::MyDatabaseId) as u64, Relaxed);
+                slot.hi
+                    .store(u64::from_be_bytes(b[..8].try_into().unwrap()), Relaxed);
+                slot.lo
+                    .store(u64::from_be_bytes(b[8..].try_into().unwrap()), Relaxed);
                 slot.set.store(true, Relaxed);
             }
         }

@@ -20,18 +20,31 @@ fn main() {
         eprintln!("usage: noisy HOST PORT DB USER A_WS B_WS HEAVY LIGHT SECONDS");
         std::process::exit(2);
     }
-    let conn = format!("host={} port={} dbname={} user={} connect_timeout=30", args[1], args[2], args[3], args[4]);
+    let conn = format!(
+        "host={} port={} dbname={} user={} connect_timeout=30",
+        args[1], args[2], args[3], args[4]
+    );
     let (a, b) = (args[5].clone(), args[6].clone());
     let heavy: usize = args[7].parse().unwrap();
     let light: usize = args[8].parse().unwrap();
     let seconds: u64 = args[9].parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let (a_done, a_refused, b_errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a_done, a_refused, b_errors) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
 
     let mut threads = Vec::new();
     for _ in 0..heavy {
-        let (conn, a, stop, done, refused) = (conn.clone(), a.clone(), stop.clone(), a_done.clone(), a_refused.clone());
+        let (conn, a, stop, done, refused) = (
+            conn.clone(),
+            a.clone(),
+            stop.clone(),
+            a_done.clone(),
+            a_refused.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut c = Client::connect(&conn, NoTls).expect("connect A");
             while !stop.load(Relaxed) {
@@ -57,7 +70,13 @@ fn main() {
         }));
     }
     for t in 0..light {
-        let (conn, b, stop, errors, latencies) = (conn.clone(), b.clone(), stop.clone(), b_errors.clone(), latencies.clone());
+        let (conn, b, stop, errors, latencies) = (
+            conn.clone(),
+            b.clone(),
+            stop.clone(),
+            b_errors.clone(),
+            latencies.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut c = Client::connect(&conn, NoTls).expect("connect B");
             let ids: Vec<String> = c
@@ -96,7 +115,13 @@ fn main() {
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let pct = |p: f64| if l.is_empty() { f64::NAN } else { l[((l.len() as f64 - 1.0) * p).round() as usize] };
+    let pct = |p: f64| {
+        if l.is_empty() {
+            f64::NAN
+        } else {
+            l[((l.len() as f64 - 1.0) * p).round() as usize]
+        }
+    };
     println!(
         "{:.3} {:.3} {} {} {} {}",
         pct(0.50),

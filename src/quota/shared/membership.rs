@@ -21,10 +21,20 @@ pub(super) fn init_locktag(key: &Key) -> pg_sys::LOCKTAG {
 }
 
 /// Create the entry of `key` from a count of the table, unless another backend did meanwhile.
-pub(super) fn initialise(key: &Key, count: &mut dyn FnMut() -> Result<i64, TenancyError>) -> Result<(), TenancyError> {
+pub(super) fn initialise(
+    key: &Key,
+    count: &mut dyn FnMut() -> Result<i64, TenancyError>,
+) -> Result<(), TenancyError> {
     let tag = init_locktag(key);
     // SAFETY: a transaction-level lock; released below, or at (sub)transaction abort on error.
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false) };
+    unsafe {
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        )
+    };
     if with_entry(key, |_| ()).is_none() {
         let n = count()?;
         insert(key, n)?;
@@ -40,8 +50,13 @@ pub(super) fn insert(key: &Key, used: i64) -> Result<(), TenancyError> {
     // SAFETY: membership changes under the EXCLUSIVE lock; no error is raised while it is held.
     let inserted = unsafe {
         let _lock = LwLockGuard::exclusive(shared.lock);
-        let present = !raw::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
-            .is_null();
+        let present = !raw::hash_search(
+            hash,
+            (key as *const Key).cast(),
+            pg_sys::HASHACTION::HASH_FIND,
+            std::ptr::null_mut(),
+        )
+        .is_null();
         if !present && pg_sys::hash_get_num_entries(hash) >= shared.max {
             evict(shared, hash);
         }
@@ -50,7 +65,13 @@ pub(super) fn insert(key: &Key, used: i64) -> Result<(), TenancyError> {
         // shared memory would otherwise let it grow without bound)
         let mut found = false;
         let e = if present || pg_sys::hash_get_num_entries(hash) < shared.max {
-            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found).cast::<Entry>()
+            pg_sys::hash_search(
+                hash,
+                (key as *const Key).cast(),
+                pg_sys::HASHACTION::HASH_ENTER_NULL,
+                &mut found,
+            )
+            .cast::<Entry>()
         } else {
             std::ptr::null_mut()
         };
@@ -106,7 +127,12 @@ pub(super) fn remove_table(relid: pg_sys::Oid) {
             }
         });
         for key in &keys {
-            pg_sys::hash_search(hash, (key as *const Key).cast(), pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+            pg_sys::hash_search(
+                hash,
+                (key as *const Key).cast(),
+                pg_sys::HASHACTION::HASH_REMOVE,
+                std::ptr::null_mut(),
+            );
         }
     }
 }

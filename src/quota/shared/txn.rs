@@ -46,13 +46,19 @@ pub(super) fn settle(commit: bool) {
 }
 
 #[pg_guard]
-pub(super) unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+pub(super) unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut c_void,
+) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_PREPARE => {
             let holds = LOCAL.with(|l| {
                 let l = l.borrow();
-                !(l.ops.is_empty() && l.touched.is_empty() && l.exclusive.is_empty() && l.marks.is_empty())
+                !(l.ops.is_empty()
+                    && l.touched.is_empty()
+                    && l.exclusive.is_empty()
+                    && l.marks.is_empty())
             });
             if holds {
                 TenancyError::new(
@@ -88,7 +94,8 @@ pub(super) unsafe extern "C-unwind" fn subxact_callback(
                     l.marks.retain(|at| *at < lvl);
                     MARK_LOST.store(true, Relaxed);
                 }
-                let (undo, keep): (Vec<Op>, Vec<Op>) = l.ops.drain(..).partition(|o| o.level >= lvl);
+                let (undo, keep): (Vec<Op>, Vec<Op>) =
+                    l.ops.drain(..).partition(|o| o.level >= lvl);
                 l.ops = keep;
                 // every op on a key first touched at this level or deeper is in `undo`
                 let (released, kept): (Vec<_>, Vec<_>) =
