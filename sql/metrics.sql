@@ -14,8 +14,19 @@ AS $fn$
     WITH n AS (
         SELECT greatest(coalesce(top_n, pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0) AS n
     ), ranked AS (
-        SELECT s.*, row_number() OVER (PARTITION BY s.database ORDER BY s.queries + s.nested_queries DESC, s.workspace_id) AS rk
+        SELECT s.database, s.queries, s.nested_queries, s.rows, s.exec_time_ms, s.plan_time_ms,
+               s.cpu_time_ms, s.quota_rows_added, s.quota_rows_removed, s.quota_rejections,
+               s.sessions, s.statements_admitted, s.statements_waited, s.admission_rejections,
+               s.statement_timeouts, s.wait_time_ms, s.workspace_id,
+               row_number() OVER (PARTITION BY s.database ORDER BY s.queries + s.nested_queries DESC, s.workspace_id) AS rk
           FROM @extschema@.workspace_stats s
+        UNION ALL
+        -- evicted workspaces and statements without an entry of their own: always in _other
+        SELECT o.database, o.queries, o.nested_queries, o.rows, o.exec_time_ms, o.plan_time_ms,
+               o.cpu_time_ms, o.quota_rows_added, o.quota_rows_removed, o.quota_rejections,
+               0, o.statements_admitted, o.statements_waited, o.admission_rejections,
+               o.statement_timeouts, o.wait_time_ms, NULL, NULL
+          FROM @extschema@.workspace_stats_other o
     )
     SELECT r.database,
            CASE WHEN r.rk <= n.n THEN r.workspace_id::text ELSE '_other' END,
@@ -28,7 +39,7 @@ AS $fn$
      GROUP BY 1, 2
 $fn$;
 COMMENT ON FUNCTION @extschema@.workspace_metrics(integer) IS
-'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): in each database, the top_n most active workspaces by statements since the last reset get their own row, the rest are summed into workspace ''_other'' (totals stay exact; at most top_n + 1 rows per database). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';
+'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): in each database, the top_n most active workspaces by statements since the last reset get their own row, the rest, with the figures of evicted workspaces and of statements without an entry of their own (tenancy.workspace_stats_other), are summed into workspace ''_other'' (totals stay exact; at most top_n + 1 rows per database). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';
 
 CREATE FUNCTION @extschema@.quota_metrics(top_n integer DEFAULT NULL)
 RETURNS TABLE (table_name text, workspace text, used bigint, max_rows bigint)

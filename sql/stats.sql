@@ -41,6 +41,29 @@ COMMENT ON COLUMN @extschema@.workspace_stats.statement_timeouts IS 'statements 
 COMMENT ON COLUMN @extschema@.workspace_stats.wait_time_ms IS 'time statements spent waiting for a slot';
 GRANT SELECT ON @extschema@.workspace_stats TO PUBLIC;
 
+CREATE VIEW @extschema@.workspace_stats_other AS
+SELECT d.datname AS database,
+       s.queries,
+       s.nested_queries,
+       s.rows,
+       round(s.exec_time_ms::numeric, 3) AS exec_time_ms,
+       round(s.plan_time_ms::numeric, 3) AS plan_time_ms,
+       round(s.cpu_time_ms::numeric, 3) AS cpu_time_ms,
+       s.quota_rows_added,
+       s.quota_rows_removed,
+       s.quota_rejections,
+       @extschema@._pg_time(s.last_activity_us) AS last_activity,
+       s.statements_admitted,
+       s.statements_waited,
+       s.admission_rejections,
+       s.statement_timeouts,
+       round(s.wait_time_ms::numeric, 3) AS wait_time_ms
+  FROM @extschema@._workspace_stats_other() s
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid;
+COMMENT ON VIEW @extschema@.workspace_stats_other IS
+'Per database, since the last reset: what workspaces no longer in tenancy.workspace_stats had counted (evicted when the table was full) and the statements that got no entry of their own (their backend had used up tenancy.stats_new_entry_limit, or the table was full), with the columns of workspace_stats. workspace_stats plus this row is every statement tracked in the database. Visible to the readers of workspace_stats.';
+GRANT SELECT ON @extschema@.workspace_stats_other TO PUBLIC;
+
 CREATE VIEW @extschema@.stats_info AS
 SELECT capacity, entries, evictions, refused_statements, shared_memory_bytes, bytes_per_entry,
        @extschema@._pg_time(last_reset_us) AS last_reset
@@ -64,3 +87,4 @@ COMMENT ON FUNCTION @extschema@.reset_stats(uuid) IS
 REVOKE ALL ON FUNCTION @extschema@.reset_stats(uuid) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._workspace_stats() IS 'Internal: rows of tenancy.workspace_stats.';
 COMMENT ON FUNCTION @extschema@._stats_info() IS 'Internal: row of tenancy.stats_info.';
+COMMENT ON FUNCTION @extschema@._workspace_stats_other() IS 'Internal: rows of tenancy.workspace_stats_other.';

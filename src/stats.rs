@@ -6,8 +6,11 @@
 //! workspace). The counters inside an entry are atomics and need no lock beyond the one that
 //! keeps the entry alive:
 //! - hot path ([`record`]): take the lock SHARED, look the key up, bump the entry's atomics,
-//!   release. Only a key not yet in the table takes the lock EXCLUSIVE, to insert it (evicting
-//!   the least recently active 5% first when the table is full: never blocks or fails a query);
+//!   release. Only a key not yet in the table takes the lock EXCLUSIVE, to insert it; the insert
+//!   that fills the table makes room (`table::make_room`: the least recently active 5% chosen
+//!   under the lock SHARED, then removed by key under EXCLUSIVE; their figures go to their
+//!   database's "other" entry). While another backend makes room, a new workspace's statement
+//!   is added to the other entry: never blocks or fails a query, never loses a count;
 //! - readers ([`stats_rows`]): take the lock SHARED just long enough to copy every entry into
 //!   backend-local memory, then build result rows without any lock;
 //! - [`reset_stats`] and eviction take it EXCLUSIVE to remove entries.
@@ -32,7 +35,8 @@
 //!   EXTENSION create or drop the extension's relations, which invalidates them everywhere);
 //! - one backend creates at most `tenancy.stats_new_entry_limit` new entries per minute (a token
 //!   bucket kept in its shared slot, so reconnecting does not refill it); beyond it, statements of
-//!   workspaces not yet in the table go untracked and are counted in `refused_statements`.
+//!   workspaces not yet in the table go to the database's other entry and are counted in
+//!   `refused_statements`.
 //!   Entries that already exist are always updated. The quota trigger's attribution (to the
 //!   workspace of rows actually written) is not limited;
 //! - rows are visible only to roles with the privileges of `pg_read_all_stats` (superusers
@@ -76,22 +80,51 @@ pub(crate) use table::{note_context, record};
 
 const TRANCHE: &std::ffi::CStr = c"tenancy";
 
-static MAX_WORKSPACES: GucSetting<i32> = GucSetting::<i32>::new(5000);
+static MAX_WORKSPACES: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_WORKSPACES);
 static TRACK: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SAVE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// New entries one backend may create per minute (burst of as many); -1: no limit.
 static NEW_ENTRY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NEW_ENTRY_LIMIT);
 /// Workspaces with their own label in the Prometheus metrics functions (sql/metrics.sql).
 static METRICS_WORKSPACES: GucSetting<i32> = GucSetting::<i32>::new(50);
-const DEFAULT_NEW_ENTRY_LIMIT: i32 = 100;
+const DEFAULT_NEW_ENTRY_LIMIT: i32 = 1000;
+/// Sized for a deployment's active workspaces (20,000 active fit with room to spare), about
+/// 9 MB of shared memory; see docs/statistics.md.
+const DEFAULT_MAX_WORKSPACES: i32 = 50_000;
+/// Entries beyond `tenancy.max_workspaces` for the per-database "other" entries (evicted
+/// workspaces' and refused statements' figures): one per database that has statistics.
+const OTHER_ENTRIES: c_long = 100;
 
-/// Hash key. `_pad` is always zero: HASH_BLOBS hashes and compares all 24 bytes.
+/// Hash key (HASH_BLOBS hashes and compares all 24 bytes). `kind`: [`WORKSPACE`], or [`OTHER`]
+/// for the entry of a database that sums what its evicted workspaces had counted and the
+/// statements that got no entry of their own (`ws` all zero), so that the workspaces' figures
+/// plus the "other" entry are every statement tracked since the reset.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Key {
     dbid: pg_sys::Oid,
-    _pad: u32,
+    kind: u32,
     ws: [u8; 16],
+}
+
+const WORKSPACE: u32 = 0;
+const OTHER: u32 = 1;
+
+impl Key {
+    fn workspace(dbid: pg_sys::Oid, ws: [u8; 16]) -> Key {
+        Key {
+            dbid,
+            kind: WORKSPACE,
+            ws,
+        }
+    }
+    fn other(dbid: pg_sys::Oid) -> Key {
+        Key {
+            dbid,
+            kind: OTHER,
+            ws: [0; 16],
+        }
+    }
 }
 
 /// One shared-memory entry. `key` must come first (dynahash layout).
@@ -117,6 +150,30 @@ pub(crate) struct Entry {
     last_activity: AtomicI64,
 }
 
+impl Entry {
+    /// Every counter, in the order of the statistics file and `sql::Snapshot` (queries, nested,
+    /// rows, exec_ns, plan_ns, cpu_ns, rows_added, rows_removed, quota_rejections, admitted,
+    /// waited, rejected, timed_out, wait_ns).
+    fn counters(&self) -> [&AtomicU64; 14] {
+        [
+            &self.queries_top,
+            &self.queries_nested,
+            &self.rows,
+            &self.exec_ns,
+            &self.plan_ns,
+            &self.cpu_ns,
+            &self.rows_added,
+            &self.rows_removed,
+            &self.quota_rejections,
+            &self.admitted,
+            &self.waited,
+            &self.rejected,
+            &self.timed_out,
+            &self.wait_ns,
+        ]
+    }
+}
+
 #[repr(C)]
 struct Shared {
     lock: *mut pg_sys::LWLock,
@@ -124,7 +181,13 @@ struct Shared {
     /// Statements left untracked because their backend had used up its new-entry allowance.
     refused: AtomicU64,
     reset_at: AtomicI64,
+    /// Workspace entries the table keeps (`tenancy.max_workspaces`); the hash has room for
+    /// [`OTHER_ENTRIES`] more.
     max: i64,
+    /// "Other" entries in the hash (changed under the lock EXCLUSIVE).
+    others: AtomicI64,
+    /// A backend is choosing entries to evict (one at a time; see `table::make_room`).
+    evicting: AtomicBool,
 }
 
 /// A backend's current workspace, for the sessions column, and its new-entry token bucket
@@ -162,7 +225,7 @@ pub(crate) fn define_settings(preloading: bool) {
         GucRegistry::define_int_guc(
         c"tenancy.max_workspaces",
         c"Number of (database, workspace) entries kept in shared memory for usage statistics.",
-        c"Server start only. About 170 bytes each (see tenancy.stats_info.bytes_per_entry); the least recently active are evicted when full.",
+        c"Server start only. About 170 bytes each (see tenancy.stats_info.bytes_per_entry); when full, the least recently active 5% are evicted and their figures added to their database's other row (tenancy.workspace_stats_other).",
         &MAX_WORKSPACES,
         100,
         1_000_000,
@@ -181,7 +244,7 @@ pub(crate) fn define_settings(preloading: bool) {
     GucRegistry::define_int_guc(
         c"tenancy.stats_new_entry_limit",
         c"New usage-statistics entries one backend may create per minute (-1: no limit).",
-        c"A burst of as many, refilled continuously. Beyond it, statements of workspaces not yet in the table are not tracked (counted in tenancy.stats_info.refused_statements); entries that exist are always updated.",
+        c"A burst of as many, refilled continuously. Beyond it, statements of workspaces not yet in the table are counted in their database's other row (tenancy.workspace_stats_other) and in tenancy.stats_info.refused_statements; entries that exist are always updated.",
         &NEW_ENTRY_LIMIT,
         -1,
         1_000_000,
@@ -233,7 +296,8 @@ fn slot_count() -> i64 {
 fn shared_size() -> usize {
     let max = MAX_WORKSPACES.get() as c_long;
     // SAFETY: pure size computation.
-    let hash = unsafe { pg_sys::hash_estimate_size(max, std::mem::size_of::<Entry>()) };
+    let hash =
+        unsafe { pg_sys::hash_estimate_size(max + OTHER_ENTRIES, std::mem::size_of::<Entry>()) };
     hash + std::mem::size_of::<Shared>() + slot_count() as usize * std::mem::size_of::<Slot>()
 }
 
@@ -262,6 +326,7 @@ pgrx::extension_sql_file!(
     requires = [
         "quota_sql",
         sql::stats_rows_v2,
+        sql::stats_other,
         sql::stats_info_v2,
         sql::reset_stats
     ]

@@ -323,8 +323,8 @@ fn a_database_without_the_extension_is_not_tracked() {
 }
 
 /// One backend creates at most tenancy.stats_new_entry_limit new entries per minute; beyond it its
-/// statements of new workspaces go untracked (counted in refused_statements), while the
-/// workspaces already in the table keep counting.
+/// statements of new workspaces get no entry (counted in refused_statements and in the
+/// database's workspace_stats_other row), while the workspaces already in the table keep counting.
 #[test]
 fn a_backend_over_its_new_entry_limit_stops_creating_entries() {
     let db = fresh_db("stats_limit");
@@ -333,7 +333,7 @@ fn a_backend_over_its_new_entry_limit_stops_creating_entries() {
         .query_one("SHOW tenancy.stats_new_entry_limit", &[])
         .unwrap()
         .get(0);
-    assert_eq!(setting, "100", "default");
+    assert_eq!(setting, "1000", "default");
     let known = random_ws(&mut admin);
     let mut c = connect(&db);
     c.batch_execute(&format!(
@@ -341,6 +341,7 @@ fn a_backend_over_its_new_entry_limit_stops_creating_entries() {
     ))
     .unwrap();
     let (_, _, refused_before) = stats_info(&mut admin);
+    let (_, _, _, other_before) = table_sums(&mut admin, &db);
     c.batch_execute("SET tenancy.stats_new_entry_limit = 5")
         .unwrap();
     let ids = random_ids(&mut admin, 40);
@@ -353,6 +354,13 @@ fn a_backend_over_its_new_entry_limit_stops_creating_entries() {
         "refused {} of {}",
         refused_after - refused_before,
         40 - created
+    );
+    // their statements are not lost: the database's other row has each of them
+    let (_, _, _, other_after) = table_sums(&mut admin, &db);
+    assert_eq!(
+        other_after - other_before,
+        refused_after - refused_before,
+        "every refused statement is in the other row"
     );
     // existing entries keep counting
     c.batch_execute(&format!("SET tenancy.workspace_id = '{known}'; SELECT 1; SELECT 2; SELECT 3; RESET tenancy.workspace_id;"))
@@ -496,8 +504,26 @@ fn quota_activity_is_attributed_to_the_rows_workspace() {
     );
 }
 
+/// (entries, evictions) of stats_info and the database's sums: statements in workspace_stats,
+/// statements in workspace_stats_other
+fn table_sums(c: &mut Client, db: &str) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT entries, evictions,
+                    (SELECT coalesce(sum(queries), 0)::bigint FROM tenancy.workspace_stats WHERE database = $1),
+                    (SELECT coalesce(sum(queries), 0)::bigint FROM tenancy.workspace_stats_other WHERE database = $1)
+               FROM tenancy.stats_info",
+            &[&db],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+/// A full table evicts the least recently active 5% of its entries and adds their figures to
+/// the database's other row: the statements of workspace_stats plus workspace_stats_other stay
+/// exactly the statements run, one backend or many at once, and across a clean restart.
 #[test]
-fn full_table_evicts_least_recently_active_and_counts_it() {
+fn full_table_evicts_least_recently_active_and_keeps_exact_totals() {
     let cluster = Cluster::start(
         "it-evict",
         25443,
@@ -522,11 +548,8 @@ fn full_table_evicts_least_recently_active_and_counts_it() {
         ))
         .unwrap();
     }
-    let r = c
-        .query_one("SELECT entries, evictions FROM tenancy.stats_info", &[])
-        .unwrap();
-    let (entries, evictions): (i64, i64) = (r.get(0), r.get(1));
-    assert!(entries <= 100 && entries >= 90, "entries {entries}");
+    let (entries, evictions, kept, other) = table_sums(&mut c, "evict");
+    assert!((90..=100).contains(&entries), "entries {entries}");
     assert_eq!(
         entries + evictions,
         150,
@@ -536,6 +559,64 @@ fn full_table_evicts_least_recently_active_and_counts_it() {
         stats(&mut c, "evict", &last).is_some(),
         "the most recent workspace is kept"
     );
+    assert_eq!(
+        (kept, other),
+        (entries, evictions),
+        "one statement each: kept in its row, or in the other row once evicted"
+    );
+
+    // four backends at once, each over its own 300 new workspaces, two statements each: the
+    // table churns while they run, and not one statement is lost or counted twice
+    let before = kept + other;
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let mut t = cluster.connect("evict");
+            std::thread::spawn(move || {
+                t.batch_execute("SET tenancy.stats_new_entry_limit = -1")
+                    .unwrap();
+                let ids: Vec<String> = t
+                    .query(
+                        "SELECT gen_random_uuid()::text FROM generate_series(1, 300)",
+                        &[],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for chunk in ids.chunks(50) {
+                    let sql: String = chunk
+                        .iter()
+                        .map(|id| {
+                            format!("SET tenancy.workspace_id = '{id}'; SELECT 1; SELECT 2;\n")
+                        })
+                        .collect();
+                    t.batch_execute(&sql).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (entries, evictions2, kept, other) = table_sums(&mut c, "evict");
+    assert!(entries <= 100, "entries {entries} over the capacity");
+    assert!(evictions2 > evictions, "the table churned");
+    assert_eq!(
+        kept + other - before,
+        4 * 300 * 2,
+        "statements lost or counted twice"
+    );
+
+    // the other row survives a clean restart with the workspaces' rows
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect("evict");
+    let (_, _, kept2, other2) = table_sums(&mut c, "evict");
+    assert_eq!((kept2, other2), (kept, other), "saved and loaded");
+    // a full reset clears the other row too
+    c.batch_execute("SELECT tenancy.reset_stats()").unwrap();
+    let (entries, _, kept, other) = table_sums(&mut c, "evict");
+    assert_eq!((entries, kept, other), (0, 0, 0));
 }
 
 #[test]

@@ -10,6 +10,8 @@ pub(super) const STATS_FILE: &str = "pg_stat/tenancy_stats.json";
 pub(super) const STATS_TMP: &str = "pg_stat/tenancy_stats.json.tmp";
 pub(super) const FILE_MAGIC: &str = "tenancy workspace statistics";
 pub(super) const FILE_VERSION: u32 = 1;
+/// The workspace name under which a database's other entry is saved.
+const OTHER_NAME: &str = "_other";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct StatsFile {
@@ -66,14 +68,21 @@ pub(super) unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
         return;
     }
     let mut loaded = 0;
-    for saved in file.entries.iter().take(shared.max as usize) {
-        let Some(ws) = crate::uuid_text::parse(saved.workspace.as_bytes()) else {
-            continue;
-        };
-        let key = Key {
-            dbid: pg_sys::Oid::from(saved.dbid),
-            _pad: 0,
-            ws,
+    for saved in &file.entries {
+        // a database's other entry is saved as workspace "_other" (older versions skip it)
+        let key = if saved.workspace == OTHER_NAME {
+            if shared.others.load(Relaxed) >= OTHER_ENTRIES as i64 {
+                continue;
+            }
+            Key::other(pg_sys::Oid::from(saved.dbid))
+        } else {
+            let Some(ws) = crate::uuid_text::parse(saved.workspace.as_bytes()) else {
+                continue;
+            };
+            if loaded >= shared.max {
+                continue;
+            }
+            Key::workspace(pg_sys::Oid::from(saved.dbid), ws)
         };
         let mut found = false;
         // SAFETY: single-threaded postmaster startup; nobody else uses the table yet.
@@ -90,6 +99,14 @@ pub(super) unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
         let Some(e) = (unsafe { e.as_mut() }) else {
             break;
         };
+        if found {
+            continue; // a duplicate in the file
+        }
+        if key.kind == OTHER {
+            shared.others.fetch_add(1, Relaxed);
+        } else {
+            loaded += 1;
+        }
         let c = saved.counters;
         e.queries_top = AtomicU64::new(c[0]);
         e.queries_nested = AtomicU64::new(c[1]);
@@ -107,7 +124,6 @@ pub(super) unsafe fn load_file(shared: &Shared, hash: *mut pg_sys::HTAB) {
         e.timed_out = AtomicU64::new(a[3]);
         e.wait_ns = AtomicU64::new(a[4]);
         e.last_activity = AtomicI64::new(saved.last_activity_us);
-        loaded += 1;
     }
     shared.evictions.store(file.evictions, Relaxed);
     shared.refused.store(file.refused, Relaxed);
@@ -134,7 +150,11 @@ pub(super) unsafe extern "C-unwind" fn shmem_shutdown(code: c_int, _arg: pg_sys:
             .into_iter()
             .map(|s| SavedEntry {
                 dbid: u32::from(s.key.dbid),
-                workspace: crate::uuid_text::canonical(&s.key.ws),
+                workspace: if s.key.kind == OTHER {
+                    OTHER_NAME.to_string()
+                } else {
+                    crate::uuid_text::canonical(&s.key.ws)
+                },
                 counters: s.v[..9].try_into().expect("9 counters"),
                 admission: s.v[9..].try_into().expect("5 counters"),
                 last_activity_us: s.last,

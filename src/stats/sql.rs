@@ -21,22 +21,7 @@ pub(super) fn copy_entries(shared: &Shared, lock: bool) -> Vec<Snapshot> {
         each_entry(hash, |e: &Entry| {
             out.push(Snapshot {
                 key: e.key,
-                v: [
-                    e.queries_top.load(Relaxed),
-                    e.queries_nested.load(Relaxed),
-                    e.rows.load(Relaxed),
-                    e.exec_ns.load(Relaxed),
-                    e.plan_ns.load(Relaxed),
-                    e.cpu_ns.load(Relaxed),
-                    e.rows_added.load(Relaxed),
-                    e.rows_removed.load(Relaxed),
-                    e.quota_rejections.load(Relaxed),
-                    e.admitted.load(Relaxed),
-                    e.waited.load(Relaxed),
-                    e.rejected.load(Relaxed),
-                    e.timed_out.load(Relaxed),
-                    e.wait_ns.load(Relaxed),
-                ],
+                v: e.counters().map(|c| c.load(Relaxed)),
                 last: e.last_activity.load(Relaxed),
             })
         });
@@ -112,6 +97,7 @@ fn stats_rows_all() -> Result<Vec<StatsRow>, pgrx::pg_sys::panic::ErrorReport> {
     let sessions = sessions_by_key();
     Ok(copy_entries(shared, true)
         .into_iter()
+        .filter(|s| s.key.kind == WORKSPACE)
         .map(|s| {
             let ms = |ns: u64| ns as f64 / 1e6;
             (
@@ -174,6 +160,68 @@ pub(super) fn stats_rows_v2() -> Result<
     Ok(TableIterator::new(stats_rows_all()?))
 }
 
+/// `tenancy._workspace_stats_other()` (0.6.0): per database, the figures of its evicted
+/// workspaces and of the statements that got no entry of their own (the rows of
+/// `tenancy.workspace_stats_other`). Visible to the readers of `workspace_stats`.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_restricted, name = "_workspace_stats_other")]
+pub(super) fn stats_other() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(dbid, pg_sys::Oid),
+            name!(queries, i64),
+            name!(nested_queries, i64),
+            name!(rows, i64),
+            name!(exec_time_ms, f64),
+            name!(plan_time_ms, f64),
+            name!(cpu_time_ms, f64),
+            name!(quota_rows_added, i64),
+            name!(quota_rows_removed, i64),
+            name!(quota_rejections, i64),
+            name!(statements_admitted, i64),
+            name!(statements_waited, i64),
+            name!(admission_rejections, i64),
+            name!(statement_timeouts, i64),
+            name!(wait_time_ms, f64),
+            name!(last_activity_us, i64),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
+> {
+    let shared = require_preloaded()?;
+    if !can_read_stats() {
+        return Ok(TableIterator::new(Vec::new()));
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let rows: Vec<_> = copy_entries(shared, true)
+        .into_iter()
+        .filter(|s| s.key.kind == OTHER)
+        .map(|s| {
+            let v = s.v.map(|x| x as i64);
+            (
+                s.key.dbid,
+                v[0],
+                v[1],
+                v[2],
+                ms(s.v[3]),
+                ms(s.v[4]),
+                ms(s.v[5]),
+                v[6],
+                v[7],
+                v[8],
+                v[9],
+                v[10],
+                v[11],
+                v[12],
+                ms(s.v[13]),
+                s.last,
+            )
+        })
+        .collect();
+    Ok(TableIterator::new(rows))
+}
+
 /// `tenancy._workspace_stats()` as the SQL of 0.1.0 to 0.3.0 declares it (C symbol
 /// `stats_rows_wrapper`, without the admission counters): kept for databases not yet updated
 /// (see `crate::compat`).
@@ -229,7 +277,7 @@ pub(super) fn stats_info_v2() -> Result<
     // SAFETY: shared lock for a consistent entry count.
     let entries = unsafe {
         let _lock = LwLockGuard::shared(shared.lock);
-        pg_sys::hash_get_num_entries(hash) as i64
+        workspace_entries(shared, hash)
     };
     let per_entry = {
         // SAFETY: pure size computations.
@@ -285,18 +333,14 @@ pub(super) fn reset_stats(
         let _lock = LwLockGuard::exclusive(shared.lock);
         let mut keys = Vec::new();
         each_entry(hash, |e: &Entry| {
-            if target.is_none() || target == Some(e.key.ws) {
+            // all: the other entries too; one workspace: its entries in every database
+            if target.is_none() || (e.key.kind == WORKSPACE && target == Some(e.key.ws)) {
                 keys.push(e.key);
             }
         });
-        for key in &keys {
-            pg_sys::hash_search(
-                hash,
-                (key as *const Key).cast(),
-                pg_sys::HASHACTION::HASH_REMOVE,
-                std::ptr::null_mut(),
-            );
-        }
+        crate::pg::shmem::remove_keys(hash, &keys);
+        let others = keys.iter().filter(|k| k.kind == OTHER).count() as i64;
+        shared.others.fetch_sub(others, Relaxed);
         if target.is_none() {
             shared
                 .reset_at

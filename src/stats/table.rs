@@ -31,13 +31,15 @@ pub(crate) unsafe fn shmem_startup() {
             c"tenancy stats",
             TRANCHE,
             c"tenancy stats hash",
-            MAX_WORKSPACES.get() as c_long,
+            MAX_WORKSPACES.get() as c_long + OTHER_ENTRIES,
             |lock| Shared {
                 lock,
                 evictions: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 reset_at: AtomicI64::new(pg_sys::GetCurrentTimestamp()),
                 max: MAX_WORKSPACES.get() as i64,
+                others: AtomicI64::new(0),
+                evicting: AtomicBool::new(false),
             },
             || {
                 // the session slots, one per backend id
@@ -158,8 +160,12 @@ pub(super) enum Create {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Recorded {
     Yes,
-    /// No entry, and the backend's allowance of new entries is used up.
+    /// No entry, and the backend's allowance of new entries is used up: counted in the
+    /// database's other entry.
     Refused,
+    /// No entry and the table is full (another backend is evicting): counted in the database's
+    /// other entry.
+    Other,
     /// Not tracking, or no entry and `Create::Never`.
     No,
 }
@@ -275,7 +281,9 @@ mod tests {
 }
 
 /// Add to the entry of (current database, `ws`), with its last activity set to `now` (us) the
-/// caller already read; `create` says whether a missing entry may be created.
+/// caller already read; `create` says whether a missing entry may be created. A statement that
+/// may not create its entry (its backend's allowance is used up) or finds the table full is
+/// added to the database's "other" entry instead, so that the sums stay exact.
 pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entry)) -> Recorded {
     let (Some(shared), hash) = (shared(), HASH.load(Relaxed)) else {
         return Recorded::No;
@@ -283,25 +291,15 @@ pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entr
     if !TRACK.get() {
         return Recorded::No;
     }
-    // SAFETY: MyDatabaseId is the backend's database; the hash is valid shared memory; every
-    // entry pointer is used only while the lock keeping it alive is held.
+    // SAFETY: MyDatabaseId is the backend's database.
+    let dbid = unsafe { pg_sys::MyDatabaseId };
+    let key = Key::workspace(dbid, ws);
+    // SAFETY: the hash is valid shared memory; every entry pointer is used only while the lock
+    // keeping it alive is held.
     unsafe {
-        let key = Key {
-            dbid: pg_sys::MyDatabaseId,
-            _pad: 0,
-            ws,
-        };
-        let keyp = (&key as *const Key).cast::<c_void>();
         {
             let _lock = LwLockGuard::shared(shared.lock);
-            let e = raw::hash_search(
-                hash,
-                keyp,
-                pg_sys::HASHACTION::HASH_FIND,
-                std::ptr::null_mut(),
-            )
-            .cast::<Entry>();
-            if let Some(e) = e.as_ref() {
+            if let Some(e) = find(hash, &key) {
                 f(e);
                 e.last_activity.store(now, Relaxed);
                 return Recorded::Yes;
@@ -310,63 +308,197 @@ pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entr
         match create {
             Create::Never => return Recorded::No,
             // refused without taking the lock EXCLUSIVE: a loop over new ids costs others nothing
-            Create::Limited if !take_token(now, false) => return Recorded::Refused,
+            Create::Limited if !take_token(now, false) => {
+                add_to_other(shared, hash, dbid, now, &f);
+                return Recorded::Refused;
+            }
             _ => {}
         }
         let lock = LwLockGuard::exclusive(shared.lock);
-        let mut e = raw::hash_search(
+        if let Some(e) = find(hash, &key) {
+            if create == Create::Limited {
+                take_token(now, true); // another backend created it meanwhile
+            }
+            f(e);
+            e.last_activity.store(now, Relaxed);
+            return Recorded::Yes;
+        }
+        // The database's other entry comes first: eviction moves figures into it, so it must
+        // exist before any workspace entry of the database does.
+        let Some(other) = enter(hash, &Key::other(dbid), shared) else {
+            return Recorded::No;
+        };
+        let full = workspace_entries(shared, hash) >= shared.max;
+        let e = if full {
+            None
+        } else {
+            enter(hash, &key, shared)
+        };
+        let recorded = match e {
+            Some(e) => {
+                f(e);
+                e.last_activity.store(now, Relaxed);
+                Recorded::Yes
+            }
+            None => {
+                // full (another backend is making room, or the shared memory ran out)
+                f(other);
+                other.last_activity.store(now, Relaxed);
+                Recorded::Other
+            }
+        };
+        let make_room_now = workspace_entries(shared, hash) >= shared.max;
+        drop(lock);
+        if make_room_now {
+            make_room(shared, hash);
+        }
+        recorded
+    }
+}
+
+/// The entry of `key`, if present. Caller holds the lock (either mode).
+unsafe fn find<'a>(hash: *mut pg_sys::HTAB, key: &Key) -> Option<&'a Entry> {
+    // SAFETY: see the caller's obligations.
+    unsafe {
+        raw::hash_search(
             hash,
-            keyp,
+            (key as *const Key).cast::<c_void>(),
             pg_sys::HASHACTION::HASH_FIND,
             std::ptr::null_mut(),
         )
+        .cast::<Entry>()
+        .as_ref()
+    }
+}
+
+/// The entry of `key`, created (zeroed) if missing; None when shared memory ran out. Caller
+/// holds the lock EXCLUSIVE.
+unsafe fn enter<'a>(hash: *mut pg_sys::HTAB, key: &Key, shared: &Shared) -> Option<&'a Entry> {
+    // SAFETY: see the caller's obligations; HASH_ENTER_NULL returns NULL instead of raising.
+    unsafe {
+        let mut found = false;
+        let e = pg_sys::hash_search(
+            hash,
+            (key as *const Key).cast::<c_void>(),
+            pg_sys::HASHACTION::HASH_ENTER_NULL,
+            &mut found,
+        )
         .cast::<Entry>();
-        if e.is_null() {
-            if pg_sys::hash_get_num_entries(hash) >= shared.max {
-                evict(shared, hash);
+        if !e.is_null() && !found {
+            // zero every counter (the key is already in place)
+            let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
+            std::ptr::write_bytes(
+                counters,
+                0,
+                std::mem::size_of::<Entry>() - std::mem::size_of::<Key>(),
+            );
+            if key.kind == OTHER {
+                shared.others.fetch_add(1, Relaxed);
             }
-            let mut found = false;
-            e = pg_sys::hash_search(hash, keyp, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found)
-                .cast::<Entry>();
-            if !e.is_null() && !found {
-                // zero every counter (the key is already in place)
-                let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
-                std::ptr::write_bytes(
-                    counters,
-                    0,
-                    std::mem::size_of::<Entry>() - std::mem::size_of::<Key>(),
-                );
+        }
+        e.as_ref()
+    }
+}
+
+/// Workspace entries in the table (the hash also holds the databases' other entries). Caller
+/// holds the lock.
+pub(super) unsafe fn workspace_entries(shared: &Shared, hash: *mut pg_sys::HTAB) -> i64 {
+    // SAFETY: see the caller's obligations.
+    unsafe { pg_sys::hash_get_num_entries(hash) - shared.others.load(Relaxed) }
+}
+
+/// Add a statement that got no entry of its own to its database's other entry (created if
+/// missing: once per database).
+unsafe fn add_to_other(
+    shared: &Shared,
+    hash: *mut pg_sys::HTAB,
+    dbid: pg_sys::Oid,
+    now: i64,
+    f: &impl Fn(&Entry),
+) {
+    let key = Key::other(dbid);
+    // SAFETY: entries are used only under the lock that keeps them alive.
+    unsafe {
+        {
+            let _lock = LwLockGuard::shared(shared.lock);
+            if let Some(e) = find(hash, &key) {
+                f(e);
+                e.last_activity.store(now, Relaxed);
+                return;
             }
-        } else if create == Create::Limited {
-            take_token(now, true); // another backend created it meanwhile
         }
-        if !e.is_null() {
-            f(&*e);
-            (*e).last_activity.store(now, Relaxed);
-        }
-        drop(lock);
-        if e.is_null() {
-            Recorded::No
-        } else {
-            Recorded::Yes
+        let _lock = LwLockGuard::exclusive(shared.lock);
+        if let Some(e) = enter(hash, &key, shared) {
+            f(e);
+            e.last_activity.store(now, Relaxed);
         }
     }
 }
 
-/// Remove the least recently active 5% (at least one). Caller holds the lock EXCLUSIVE.
-pub(super) unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
-    // SAFETY: caller holds the lock exclusively, so entries cannot change membership.
-    unsafe {
-        let mut all: Vec<(i64, Key)> =
-            Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
-        each_entry(hash, |e: &Entry| {
-            all.push((e.last_activity.load(Relaxed), e.key))
-        });
-        let n = (all.len() / 20).max(1);
-        let keys = crate::pg::shmem::least_recent(all, n);
-        crate::pg::shmem::remove_keys(hash, &keys);
-        shared.evictions.fetch_add(keys.len() as u64, Relaxed);
+/// Clears [`Shared::evicting`] when the eviction ends, however it ends.
+struct Evicting<'a>(&'a Shared);
+
+impl Drop for Evicting<'_> {
+    fn drop(&mut self) {
+        self.0.evicting.store(false, Relaxed);
     }
+}
+
+/// The table is full: evict the least recently active 5% of the workspace entries (at least
+/// one), adding their figures to their databases' other entries. One backend at a time (the
+/// others meanwhile count new workspaces into the other entries rather than wait). The whole
+/// table is scanned under the lock SHARED, so statements of workspaces that have an entry go on
+/// recording meanwhile; the lock is taken EXCLUSIVE only to remove the chosen entries, each
+/// found by its key, so the exclusive section is proportional to the entries evicted. An
+/// entry active again since the scan is kept.
+pub(super) unsafe fn make_room(shared: &Shared, hash: *mut pg_sys::HTAB) {
+    if shared.evicting.swap(true, Relaxed) {
+        return;
+    }
+    let _evicting = Evicting(shared);
+    // SAFETY: the table is read under the lock SHARED and changed under it EXCLUSIVE; entry
+    // pointers do not outlive the lock they were found under.
+    unsafe {
+        let mut chosen: Vec<(i64, Key)> = {
+            let _lock = LwLockGuard::shared(shared.lock);
+            let mut all = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
+            each_entry(hash, |e: &Entry| {
+                if e.key.kind == WORKSPACE {
+                    all.push((e.last_activity.load(Relaxed), e.key));
+                }
+            });
+            all
+        };
+        let n = (chosen.len() / 20).max(1).min(chosen.len());
+        if n == 0 {
+            return;
+        }
+        chosen.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        chosen.truncate(n);
+        let _lock = LwLockGuard::exclusive(shared.lock);
+        let mut evicted = 0;
+        for (seen, key) in &chosen {
+            let Some(e) = find(hash, key) else { continue };
+            if e.last_activity.load(Relaxed) > *seen {
+                continue;
+            }
+            if let Some(other) = enter(hash, &Key::other(key.dbid), shared) {
+                add_entry(other, e);
+            }
+            crate::pg::shmem::remove_keys(hash, std::slice::from_ref(key));
+            evicted += 1;
+        }
+        shared.evictions.fetch_add(evicted, Relaxed);
+    }
+}
+
+/// Add every counter of `from` to `to` (eviction into a database's other entry).
+pub(super) fn add_entry(to: &Entry, from: &Entry) {
+    for (t, f) in to.counters().iter().zip(from.counters()) {
+        t.fetch_add(f.load(Relaxed), Relaxed);
+    }
+    to.last_activity
+        .fetch_max(from.last_activity.load(Relaxed), Relaxed);
 }
 
 /// Called by the `tenancy.workspace_id` assign hook: publish this backend's workspace.
