@@ -4,7 +4,7 @@ include scripts/pg.env
 PG_CONFIG := $(PG_BIN)/pg_config
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup install package test test-unit test-regress test-live test-package demo demo-stop bench clean
+.PHONY: all setup install package test test-unit test-regress test-live test-package demo demo-stop monitor monitor-stop bench clean
 
 all: install
 
@@ -43,6 +43,14 @@ demo: install
 
 demo-stop:
 	@scripts/cluster.sh stop demo && echo "demo cluster stopped"
+
+## Prometheus (alert rules, console http://127.0.0.1:25470/consoles/tenancy.html) and the exporter
+## watching the running demo cluster; builds nothing (start the cluster with `make demo` first).
+monitor:
+	@scripts/monitor.sh start
+
+monitor-stop:
+	@scripts/monitor.sh stop
 
 ## Benchmarks: ratios against baselines measured in the same run.
 bench: install

@@ -6,7 +6,7 @@ set -euo pipefail
 PGRX_VERSION=0.18.1
 . "$(dirname "$0")/pg.env"
 PG_CONFIG=$PG_BIN/pg_config
-PACKAGES=(postgresql-15 postgresql-server-dev-15 gcc libc6-dev make binutils clang libclang-dev pkg-config sudo pgbouncer postgresql-15-hypopg postgresql-15-pg-qualstats prometheus-postgres-exporter prometheus ca-certificates)
+PACKAGES=(postgresql-15 postgresql-server-dev-15 gcc libc6-dev make binutils clang libclang-dev pkg-config sudo pgbouncer postgresql-15-hypopg postgresql-15-pg-qualstats prometheus-postgres-exporter prometheus chromium ca-certificates)
 
 log() { printf '[setup] %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
