@@ -11,32 +11,15 @@ RETURNS TABLE (database name, workspace text, queries bigint, nested_queries big
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    WITH n AS (
-        SELECT greatest(coalesce(top_n, pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0) AS n
-    ), ranked AS (
-        SELECT s.database, s.queries, s.nested_queries, s.rows, s.exec_time_ms, s.plan_time_ms,
-               s.cpu_time_ms, s.quota_rows_added, s.quota_rows_removed, s.quota_rejections,
-               s.sessions, s.statements_admitted, s.statements_waited, s.admission_rejections,
-               s.statement_timeouts, s.wait_time_ms, s.workspace_id,
-               row_number() OVER (PARTITION BY s.database ORDER BY s.queries + s.nested_queries DESC, s.workspace_id) AS rk
-          FROM @extschema@.workspace_stats s
-        UNION ALL
-        -- evicted workspaces and statements without an entry of their own: always in _other
-        SELECT o.database, o.queries, o.nested_queries, o.rows, o.exec_time_ms, o.plan_time_ms,
-               o.cpu_time_ms, o.quota_rows_added, o.quota_rows_removed, o.quota_rejections,
-               0, o.statements_admitted, o.statements_waited, o.admission_rejections,
-               o.statement_timeouts, o.wait_time_ms, NULL, NULL
-          FROM @extschema@.workspace_stats_other o
-    )
-    SELECT r.database,
-           CASE WHEN r.rk <= n.n THEN r.workspace_id::text ELSE '_other' END,
-           sum(r.queries)::bigint, sum(r.nested_queries)::bigint, sum(r.rows)::bigint,
-           sum(r.exec_time_ms)::float8 / 1000, sum(r.plan_time_ms)::float8 / 1000, sum(r.cpu_time_ms)::float8 / 1000,
-           sum(r.quota_rows_added)::bigint, sum(r.quota_rows_removed)::bigint, sum(r.quota_rejections)::bigint,
-           sum(r.sessions)::bigint, sum(r.statements_admitted)::bigint, sum(r.statements_waited)::bigint,
-           sum(r.admission_rejections)::bigint, sum(r.statement_timeouts)::bigint, sum(r.wait_time_ms)::float8 / 1000
-      FROM ranked r CROSS JOIN n
-     GROUP BY 1, 2
+    -- ranked in Rust (src/stats/metrics.rs): one pass over the table, cheap at every scrape
+    SELECT d.datname, m.workspace, m.queries, m.nested_queries, m.rows,
+           m.exec_seconds, m.plan_seconds, m.cpu_seconds,
+           m.quota_rows_added, m.quota_rows_removed, m.quota_rejections,
+           m.sessions, m.statements_admitted, m.statements_waited,
+           m.admission_rejections, m.statement_timeouts, m.wait_seconds
+      FROM @extschema@._workspace_metrics(greatest(coalesce(top_n,
+               pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0)) m
+      LEFT JOIN pg_catalog.pg_database d ON d.oid = m.dbid
 $fn$;
 COMMENT ON FUNCTION @extschema@.workspace_metrics(integer) IS
 'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): in each database, the top_n most active workspaces by statements since the last reset get their own row, the rest, with the figures of evicted workspaces and of statements without an entry of their own (tenancy.workspace_stats_other), are summed into workspace ''_other'' (totals stay exact; at most top_n + 1 rows per database). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';
@@ -69,3 +52,4 @@ GRANT EXECUTE ON FUNCTION @extschema@.workspace_metrics(integer) TO pg_monitor;
 GRANT EXECUTE ON FUNCTION @extschema@.quota_metrics(integer) TO pg_monitor;
 GRANT SELECT ON @extschema@.quota_usage TO pg_monitor;
 GRANT EXECUTE ON FUNCTION @extschema@._quota_counts() TO pg_monitor;
+COMMENT ON FUNCTION @extschema@._workspace_metrics(integer) IS 'Internal: rows of tenancy.workspace_metrics(), with the database oid.';

@@ -64,12 +64,15 @@ use crate::pg::local::BackendLocal;
 use crate::pg::shmem::{each_entry, LwLockGuard};
 
 mod cpu;
+mod evict;
 mod hooks;
+mod metrics;
 mod persist;
 mod sql;
 mod table;
 
 use cpu::*;
+use evict::*;
 use hooks::*;
 use persist::*;
 use sql::*;
@@ -334,5 +337,9 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics_sql",
-    requires = ["stats_sql", "admission_sql"]
+    requires = [
+        "stats_sql",
+        "admission_sql",
+        metrics::workspace_metrics_rows
+    ]
 );
