@@ -89,7 +89,9 @@ wait_ready() {
         sleep 0.1
     done
     tail -20 "$MON/$name.log" >&2 || true
-    die "$name does not answer on http://127.0.0.1:$port$path after 30 s (log: $MON/$name.log)"
+    # what it answers, if anything (the exporter answers 500 with the failed queries' errors)
+    curl -s -m 5 "http://127.0.0.1:$port$path" 2>/dev/null | head -5 >&2 || true
+    die "$name does not answer 200 on http://127.0.0.1:$port$path after 30 s (log: $MON/$name.log)"
 }
 
 start() {

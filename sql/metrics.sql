@@ -19,7 +19,10 @@ AS $fn$
            m.admission_rejections, m.statement_timeouts, m.wait_seconds
       FROM @extschema@._workspace_metrics(greatest(coalesce(top_n,
                pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0)) m
-      LEFT JOIN pg_catalog.pg_database d ON d.oid = m.dbid
+      -- statistics left by dropped databases stay in the table until evicted or reset, but
+      -- have no name: two of them could give the exporter the same labels twice (it then fails
+      -- the whole scrape), and their series have ended anyway
+      JOIN pg_catalog.pg_database d ON d.oid = m.dbid
 $fn$;
 COMMENT ON FUNCTION @extschema@.workspace_metrics(integer) IS
 'Usage statistics for Prometheus (monitoring/queries.yaml), in base units (seconds): in each database, the top_n most active workspaces by statements since the last reset get their own row, the rest, with the figures of evicted workspaces and of statements without an entry of their own (tenancy.workspace_stats_other), are summed into workspace ''_other'' (totals stay exact; at most top_n + 1 rows per database). top_n NULL: tenancy.metrics_workspaces. Rows as tenancy.workspace_stats shows them (pg_read_all_stats members and the extension''s owner).';

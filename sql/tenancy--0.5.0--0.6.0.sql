@@ -100,7 +100,10 @@ AS $fn$
            m.admission_rejections, m.statement_timeouts, m.wait_seconds
       FROM @extschema@._workspace_metrics(greatest(coalesce(top_n,
                pg_catalog.current_setting('tenancy.metrics_workspaces', true)::integer, 50), 0)) m
-      LEFT JOIN pg_catalog.pg_database d ON d.oid = m.dbid
+      -- statistics left by dropped databases stay in the table until evicted or reset, but
+      -- have no name: two of them could give the exporter the same labels twice (it then fails
+      -- the whole scrape), and their series have ended anyway
+      JOIN pg_catalog.pg_database d ON d.oid = m.dbid
 $fn$;
 
 COMMENT ON FUNCTION @extschema@.workspace_metrics(integer) IS

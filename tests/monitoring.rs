@@ -15,6 +15,8 @@ const EXPORTER_PORT: u16 = 25468;
 /// The exporter and Prometheus of the Prometheus test (the two tests run at once).
 const PROM_EXPORTER_PORT: u16 = 25471;
 const PROMETHEUS_PORT: u16 = 25472;
+/// The exporter of the dropped-databases test.
+const DROPPED_EXPORTER_PORT: u16 = 25475;
 const ROLE: &str = "tenancy_it_exporter";
 /// The Prometheus test's exporter role (with the default tenancy.metrics_workspaces, 50).
 const PROM_ROLE: &str = "tenancy_it_prometheus";
@@ -340,8 +342,14 @@ fn start_prometheus() -> Prometheus {
     )
     .unwrap();
     let child = Command::new("/usr/bin/prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
         .arg(format!(
             "--web.console.templates={}",
@@ -374,7 +382,9 @@ fn grafana_exprs() -> Vec<(String, String)> {
                 let targets = p["targets"].as_array().cloned().unwrap_or_default();
                 assert!(!targets.is_empty(), "panel {title:?} has no query");
                 for t in targets {
-                    let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{title}: no expr"));
+                    let expr = t["expr"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{title}: no expr"));
                     out.push((title.clone(), expr.to_string()));
                 }
             }
@@ -385,8 +395,13 @@ fn grafana_exprs() -> Vec<(String, String)> {
     walk(&dash["panels"], &mut out);
     out.into_iter()
         .map(|(t, e)| {
-            let e = e.replace("$database", ".*").replace("$__rate_interval", "1m");
-            assert!(!e.contains('$'), "{t}: a variable the test does not know: {e}");
+            let e = e
+                .replace("$database", ".*")
+                .replace("$__rate_interval", "1m");
+            assert!(
+                !e.contains('$'),
+                "{t}: a variable the test does not know: {e}"
+            );
             (t, e)
         })
         .collect()
@@ -434,8 +449,7 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            format!("SET tenancy.workspace_id = '{id}';\n")
-                + &"SELECT 1;\n".repeat(4 * (i + 1))
+            format!("SET tenancy.workspace_id = '{id}';\n") + &"SELECT 1;\n".repeat(4 * (i + 1))
         })
         .collect();
     c.batch_execute(&sql).unwrap();
@@ -446,7 +460,9 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
     let mut scrapes = 0.0;
     for _ in 0..200 {
         let r = promql("count_over_time(tenancy_stats_capacity_entries[1m])");
-        scrapes = r.first().map_or(0.0, |r| r["value"][1].as_str().unwrap().parse().unwrap());
+        scrapes = r
+            .first()
+            .map_or(0.0, |r| r["value"][1].as_str().unwrap().parse().unwrap());
         if scrapes >= 4.0 {
             break;
         }
@@ -456,7 +472,9 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
 
     // what Prometheus holds equals the views: the 50 most active by name, _other the remainder
     let held = by_label(
-        &promql(&format!("tenancy_workspace_statements_total{{database=\"{db}\"}}")),
+        &promql(&format!(
+            "tenancy_workspace_statements_total{{database=\"{db}\"}}"
+        )),
         "workspace",
     );
     let view: BTreeMap<String, f64> = admin
@@ -468,14 +486,28 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
     assert_eq!(view.len(), 60, "{view:?}");
     let mut expected: BTreeMap<String, f64> = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(view[id], 4.0 * (i + 1) as f64, "the view counts the workload exactly");
-        let key = if i >= 10 { id.clone() } else { "_other".to_string() };
+        assert_eq!(
+            view[id],
+            4.0 * (i + 1) as f64,
+            "the view counts the workload exactly"
+        );
+        let key = if i >= 10 {
+            id.clone()
+        } else {
+            "_other".to_string()
+        };
         *expected.entry(key).or_default() += view[id];
     }
     assert_eq!(held, expected, "Prometheus vs the views");
-    let used = by_label(&promql("sum by (workspace) (tenancy_quota_used_rows)"), "workspace");
+    let used = by_label(
+        &promql("sum by (workspace) (tenancy_quota_used_rows)"),
+        "workspace",
+    );
     let view_used: BTreeMap<String, f64> = admin
-        .query("SELECT workspace_id::text, used::float8 FROM tenancy.quota_usage WHERE used > 0", &[])
+        .query(
+            "SELECT workspace_id::text, used::float8 FROM tenancy.quota_usage WHERE used > 0",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -517,7 +549,10 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
     let panels = grafana_exprs();
     assert!(panels.len() >= 10, "{} panel queries", panels.len());
     for (title, expr) in &panels {
-        assert!(!promql(expr).is_empty(), "Grafana panel {title:?}: no series for {expr}");
+        assert!(
+            !promql(expr).is_empty(),
+            "Grafana panel {title:?}: no series for {expr}"
+        );
     }
     let console = console_exprs();
     assert!(console.len() >= 8, "{console:?}");
@@ -529,7 +564,10 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
         &format!("http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/label/database/values"),
         &[],
     );
-    assert!(body.contains(&db), "the database variable lists {db}: {body}");
+    assert!(
+        body.contains(&db),
+        "the database variable lists {db}: {body}"
+    );
 
     // the console page renders (the template) and draws its graphs (Chromium runs the page's
     // JavaScript, which queries Prometheus and draws one SVG line per series)
@@ -543,7 +581,12 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
     let url = format!("{page_url}#pctc%7B%22duration%22%3A120%2C%22endTime%22%3A0%7D");
     let chromium = |args: &[&str]| {
         Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
             .args(["--window-size=1400,1800", "--virtual-time-budget=5000"])
             .args(args)
             .arg(&url)
@@ -579,4 +622,60 @@ fn prometheus_holds_the_views_values_and_every_panel_and_console_graph_has_data(
         "screenshot of {} bytes",
         bytes.len()
     );
+}
+
+/// Statistics left by dropped databases have no database name: two such databases with the
+/// same workspace would give the exporter one label set twice, and it fails the whole scrape
+/// (HTTP 500). workspace_metrics() leaves them out.
+#[test]
+fn dropped_databases_do_not_break_the_scrape() {
+    let mut admin = connect("postgres");
+    let mut ws = String::new();
+    for _ in 0..2 {
+        let db = fresh_db("metrics_dropped");
+        let mut c = connect(&db);
+        ws = ws_id(&mut c, "root", 1);
+        c.batch_execute(&format!(
+            "SET tenancy.workspace_id = '{ws}'; SELECT 1; SELECT 2;"
+        ))
+        .unwrap();
+        drop(c);
+        admin
+            .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .unwrap();
+    }
+    let db = fresh_db("metrics_scrape");
+    let mut c = connect(&db);
+    c.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE {PROM_ROLE} LOGIN IN ROLE pg_monitor; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    ))
+    .unwrap();
+    let orphans: i64 = c
+        .query_one(
+            "SELECT count(*) FROM tenancy.workspace_stats WHERE database IS NULL AND workspace_id = $1::text::uuid",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        orphans >= 2,
+        "the dropped databases' statistics are still in the table"
+    );
+    let r = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE database IS NULL), count(*), count(DISTINCT (database, workspace))
+               FROM tenancy.workspace_metrics()",
+            &[],
+        )
+        .unwrap();
+    let (unnamed, rows, distinct): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(unnamed, 0, "no row without a database");
+    assert_eq!(rows, distinct, "one row per (database, workspace)");
+    let _exporter = start_exporter_on(&db, DROPPED_EXPORTER_PORT, PROM_ROLE, &[]);
+    let (code, body) = http(
+        &format!("http://127.0.0.1:{DROPPED_EXPORTER_PORT}/metrics"),
+        &[],
+    );
+    assert_eq!(code, 200, "{}", &body[..body.len().min(2000)]);
+    assert!(body.contains("tenancy_workspace_statements_total{"));
 }
