@@ -32,4 +32,5 @@ cat <<EOT
              psql -h 127.0.0.1 -p $PORT -U dittofeed_app $DB)
   stop:     make demo-stop
   logs:     $RUN_DIR/demo/server.log
+  monitor:  make monitor   (Prometheus, the exporter and the tenancy console page; docs/monitoring.md)
 EOT
