@@ -43,6 +43,7 @@ unsafe extern "C-unwind" fn shmem_request() {
         crate::quota::shmem_request();
         crate::stats::shmem_request();
         crate::admission::shmem_request();
+        crate::stamps::shmem_request();
     }
 }
 
@@ -57,6 +58,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         crate::quota::shmem_startup();
         crate::stats::shmem_startup();
         crate::admission::shmem_startup();
+        crate::stamps::shmem_startup();
     }
 }
 
@@ -69,6 +71,7 @@ pub(crate) fn install() {
     crate::context::set_listener(crate::stats::note_context);
     if preloading {
         crate::quota::define_settings();
+        crate::stamps::define_settings();
     }
     crate::stats::define_settings(preloading);
     // 2.
@@ -86,6 +89,7 @@ pub(crate) fn install() {
     crate::quota::register_cache_callbacks();
     // 4.
     crate::stats::register_xact_callbacks();
+    crate::stamps::register_xact_callbacks();
     if preloading {
         crate::stats::register_cache_callbacks();
         crate::stats::install_hooks();

@@ -39,6 +39,7 @@ pub mod hooks;
 pub mod pg;
 pub mod quota;
 pub mod rls;
+pub mod stamps;
 pub mod stats;
 pub mod uuid_text;
 

@@ -29,6 +29,7 @@ use tenancy_it::*;
 /// next ones). A name missing here fails the test with a message saying so: add it, with its code
 /// from PostgreSQL's `src/backend/utils/errcodes.txt`.
 const ERRCODE_NAMES: &[(&str, &str)] = &[
+    ("IO_ERROR", "58030"),
     ("ACTIVE_SQL_TRANSACTION", "25001"),
     ("CONFIGURATION_LIMIT_EXCEEDED", "53400"),
     ("DATATYPE_MISMATCH", "42804"),

@@ -163,25 +163,12 @@ impl Deltas {
                 continue;
             }
             // SAFETY: the transition tuplestores of this firing hold rows of the trigger
-            // relation's row type; a read pointer of our own (as NamedTuplestoreScan takes one)
-            // leaves other readers alone; the slot is dropped before returning.
+            // relation's row type, deformed up to the workspace column.
             unsafe {
-                let desc = (*td.tg_relation).rd_att;
-                let slot =
-                    pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
-                let reader =
-                    pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-                pg_sys::tuplestore_select_read_pointer(store, reader);
-                pg_sys::tuplestore_rescan(store);
-                let at = (self.ws_attnum - 1) as usize;
-                while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-                    if ((*slot).tts_nvalid as i32) < self.ws_attnum {
-                        pg_sys::slot_getsomeattrs_int(slot, self.ws_attnum);
-                    }
-                    if *(*slot).tts_isnull.add(at) {
-                        continue;
-                    }
-                    let ws = *(*(*slot).tts_values.add(at)).cast_mut_ptr::<[u8; 16]>();
+                crate::pg::transition::each_row(store, td.tg_relation, self.ws_attnum, |slot| {
+                    let Some(ws) = crate::pg::transition::uuid_at(slot, self.ws_attnum) else {
+                        return;
+                    };
                     if let Some((state, econtext)) = self.cond {
                         (*econtext).ecxt_scantuple = slot;
                         let mut isnull = false;
@@ -193,12 +180,11 @@ impl Deltas {
                         pg_sys::MemoryContextSwitchTo(old);
                         pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
                         if isnull || d.value() == 0 {
-                            continue;
+                            return;
                         }
                     }
                     *map.entry(ws).or_default() += sign;
-                }
-                pg_sys::ExecDropSingleTupleTableSlot(slot);
+                });
             }
         }
         map.into_iter().filter(|&(_, n)| n != 0).collect()
