@@ -97,7 +97,7 @@ CREATE FUNCTION @extschema@._change_trigger() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_change_trigger';
 
 COMMENT ON FUNCTION @extschema@._change_trigger() IS
-'Internal: the statement-level trigger of tenancy.track_changes() (argument: the workspace column); notes what a statement changed, bumped at commit.';
+'Internal: the trigger of tenancy.track_changes() (BEFORE ... FOR EACH ROW, and AFTER TRUNCATE; arguments: the workspace column, the tracked table''s oid); notes the workspaces a transaction changed, bumped at commit.';
 
 CREATE FUNCTION @extschema@.track_changes(tbl regclass, workspace_column name DEFAULT 'workspaceId')
 RETURNS void
@@ -126,15 +126,17 @@ BEGIN
     END IF;
     -- as the caller: creating triggers needs the TRIGGER privilege on the table (its owner)
     PERFORM @extschema@.untrack_changes(tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_changes_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._change_trigger(%L)', tbl, workspace_column);
-    EXECUTE format('CREATE TRIGGER tenancy_changes_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._change_trigger(%L)', tbl, workspace_column);
-    EXECUTE format('CREATE TRIGGER tenancy_changes_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._change_trigger(%L)', tbl, workspace_column);
-    EXECUTE format('CREATE TRIGGER tenancy_changes_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._change_trigger(%L)', tbl, workspace_column);
+    -- row triggers BEFORE (no transition tables, no after-trigger queue: the cheapest form);
+    -- the second argument names the tracked table, so a partition's cloned trigger notes it
+    EXECUTE format('CREATE TRIGGER tenancy_changes_insert BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@._change_trigger(%L, %L)', tbl, workspace_column, tbl::oid);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_update BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@._change_trigger(%L, %L)', tbl, workspace_column, tbl::oid);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_delete BEFORE DELETE ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@._change_trigger(%L, %L)', tbl, workspace_column, tbl::oid);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._change_trigger(%L, %L)', tbl, workspace_column, tbl::oid);
 END
 $fn$;
 
 COMMENT ON FUNCTION @extschema@.track_changes(regclass, name) IS
-'Keeps change stamps for the table: statement-level triggers note the workspaces each statement changed (both of a row moved between workspaces; TRUNCATE: all), and their stamps move when the transaction commits. Needs the TRIGGER privilege on the table (its owner). Idempotent.';
+'Keeps change stamps for the table: row triggers note the workspaces each statement changes (both of a row moved between workspaces; TRUNCATE: all), and their stamps move when the transaction commits. Needs the TRIGGER privilege on the table (its owner). Idempotent.';
 
 CREATE FUNCTION @extschema@.untrack_changes(tbl regclass)
 RETURNS void
@@ -173,6 +175,7 @@ AS $fn$
     SELECT t.tgrelid::regclass, @extschema@._change_stamp(t.tgrelid, workspace)
       FROM pg_catalog.pg_trigger t
      WHERE t.tgname = 'tenancy_changes_insert'
+       AND t.tgparentid = 0  -- not a partition's clone: stamps are kept for the tracked table
        AND t.tgfoid = '@extschema@._change_trigger()'::pg_catalog.regprocedure
        AND pg_catalog.has_table_privilege(t.tgrelid, 'SELECT')
      ORDER BY 1

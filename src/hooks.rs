@@ -90,6 +90,7 @@ pub(crate) fn install() {
     // 4.
     crate::stats::register_xact_callbacks();
     crate::stamps::register_xact_callbacks();
+    crate::stamps::register_cache_callback();
     if preloading {
         crate::stats::register_cache_callbacks();
         crate::stats::install_hooks();

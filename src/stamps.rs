@@ -3,10 +3,13 @@
 //! table commits, and only then, so that a cache keyed by stamp can tell whether to reload.
 //!
 //! # How a stamp is made
-//! - A statement-level trigger (`tenancy._change_trigger()`, installed by `track_changes()`)
-//!   notes the workspaces a statement touched (both sides of an UPDATE that moves a row) in a
-//!   backend-local pending set ([`pending`]), per subtransaction: a rolled-back savepoint drops
-//!   its part. TRUNCATE notes the whole table.
+//! - A BEFORE ... FOR EACH ROW trigger (`tenancy._change_trigger()`, installed by
+//!   `track_changes()`; no transition tables, no after-trigger queue) notes the workspace of each
+//!   row written (both sides of an UPDATE that moves a row) in a backend-local pending set
+//!   ([`pending`]), per subtransaction: a rolled-back savepoint drops its part. TRUNCATE (an
+//!   AFTER statement trigger) notes the whole table. A row noted but then not written (another
+//!   BEFORE trigger skipped it, `ON CONFLICT DO NOTHING`) moves the stamp once more than needed:
+//!   a reload, never old data.
 //! - At commit, *after* the transaction is visible to others (`XACT_EVENT_COMMIT` runs after
 //!   `ProcArrayEndTransaction`), one tick of a shared clock is taken and stored into every noted
 //!   entry. So a stamp a reader sees is never ahead of the data behind it, and a later commit
@@ -41,7 +44,7 @@ use crate::pg::shmem::{each_entry, LwLockGuard};
 mod pending;
 mod sql;
 
-pub(crate) use pending::register_xact_callbacks;
+pub(crate) use pending::{register_cache_callback, register_xact_callbacks};
 
 const TRANCHE: &CStr = c"tenancy stamps";
 /// The reserve file, in the data directory.

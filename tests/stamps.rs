@@ -97,6 +97,49 @@ fn a_stamp_moves_at_commit_and_only_then() {
         "TRUNCATE moves every workspace's stamp"
     );
 
+    // a partitioned table: rows written through the parent or straight into a partition move
+    // the parent's stamp
+    c.batch_execute(
+        "CREATE TABLE parted (\"workspaceId\" uuid NOT NULL, n int) PARTITION BY HASH (\"workspaceId\");
+         CREATE TABLE parted_0 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+         SELECT tenancy.track_changes('parted');",
+    )
+    .unwrap();
+    let parted = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT tenancy.change_stamp('parted', $1::text::uuid)",
+            &[&A],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let p0 = parted(&mut c);
+    c.execute(&format!("INSERT INTO parted VALUES ('{A}', 1)"), &[])
+        .unwrap();
+    let p1 = parted(&mut c);
+    assert!(p1 > p0, "insert through the parent");
+    let part: String = c
+        .query_one(
+            &format!("SELECT tableoid::regclass::text FROM parted WHERE \"workspaceId\" = '{A}'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    c.execute(&format!("UPDATE {part} SET n = 2"), &[]).unwrap();
+    assert!(
+        parted(&mut c) > p1,
+        "update straight into the partition {part}"
+    );
+    let err = c
+        .batch_execute(&format!("SELECT tenancy.change_stamp('{part}', '{A}')"))
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "55000",
+        "a partition has no stamps of its own"
+    );
+
     // two-phase commit is refused for a transaction that changed a tracked table
     let err = c
         .batch_execute(&format!(
@@ -132,7 +175,10 @@ fn a_stamp_moves_at_commit_and_only_then() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(rows, 1, "change_stamps lists the tracked table");
+    assert_eq!(
+        rows, 2,
+        "change_stamps lists the tracked tables (not the partitions)"
+    );
 
     // under row-level security a role reads its context's stamps only
     c.batch_execute(

@@ -47,23 +47,3 @@ pub(crate) unsafe fn uuid_at(slot: *mut pg_sys::TupleTableSlot, attnum: i32) -> 
         }
     }
 }
-
-/// Every non-NULL value of the uuid column `attnum` in `store`.
-///
-/// # Safety
-/// As [`each_row`]; the column is of type uuid.
-pub(crate) unsafe fn each_uuid(
-    store: *mut pg_sys::Tuplestorestate,
-    rel: pg_sys::Relation,
-    attnum: i32,
-    mut f: impl FnMut([u8; 16]),
-) {
-    // SAFETY: see the function's obligations.
-    unsafe {
-        each_row(store, rel, attnum, |slot| {
-            if let Some(ws) = uuid_at(slot, attnum) {
-                f(ws)
-            }
-        })
-    }
-}

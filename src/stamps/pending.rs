@@ -85,36 +85,110 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-/// The change trigger: statement-level AFTER INSERT, UPDATE, DELETE (with transition tables)
-/// and TRUNCATE. Argument: the workspace column. Notes the workspaces the statement touched.
-/// Without preload it does nothing (the stamps are not kept; `change_stamp` says so).
-///
+/// Backend-local: the workspace column's attribute number per (relation, column name): a row
+/// trigger runs per row, so the syscache lookup by name is done once per relation and column.
+/// Dropped on any relcache invalidation of the relation (a column dropped or added changes it).
+static ATTNUMS: BackendLocal<Vec<(u32, std::ffi::CString, i32)>> = BackendLocal::new(Vec::new());
+
+pub(crate) fn register_cache_callback() {
+    // SAFETY: registers a 'static callback, once per process.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let relid = u32::from(relid);
+    ATTNUMS.with(|a| a.borrow_mut().retain(|(r, _, _)| relid != 0 && *r != relid));
+}
+
 /// # Safety
-/// `td` is the TriggerData of a statement-level AFTER trigger firing.
-unsafe fn change_trigger(td: &pg_sys::TriggerData) {
-    if shared().is_none() {
-        return;
-    }
+/// `rel` is the open trigger relation; `column` a NUL-terminated trigger argument.
+unsafe fn attnum_of(rel: pg_sys::Relation, column: *const std::ffi::c_char) -> i32 {
     // SAFETY: see the function's obligations.
     unsafe {
-        let rel = td.tg_relation;
-        let relid = (*rel).rd_id;
-        let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
-        if event == pg_sys::TRIGGER_EVENT_TRUNCATE {
-            note(Key::new(relid, None));
-            return;
+        let relid = u32::from((*rel).rd_id);
+        let name = CStr::from_ptr(column);
+        if let Some(n) = ATTNUMS.with(|a| {
+            a.borrow()
+                .iter()
+                .find(|(r, c, _)| *r == relid && c.as_c_str() == name)
+                .map(|e| e.2)
+        }) {
+            return n;
         }
+        let n = i32::from(pg_sys::get_attnum((*rel).rd_id, column));
+        if n > 0 {
+            ATTNUMS.with(|a| {
+                let mut a = a.borrow_mut();
+                if a.len() >= 256 {
+                    a.clear(); // bounded: a backend rarely writes that many tracked tables
+                }
+                a.push((relid, name.to_owned(), n));
+            });
+        }
+        n
+    }
+}
+
+/// The change trigger: BEFORE INSERT, UPDATE, DELETE FOR EACH ROW (no transition tables, no
+/// after-trigger queue: the cheapest form) and AFTER TRUNCATE FOR EACH STATEMENT. Arguments: the
+/// workspace column and the tracked table's oid (a partition's cloned trigger notes the
+/// partitioned table). Notes the row's workspace (both of an UPDATE that moves it). Without
+/// preload it does nothing (the stamps are not kept; `change_stamp` says so). Returns the row
+/// the statement goes on with.
+///
+/// # Safety
+/// `td` is the TriggerData of a firing of a trigger installed by `track_changes()`.
+unsafe fn change_trigger(td: &pg_sys::TriggerData) -> pg_sys::Datum {
+    // SAFETY: see the function's obligations.
+    unsafe {
+        let event = td.tg_event;
+        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let is_row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
+        let before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
+        // the row to go on with
+        let result = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            td.tg_newtuple
+        } else {
+            td.tg_trigtuple
+        };
+        let valid = if op == pg_sys::TRIGGER_EVENT_TRUNCATE {
+            !is_row && !before
+        } else {
+            is_row && before
+        };
         let trigger = &*td.tg_trigger;
-        if trigger.tgnargs < 1 {
+        if !valid || trigger.tgnargs < 1 {
             TenancyError::new(
                 Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-                "tenancy._change_trigger() needs the workspace column as its argument",
+                "tenancy._change_trigger() must be fired as tenancy.track_changes() installs it",
             )
+            .detail("BEFORE INSERT, UPDATE or DELETE FOR EACH ROW, or AFTER TRUNCATE FOR EACH STATEMENT, with the workspace column as argument.")
             .hint("Install it with tenancy.track_changes(); do not create the trigger by hand.")
             .raise();
         }
+        if shared().is_none() {
+            return pg_sys::Datum::from(result);
+        }
+        let rel = td.tg_relation;
+        let tracked = if trigger.tgnargs >= 2 {
+            CStr::from_ptr(*trigger.tgargs.add(1))
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .map(pg_sys::Oid::from)
+                .unwrap_or((*rel).rd_id)
+        } else {
+            (*rel).rd_id
+        };
+        if op == pg_sys::TRIGGER_EVENT_TRUNCATE {
+            note(Key::new(tracked, None));
+            return pg_sys::Datum::from(0);
+        }
         let column = *trigger.tgargs;
-        let attnum = pg_sys::get_attnum(relid, column);
+        let attnum = attnum_of(rel, column);
         if attnum <= 0 {
             TenancyError::new(
                 Code::ERRCODE_UNDEFINED_COLUMN,
@@ -126,13 +200,23 @@ unsafe fn change_trigger(td: &pg_sys::TriggerData) {
             .hint("Track the table again with tenancy.track_changes(table, column).")
             .raise();
         }
-        for store in [td.tg_newtable, td.tg_oldtable] {
-            if !store.is_null() {
-                crate::pg::transition::each_uuid(store, rel, attnum as i32, |ws| {
-                    note(Key::new(relid, Some(ws)))
-                });
+        let desc = (*rel).rd_att;
+        let rows: &[*mut pg_sys::HeapTupleData] = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            &[td.tg_trigtuple, td.tg_newtuple]
+        } else {
+            &[td.tg_trigtuple]
+        };
+        for &tuple in rows {
+            if tuple.is_null() {
+                continue;
+            }
+            let mut isnull = false;
+            let d = pg_sys::heap_getattr(tuple, attnum, desc, &mut isnull);
+            if !isnull {
+                note(Key::new(tracked, Some(*d.cast_mut_ptr::<[u8; 16]>())));
             }
         }
+        pg_sys::Datum::from(result)
     }
 }
 
@@ -162,18 +246,6 @@ pub unsafe extern "C-unwind" fn tenancy_change_trigger(
             .raise();
         }
         let td = &*context.cast::<pg_sys::TriggerData>();
-        let event = td.tg_event;
-        if event & pg_sys::TRIGGER_EVENT_ROW != 0
-            || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER
-        {
-            TenancyError::new(
-                Code::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-                "tenancy._change_trigger() must be fired AFTER ... FOR EACH STATEMENT",
-            )
-            .hint("Install it with tenancy.track_changes(); do not create the trigger by hand.")
-            .raise();
-        }
-        change_trigger(td);
-        pg_sys::Datum::from(0)
+        change_trigger(td)
     }
 }

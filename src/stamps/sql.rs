@@ -19,7 +19,8 @@ fn tracked(relid: pg_sys::Oid) -> bool {
         let found = !td.is_null()
             && (0..(*td).numtriggers as usize).any(|i| {
                 let t = &*(*td).triggers.add(i);
-                CStr::from_ptr(t.tgname) == MARKER_TRIGGER
+                // a partition's cloned trigger notes its partitioned table, not the partition
+                !t.tgisclone && CStr::from_ptr(t.tgname) == MARKER_TRIGGER
             });
         pg_sys::RelationClose(rel);
         found
