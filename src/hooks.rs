@@ -91,6 +91,7 @@ pub(crate) fn install() {
     crate::stats::register_xact_callbacks();
     crate::stamps::register_xact_callbacks();
     crate::stamps::register_cache_callback();
+    crate::stamps::define_channel_setting();
     if preloading {
         crate::stats::register_cache_callbacks();
         crate::stats::install_hooks();

@@ -56,6 +56,10 @@ const RESERVE: u64 = 1 << 20;
 const MARGIN: u64 = 1 << 19;
 
 static MAX_STAMPS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+/// `tenancy.change_channel`: where a committing transaction sends one NOTIFY per (table,
+/// workspace) it changed; empty: none.
+static CHANNEL: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 
 /// Hash key: `kind` [`WORKSPACE`] (per workspace) or [`TABLE`] (TRUNCATE: every workspace;
 /// `ws` zero). HASH_BLOBS hashes all 32 bytes.
@@ -126,6 +130,24 @@ fn require_preloaded() -> Result<&'static Shared, TenancyError> {
             "Add 'tenancy' to shared_preload_libraries in postgresql.conf and restart the server.",
         )
     })
+}
+
+/// `tenancy.change_channel` (any process that loads the library).
+pub(crate) fn define_channel_setting() {
+    // SAFETY: called from _PG_init; the hook has the signature PostgreSQL expects.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenancy.change_channel",
+            c"Channel of the NOTIFY a committing transaction sends per (table, workspace) it changed in tables with change stamps; empty: none.",
+            c"Superuser-only (ALTER DATABASE ... SET, ALTER SYSTEM): a session cannot silence it. Payload: {\"table\": \"schema.table\", \"workspace\": \"uuid\" or null for TRUNCATE}.",
+            &CHANNEL,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(pending::check_channel),
+            None,
+            None,
+        );
+    }
 }
 
 pub(crate) fn define_settings() {

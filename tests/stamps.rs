@@ -5,6 +5,7 @@
 //! serves data older than its stamp under concurrent writers; another workspace's stamps are
 //! not readable under row-level security.
 
+use postgres::fallible_iterator::FallibleIterator;
 use tenancy_it::*;
 
 const A: &str = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
@@ -363,4 +364,90 @@ fn a_stamp_validated_cache_never_serves_old_data() {
         stale, 0,
         "{stale} stale reads of {checks} checks ({hits} from the cache)"
     );
+}
+
+/// With tenancy.change_channel set, a committed transaction sends one NOTIFY per (table,
+/// workspace) it changed, however many rows; a rolled-back one sends none; a session cannot turn
+/// it off; a channel NOTIFY would refuse is refused when set.
+#[test]
+fn one_notify_per_table_and_workspace_at_commit() {
+    let cluster = Cluster::start("it-stamps-notify", 25479, &[]);
+    let mut c = cluster.connect("postgres");
+    c.batch_execute("CREATE DATABASE nt").unwrap();
+    let mut c = cluster.connect("nt");
+    c.batch_execute(
+        "CREATE EXTENSION tenancy;
+         CREATE TABLE \"Segment\" (id serial PRIMARY KEY, \"workspaceId\" uuid NOT NULL, name text);
+         CREATE TABLE \"Journey\" (id serial PRIMARY KEY, \"workspaceId\" uuid NOT NULL, name text);
+         SELECT tenancy.track_changes('\"Segment\"'), tenancy.track_changes('\"Journey\"');
+         ALTER DATABASE nt SET tenancy.change_channel = 'tenancy_changes';",
+    )
+    .unwrap();
+    let err = c
+        .batch_execute(&format!(
+            "ALTER DATABASE nt SET tenancy.change_channel = '{}'",
+            "x".repeat(70)
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22023", "{err}");
+    let mut listener = cluster.connect("nt");
+    listener.batch_execute("LISTEN tenancy_changes").unwrap();
+    let mut w = cluster.connect("nt");
+    let shown: String = w
+        .query_one("SHOW tenancy.change_channel", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "tenancy_changes");
+    w.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO \"Segment\" (\"workspaceId\", name) SELECT '{A}', 's' || g FROM generate_series(1, 50) g;
+         INSERT INTO \"Segment\" (\"workspaceId\", name) SELECT '{B}', 's' || g FROM generate_series(1, 50) g;
+         UPDATE \"Segment\" SET name = name || '!' WHERE \"workspaceId\" = '{A}';
+         INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ('{A}', 'j');
+         COMMIT;
+         BEGIN; INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ('{B}', 'rolled back'); ROLLBACK;"
+    ))
+    .unwrap();
+    let mut got = Vec::new();
+    {
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(std::time::Duration::from_secs(3));
+        while let Some(note) = it.next().unwrap() {
+            assert_eq!(note.channel(), "tenancy_changes");
+            got.push(note.payload().to_string());
+        }
+    }
+    got.sort();
+    let expected = vec![
+        format!(r#"{{"table":"public.\"Journey\"","workspace":"{A}"}}"#),
+        format!(r#"{{"table":"public.\"Segment\"","workspace":"{A}"}}"#),
+        format!(r#"{{"table":"public.\"Segment\"","workspace":"{B}"}}"#),
+    ];
+    assert_eq!(
+        got, expected,
+        "one per (table, workspace), none for the rollback"
+    );
+    // TRUNCATE: workspace null
+    w.batch_execute("TRUNCATE \"Journey\"").unwrap();
+    let mut n = listener.notifications();
+    let mut it = n.timeout_iter(std::time::Duration::from_secs(3));
+    let note = it.next().unwrap().expect("a notification for TRUNCATE");
+    assert_eq!(
+        note.payload(),
+        r#"{"table":"public.\"Journey\"","workspace":null}"#
+    );
+    // an application role cannot silence it
+    c.batch_execute("CREATE ROLE notify_app LOGIN").unwrap();
+    let mut app = Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=notify_app dbname=nt",
+            cluster.port
+        ),
+        NoTls,
+    )
+    .unwrap();
+    let err = app
+        .batch_execute("SET tenancy.change_channel = ''")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
 }

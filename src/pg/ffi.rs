@@ -52,3 +52,21 @@ extern "C" {
     #[link_name = "tenancy_arm_statement_timeout"]
     pub(crate) fn arm_statement_timeout(ms: std::ffi::c_int);
 }
+
+extern "C-unwind" {
+    #[link_name = "Async_Notify"]
+    fn async_notify_raw(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
+}
+
+/// `NOTIFY channel, payload` of the current transaction (`commands/async.h` has no pgrx
+/// binding). It can raise an ERROR (a payload too long, a parallel worker), so the call goes
+/// through pgrx's guard, which turns it into a Rust panic that pgrx reports as the ERROR.
+///
+/// # Safety
+/// In a transaction; NUL-terminated strings.
+pub(crate) unsafe fn async_notify(channel: &std::ffi::CStr, payload: &std::ffi::CStr) {
+    // SAFETY: see the function's obligations; the guard catches the longjmp of an ERROR.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| async_notify_raw(channel.as_ptr(), payload.as_ptr()))
+    }
+}

@@ -18,6 +18,55 @@ fn note(key: Key) {
     });
 }
 
+/// Check hook of `tenancy.change_channel`: empty, or a name NOTIFY accepts (shorter than
+/// NAMEDATALEN), so that no commit can fail on it later.
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn check_channel(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to a (possibly null) NUL-terminated string.
+    let len = unsafe {
+        if (*newval).is_null() {
+            0
+        } else {
+            CStr::from_ptr(*newval).to_bytes().len()
+        }
+    };
+    if len >= pg_sys::NAMEDATALEN as usize {
+        // SAFETY: the GUC_check_* globals are meant to be set by check hooks.
+        unsafe {
+            pg_sys::GUC_check_errcode(Code::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+                c"tenancy.change_channel must be shorter than 64 bytes (a NOTIFY channel name)."
+                    .as_ptr(),
+            );
+        }
+        return false;
+    }
+    true
+}
+
+/// Before commit: one NOTIFY per noted key on `tenancy.change_channel`, if set. PostgreSQL
+/// queues them now and delivers them only if the transaction commits (after it is visible), and
+/// drops duplicates within a transaction.
+fn notify() {
+    let Some(channel) = CHANNEL.get() else { return };
+    if channel.as_bytes().is_empty() {
+        return;
+    }
+    let keys: Vec<Key> = PENDING.with(|p| p.borrow().keys().copied().collect());
+    for key in keys {
+        let table = crate::pg::catalog::qualified_name(pg_sys::Oid::from(key.relid));
+        let workspace = (key.kind == WORKSPACE).then(|| crate::uuid_text::canonical(&key.ws));
+        let payload = serde_json::json!({ "table": table, "workspace": workspace }).to_string();
+        let payload = std::ffi::CString::new(payload).expect("JSON has no NUL");
+        // SAFETY: a channel name the check hook accepted and a short payload, in a transaction.
+        unsafe { crate::pg::ffi::async_notify(&channel, &payload) };
+    }
+}
+
 pub(crate) fn register_xact_callbacks() {
     // SAFETY: registering 'static callbacks, once per process that loads the library.
     unsafe {
@@ -41,6 +90,7 @@ unsafe extern "C-unwind" fn xact_callback(
                 if let Err(e) = prepare_commit(shared) {
                     e.raise();
                 }
+                notify();
             }
         }
         XACT_EVENT_PRE_PREPARE => {
