@@ -21,7 +21,8 @@
 //! - Across restarts and crashes stamps never repeat or go backwards: the clock starts at a
 //!   value reserved ahead in the file `tenancy_stamps.epoch` of the data directory (written and
 //!   fsynced before any stamp up to it is handed out, as sequences log values ahead), so every
-//!   stamp handed out before a crash is below the floor after it.
+//!   stamp handed out before a crash is below the floor after it; and at least at the wall clock
+//!   in microseconds, which a promoted standby (its reserve file as old as its base backup) needs.
 //! - `PREPARE TRANSACTION` of a transaction with noted changes is refused (0A000): its commit
 //!   would happen in another session, which has nothing to bump.
 //!
@@ -190,8 +191,13 @@ pub(crate) unsafe fn shmem_startup() {
             MAX_STAMPS.get() as c_long,
             |lock| {
                 // the postmaster (first start, or reinitialisation after a crash): start above
-                // every stamp the previous run may have handed out, and reserve ahead
-                let start = read_epoch().max(1);
+                // every stamp the previous run may have handed out (the reserve file), and at
+                // least at the wall clock in microseconds: the clock gains one per committing
+                // transaction, far slower than time, so a promoted standby (whose reserve file
+                // is as old as its base backup) also starts above every stamp its old primary
+                // handed out, as long as the two servers' clocks roughly agree
+                let now_us = u64::try_from(pg_sys::GetCurrentTimestamp()).unwrap_or(0);
+                let start = read_epoch().max(now_us).max(1);
                 let reserved = start + RESERVE;
                 if let Err(e) = write_epoch(reserved) {
                     pgrx::warning!("tenancy: could not write {EPOCH_FILE}: {e}");

@@ -45,6 +45,19 @@ fn a_stamp_moves_at_commit_and_only_then() {
     c.batch_execute("CREATE EXTENSION tenancy").unwrap();
     setup(&mut c);
     let (a0, b0) = (stamp(&mut c, A), stamp(&mut c, B));
+    // the clock starts at least at the server's start time in microseconds since 2000 (what a
+    // promoted standby relies on)
+    let started_us: i64 = c
+        .query_one(
+            "SELECT (extract(epoch FROM pg_postmaster_start_time() - timestamptz '2000-01-01 00:00:00+00') * 1e6)::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        a0 >= started_us - 1_000_000,
+        "stamp {a0} below the start time {started_us}"
+    );
     ins(&mut c, A);
     let a1 = stamp(&mut c, A);
     assert!(a1 > a0, "insert committed: {a0} -> {a1}");
