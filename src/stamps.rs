@@ -40,7 +40,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::error::TenancyError;
-use crate::pg::shmem::{each_entry, LwLockGuard};
+use crate::pg::shmem::LwLockGuard;
 
 mod pending;
 mod sql;
@@ -263,34 +263,22 @@ fn prepare_commit(shared: &Shared) -> Result<(), TenancyError> {
     Ok(())
 }
 
-/// Drop the least recently changed 5% of the entries, raising the floor to their stamps first.
+/// Drop the least recently changed 5% of the entries, raising the floor to each one's stamp
+/// before it goes (under the lock EXCLUSIVE: a key read after its removal never goes back).
 fn make_room(shared: &Shared) {
     let hash = HASH.load(Relaxed);
-    // SAFETY: read under the lock SHARED, removed under EXCLUSIVE.
+    // SAFETY: the table's lock guards it; entries are used only inside the callbacks.
     unsafe {
-        let mut all: Vec<(u64, Key)> = {
-            let _lock = LwLockGuard::shared(shared.lock);
-            let mut all = Vec::with_capacity(shared.entries.load(Relaxed).max(0) as usize);
-            each_entry(hash, |e: &Entry| all.push((e.stamp.load(Relaxed), e.key)));
-            all
-        };
-        let n = (all.len() / 20).max(1).min(all.len());
-        if n == 0 {
-            return;
-        }
-        all.select_nth_unstable_by_key(n - 1, |(s, _)| *s);
-        all.truncate(n);
-        let _lock = LwLockGuard::exclusive(shared.lock);
-        // the floor first: a key read after its removal must not go back
-        let top = all.iter().map(|(s, _)| *s).max().unwrap_or(0);
-        shared.floor.fetch_max(top, Relaxed);
-        for (_, key) in &all {
-            // an entry bumped since the scan is removed too: its stamp may now exceed the floor
-            if let Some(e) = find(hash, key) {
+        crate::pg::shmem::evict_oldest(
+            shared.lock,
+            hash,
+            |e: &Entry| Some((e.stamp.load(Relaxed), e.key)),
+            |e: &Entry, _| {
+                // bumped since the scan or not, it goes: the floor takes its stamp now
                 shared.floor.fetch_max(e.stamp.load(Relaxed), Relaxed);
-            }
-        }
-        crate::pg::shmem::remove_keys(hash, &all.iter().map(|(_, k)| *k).collect::<Vec<_>>());
+                true
+            },
+        );
         shared
             .entries
             .store(pg_sys::hash_get_num_entries(hash), Relaxed);
@@ -300,16 +288,7 @@ fn make_room(shared: &Shared) {
 /// The entry of `key`. Caller holds the lock.
 unsafe fn find<'a>(hash: *mut pg_sys::HTAB, key: &Key) -> Option<&'a Entry> {
     // SAFETY: see the caller's obligations.
-    unsafe {
-        crate::pg::ffi::hash_search(
-            hash,
-            (key as *const Key).cast(),
-            pg_sys::HASHACTION::HASH_FIND,
-            std::ptr::null_mut(),
-        )
-        .cast::<Entry>()
-        .as_ref()
-    }
+    unsafe { crate::pg::shmem::find(hash, key) }
 }
 
 /// At commit, after the transaction became visible: one tick of the clock for every key the
@@ -339,25 +318,18 @@ fn bump(shared: &Shared, keys: &[Key]) {
         }
         let _lock = LwLockGuard::exclusive(shared.lock);
         for key in &missing {
-            let mut found = false;
-            let e = if shared.entries.load(Relaxed) < shared.max {
-                crate::pg::ffi::hash_search(
-                    hash,
-                    (key as *const Key).cast(),
-                    pg_sys::HASHACTION::HASH_ENTER_NULL,
-                    &mut found,
-                )
-                .cast::<Entry>()
+            let entered = if shared.entries.load(Relaxed) < shared.max {
+                crate::pg::shmem::enter::<Key, Entry>(hash, key)
             } else {
-                std::ptr::null_mut()
+                None
             };
-            match e.as_ref() {
-                Some(e) => {
-                    if !found {
-                        e.stamp.store(stamp, Relaxed);
-                        shared.entries.fetch_add(1, Relaxed);
+            match entered {
+                Some((e, found)) => {
+                    if found {
+                        (*e).stamp.fetch_max(stamp, Relaxed);
                     } else {
-                        e.stamp.fetch_max(stamp, Relaxed);
+                        (&raw mut (*e).stamp).write(AtomicU64::new(stamp));
+                        shared.entries.fetch_add(1, Relaxed);
                     }
                 }
                 // no room: every key without an entry moves on (a reload, never old data)

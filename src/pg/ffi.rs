@@ -3,7 +3,8 @@
 //! pgrx's guard (a `sigsetjmp` and a thread check through thread-local storage on every call)
 //! is what turns an ERROR raised inside a PostgreSQL function into a Rust panic. The hot-path
 //! functions below (`lwlock_acquire` .. `instr_end_loop`) cannot raise one as the callers use
-//! them: an LWLock taken and released by a [`super::shmem::LwLockGuard`], a hash lookup, a clock
+//! them: an LWLock taken and released by a [`super::shmem::LwLockGuard`], a hash lookup or an insert
+//! with `HASH_ENTER_NULL` (which returns NULL rather than raise when shared memory runs out), a clock
 //! read, ending the instrumentation of a stopped node (`InstrAlloc`'s palloc can fail only out of
 //! memory, and then unwinds through frames that own nothing). Going around the guard saves about
 //! 40 ns per call on a path that makes six calls per statement.

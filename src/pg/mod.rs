@@ -14,4 +14,4 @@ pub(crate) mod local;
 pub(crate) mod scope;
 pub(crate) mod shmem;
 pub(crate) mod spi;
-pub(crate) mod transition;
+pub(crate) mod trigger;

@@ -19,6 +19,81 @@ pub(crate) fn least_recent<K: Copy>(mut items: Vec<(i64, K)>, n: usize) -> Vec<K
     items.into_iter().take(n).map(|(_, k)| k).collect()
 }
 
+/// The entry of `key` in a shared hash table of entries `E` keyed by `K`, if present. Caller
+/// holds the table's lock (either mode); the reference must not outlive it.
+pub(crate) unsafe fn find<'a, K, E>(hash: *mut pg_sys::HTAB, key: &K) -> Option<&'a E> {
+    // SAFETY: see the caller's obligations; HASH_FIND raises nothing.
+    unsafe {
+        ffi::hash_search(
+            hash,
+            (key as *const K).cast(),
+            pg_sys::HASHACTION::HASH_FIND,
+            std::ptr::null_mut(),
+        )
+        .cast::<E>()
+        .as_ref()
+    }
+}
+
+/// The entry of `key`, inserted if missing: (entry, whether it was there already). A new entry
+/// has its key in place and the rest uninitialised: the caller fills it. None when the shared
+/// memory ran out (HASH_ENTER_NULL raises nothing). Caller holds the lock EXCLUSIVE.
+pub(crate) unsafe fn enter<K, E>(hash: *mut pg_sys::HTAB, key: &K) -> Option<(*mut E, bool)> {
+    // SAFETY: see the caller's obligations.
+    unsafe {
+        let mut found = false;
+        let e = ffi::hash_search(
+            hash,
+            (key as *const K).cast(),
+            pg_sys::HASHACTION::HASH_ENTER_NULL,
+            &mut found,
+        )
+        .cast::<E>();
+        (!e.is_null()).then_some((e, found))
+    }
+}
+
+/// Evict the oldest twentieth (at least one) of the entries `age` ranks (None: never evicted),
+/// guarded by `lock`: the candidates are chosen under the lock SHARED (writers of existing
+/// entries go on meanwhile; a selection, not a sort), then each is found again by its key under
+/// EXCLUSIVE and removed if `evict(entry, age seen)` agrees (false: keep it, e.g. active again
+/// since). The exclusive section is proportional to the entries evicted, not to the table.
+/// Returns how many were removed. Used by the statistics and the change stamps.
+pub(crate) unsafe fn evict_oldest<K: Copy, E, T: Ord + Copy>(
+    lock: *mut pg_sys::LWLock,
+    hash: *mut pg_sys::HTAB,
+    age: impl Fn(&E) -> Option<(T, K)>,
+    mut evict: impl FnMut(&E, T) -> bool,
+) -> usize {
+    // SAFETY: the table is read under the lock SHARED and changed under it EXCLUSIVE; entry
+    // references do not outlive the lock they were found under.
+    unsafe {
+        let mut chosen: Vec<(T, K)> = {
+            let _lock = LwLockGuard::shared(lock);
+            let mut all = Vec::with_capacity(pg_sys::hash_get_num_entries(hash).max(0) as usize);
+            each_entry(hash, |e: &E| all.extend(age(e)));
+            all
+        };
+        let n = (chosen.len() / 20).max(1).min(chosen.len());
+        if n == 0 {
+            return 0;
+        }
+        chosen.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        chosen.truncate(n);
+        let _lock = LwLockGuard::exclusive(lock);
+        let mut removed = 0;
+        for (seen, key) in &chosen {
+            if let Some(e) = find::<K, E>(hash, key) {
+                if evict(e, *seen) {
+                    remove_keys(hash, std::slice::from_ref(key));
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
 /// Remove `keys` from a shared hash table keyed by `K`. Caller holds its lock EXCLUSIVE.
 pub(crate) unsafe fn remove_keys<K>(hash: *mut pg_sys::HTAB, keys: &[K]) {
     for key in keys {

@@ -165,8 +165,8 @@ impl Deltas {
             // SAFETY: the transition tuplestores of this firing hold rows of the trigger
             // relation's row type, deformed up to the workspace column.
             unsafe {
-                crate::pg::transition::each_row(store, td.tg_relation, self.ws_attnum, |slot| {
-                    let Some(ws) = crate::pg::transition::uuid_at(slot, self.ws_attnum) else {
+                crate::pg::trigger::each_row(store, td.tg_relation, self.ws_attnum, |slot| {
+                    let Some(ws) = crate::pg::trigger::uuid_at(slot, self.ws_attnum) else {
                         return;
                     };
                     if let Some((state, econtext)) = self.cond {

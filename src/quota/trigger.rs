@@ -51,20 +51,17 @@ pub(super) fn quota_trigger<'a>(
 }
 
 /// The C entry points of `tenancy.quota_trigger()` and `tenancy.quota_config_changed()` (see
-/// sql/quota.sql): a direct call, not a trigger's, is refused as PL/pgSQL refuses it (39P01)
-/// before pgrx's trigger wrapper would fail with an internal error.
-pub(super) unsafe fn require_trigger_call(fcinfo: pg_sys::FunctionCallInfo, name: &str) {
-    // SAFETY: fcinfo comes from PostgreSQL's function manager.
-    let is_trigger = unsafe {
-        let context = (*fcinfo).context;
-        !context.is_null() && (*context).type_ == pg_sys::NodeTag::T_TriggerData
+/// sql/quota.sql) refuse a direct call (39P01) before pgrx's trigger wrapper would fail with an
+/// internal error.
+unsafe fn require_trigger_call(fcinfo: pg_sys::FunctionCallInfo, name: &str) {
+    // SAFETY: as the caller's.
+    unsafe {
+        crate::pg::trigger::require_trigger_call(
+            fcinfo,
+            name,
+            "tenancy.enforce_quota() installs the quota triggers; do not call their function yourself.",
+        )
     };
-    if !is_trigger {
-        TenancyError::new(Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, "trigger functions can only be called as triggers")
-            .detail(format!("{name} was called directly."))
-            .hint("tenancy.enforce_quota() installs the quota triggers; do not call their function yourself.")
-            .raise();
-    }
 }
 
 #[unsafe(no_mangle)]

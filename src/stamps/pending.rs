@@ -284,18 +284,11 @@ pub unsafe extern "C-unwind" fn tenancy_change_trigger(
 ) -> pg_sys::Datum {
     // SAFETY: a call from the function manager.
     unsafe {
-        let context = (*fcinfo).context;
-        let is_trigger = !context.is_null() && (*context).type_ == pg_sys::NodeTag::T_TriggerData;
-        if !is_trigger {
-            TenancyError::new(
-                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "trigger functions can only be called as triggers",
-            )
-            .detail("tenancy._change_trigger() was called directly.")
-            .hint("tenancy.track_changes() installs it.")
-            .raise();
-        }
-        let td = &*context.cast::<pg_sys::TriggerData>();
-        change_trigger(td)
+        let td = crate::pg::trigger::require_trigger_call(
+            fcinfo,
+            "tenancy._change_trigger()",
+            "tenancy.track_changes() installs it.",
+        );
+        change_trigger(&*td)
     }
 }

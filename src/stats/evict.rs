@@ -24,40 +24,24 @@ pub(super) unsafe fn make_room(shared: &Shared, hash: *mut pg_sys::HTAB) {
         return;
     }
     let _evicting = Evicting(shared);
-    // SAFETY: the table is read under the lock SHARED and changed under it EXCLUSIVE; entry
-    // pointers do not outlive the lock they were found under.
-    unsafe {
-        let mut chosen: Vec<(i64, Key)> = {
-            let _lock = LwLockGuard::shared(shared.lock);
-            let mut all = Vec::with_capacity(pg_sys::hash_get_num_entries(hash) as usize);
-            each_entry(hash, |e: &Entry| {
-                if e.key.kind == WORKSPACE {
-                    all.push((e.last_activity.load(Relaxed), e.key));
+    // SAFETY: the table's lock guards it; entries are used only inside the callbacks.
+    let evicted = unsafe {
+        crate::pg::shmem::evict_oldest(
+            shared.lock,
+            hash,
+            |e: &Entry| (e.key.kind == WORKSPACE).then(|| (e.last_activity.load(Relaxed), e.key)),
+            |e: &Entry, seen| {
+                if e.last_activity.load(Relaxed) > seen {
+                    return false; // active again since the scan
                 }
-            });
-            all
-        };
-        let n = (chosen.len() / 20).max(1).min(chosen.len());
-        if n == 0 {
-            return;
-        }
-        chosen.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
-        chosen.truncate(n);
-        let _lock = LwLockGuard::exclusive(shared.lock);
-        let mut evicted = 0;
-        for (seen, key) in &chosen {
-            let Some(e) = find(hash, key) else { continue };
-            if e.last_activity.load(Relaxed) > *seen {
-                continue;
-            }
-            if let Some(other) = enter(hash, &Key::other(key.dbid), shared) {
-                add_entry(other, e);
-            }
-            crate::pg::shmem::remove_keys(hash, std::slice::from_ref(key));
-            evicted += 1;
-        }
-        shared.evictions.fetch_add(evicted, Relaxed);
-    }
+                if let Some(other) = enter(hash, &Key::other(e.key.dbid), shared) {
+                    add_entry(other, e);
+                }
+                true
+            },
+        )
+    };
+    shared.evictions.fetch_add(evicted as u64, Relaxed);
 }
 
 /// Add every counter of `from` to `to` (eviction into a database's other entry).

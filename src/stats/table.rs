@@ -359,16 +359,7 @@ pub(super) fn record_at(ws: [u8; 16], now: i64, create: Create, f: impl Fn(&Entr
 /// The entry of `key`, if present. Caller holds the lock (either mode).
 pub(super) unsafe fn find<'a>(hash: *mut pg_sys::HTAB, key: &Key) -> Option<&'a Entry> {
     // SAFETY: see the caller's obligations.
-    unsafe {
-        raw::hash_search(
-            hash,
-            (key as *const Key).cast::<c_void>(),
-            pg_sys::HASHACTION::HASH_FIND,
-            std::ptr::null_mut(),
-        )
-        .cast::<Entry>()
-        .as_ref()
-    }
+    unsafe { crate::pg::shmem::find(hash, key) }
 }
 
 /// The entry of `key`, created (zeroed) if missing; None when shared memory ran out. Caller
@@ -378,19 +369,11 @@ pub(super) unsafe fn enter<'a>(
     key: &Key,
     shared: &Shared,
 ) -> Option<&'a Entry> {
-    // SAFETY: see the caller's obligations; HASH_ENTER_NULL returns NULL instead of raising.
+    // SAFETY: see the caller's obligations; a new entry is zeroed past its key before use.
     unsafe {
-        let mut found = false;
-        let e = pg_sys::hash_search(
-            hash,
-            (key as *const Key).cast::<c_void>(),
-            pg_sys::HASHACTION::HASH_ENTER_NULL,
-            &mut found,
-        )
-        .cast::<Entry>();
-        if !e.is_null() && !found {
-            // zero every counter (the key is already in place)
-            let counters = (e as *mut u8).add(std::mem::size_of::<Key>());
+        let (e, found) = crate::pg::shmem::enter::<Key, Entry>(hash, key)?;
+        if !found {
+            let counters = e.cast::<u8>().add(std::mem::size_of::<Key>());
             std::ptr::write_bytes(
                 counters,
                 0,

@@ -1,7 +1,36 @@
-//! Reading a statement's transition tables (the tuplestores of an AFTER ... FOR EACH STATEMENT
-//! trigger with REFERENCING NEW/OLD TABLE) directly, without SPI.
+//! Trigger functions in C: refusing a direct call, and reading a statement's transition tables
+//! (the tuplestores of an AFTER ... FOR EACH STATEMENT trigger with REFERENCING NEW/OLD TABLE)
+//! directly, without SPI.
 
 use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode as Code;
+
+use crate::error::TenancyError;
+
+/// The C entry point of a trigger function: a direct call, not a trigger's, is refused as
+/// PL/pgSQL refuses it (39P01), naming the function; `hint` says what installs it.
+///
+/// # Safety
+/// `fcinfo` comes from PostgreSQL's function manager.
+pub(crate) unsafe fn require_trigger_call(
+    fcinfo: pg_sys::FunctionCallInfo,
+    name: &str,
+    hint: &str,
+) -> *mut pg_sys::TriggerData {
+    // SAFETY: see the function's obligations.
+    let context = unsafe { (*fcinfo).context };
+    // SAFETY: a non-null context node has a valid tag.
+    if context.is_null() || unsafe { (*context).type_ } != pg_sys::NodeTag::T_TriggerData {
+        TenancyError::new(
+            Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            "trigger functions can only be called as triggers",
+        )
+        .detail(format!("{name} was called directly."))
+        .hint(hint)
+        .raise();
+    }
+    context.cast()
+}
 
 /// Visit every row of `store` (rows of `rel`'s row type) in a slot whose attributes up to
 /// `attnum` (1-based) are deformed. A read pointer of our own (as NamedTuplestoreScan takes one)
