@@ -37,6 +37,7 @@ use crate::pg::scope::with_catalog_path;
 use crate::uuid_text;
 
 /// Name of the workspace setting.
+pub(crate) mod cache;
 mod guc;
 mod registry;
 

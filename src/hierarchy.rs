@@ -69,6 +69,31 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
     columns.extend(registry.status_column.as_deref());
     let (relid, table) = registry.resolve(&columns)?;
     let key = format!("{key}\0{}", u32::from(relid));
+    // from this backend's cache while no registry row changed (any row: a child's parent or
+    // status), otherwise read
+    crate::context::cache::cached(
+        &READABLE,
+        &key,
+        relid,
+        &registry.id_column,
+        *current.as_bytes(),
+        false,
+        || lookup(current, &key, &table, &registry, parent_column),
+    )
+}
+
+/// `readable_workspace_ids()` per current workspace.
+static READABLE: crate::context::cache::Cache<Vec<pgrx::Uuid>> =
+    crate::context::cache::Cache::new(None);
+
+/// Read the current workspace's active children with the kept statement.
+fn lookup(
+    current: pgrx::Uuid,
+    key: &str,
+    table: &str,
+    registry: &Registry,
+    parent_column: &str,
+) -> TenancyResult<Vec<pgrx::Uuid>> {
     let mut ids = vec![current];
     // prepared and run under search_path = pg_catalog: `=` and the casts are the catalog's
     LOOKUP.with(|cell| -> TenancyResult<()> {
@@ -83,10 +108,10 @@ fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {
             .hint("A policy on the registry table must not use readable_workspace_ids() (or the hierarchy policy)."));
         };
         with_catalog_path(|| Spi::connect(|client| -> TenancyResult<()> {
-            if kept.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
-                let sql = lookup_sql(&table, &registry, parent_column);
+            if kept.as_ref().map(|(k, _)| k != key).unwrap_or(true) {
+                let sql = lookup_sql(table, registry, parent_column);
                 let plan = client.prepare(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID)])?.keep();
-                *kept = Some((key.clone(), plan));
+                *kept = Some((key.to_string(), plan));
             }
             let (_, plan) = kept.as_ref().expect("prepared above");
             for row in client.select(plan, None, &[DatumWithOid::from(current)])? {

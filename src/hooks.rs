@@ -9,8 +9,9 @@
 //! registration, and chained hooks run the one installed last first: the order below is the
 //! one the capabilities were tested with.
 //!
-//! 1. Settings, each capability its own: the context (with its check and assign hooks), the
-//!    quota counters' table size (preload only), the statistics.
+//! 1. Settings, each capability its own: the context (with its check and assign hooks, its
+//!    listener, the statistics' session slots, and the source of the registry's change stamps
+//!    its caches trust), the quota counters' table size (preload only), the statistics.
 //! 2. Shared memory (preload only): one request hook and one startup hook, chained to the
 //!    previous ones, which ask for and attach the quota counters' table, then the statistics'
 //!    (each capability sizes and initialises its own); then the quota reservations'
@@ -69,6 +70,7 @@ pub(crate) fn install() {
     // 1.
     crate::context::define_settings();
     crate::context::set_listener(crate::stats::note_context);
+    crate::context::cache::set_stamp_source(crate::stamps::cache_stamp);
     if preloading {
         crate::quota::define_settings();
         crate::stamps::define_settings();

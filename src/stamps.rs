@@ -42,8 +42,11 @@ use pgrx::PgSqlErrorCode as Code;
 use crate::error::TenancyError;
 use crate::pg::shmem::LwLockGuard;
 
+mod cache;
 mod pending;
 mod sql;
+
+pub(crate) use cache::cache_stamp;
 
 pub(crate) use pending::{register_cache_callback, register_xact_callbacks};
 
@@ -62,8 +65,8 @@ static MAX_STAMPS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 static CHANNEL: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
-/// Hash key: `kind` [`WORKSPACE`] (per workspace) or [`TABLE`] (TRUNCATE: every workspace;
-/// `ws` zero). HASH_BLOBS hashes all 32 bytes.
+/// Hash key: `kind` [`WORKSPACE`] (per workspace), [`TABLE`] (TRUNCATE: every workspace;
+/// `ws` zero) or [`ANY`] (any change of the table; `ws` zero). HASH_BLOBS hashes all 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) struct Key {
@@ -76,6 +79,10 @@ pub(crate) struct Key {
 
 const WORKSPACE: u32 = 0;
 const TABLE: u32 = 1;
+/// Bumped at every commit that changed the table at all (not noted by the trigger: added at
+/// bump time), for caches whose content depends on rows of any workspace (the registry's
+/// children of a parent, `crate::context::cache`).
+const ANY: u32 = 2;
 
 impl Key {
     fn new(relid: pg_sys::Oid, ws: Option<[u8; 16]>) -> Key {
@@ -87,6 +94,15 @@ impl Key {
             kind: if ws.is_some() { WORKSPACE } else { TABLE },
             _pad: 0,
             ws: ws.unwrap_or_default(),
+        }
+    }
+
+    /// The any-change key of the same table.
+    fn any(self) -> Key {
+        Key {
+            kind: ANY,
+            ws: [0; 16],
+            ..self
         }
     }
 }
@@ -297,6 +313,11 @@ fn bump(shared: &Shared, keys: &[Key]) {
     if keys.is_empty() {
         return;
     }
+    // and the any-change key of every table changed (keys are sorted by database and table)
+    let mut keys = keys.to_vec();
+    let mut tables: Vec<Key> = keys.iter().map(|k| k.any()).collect();
+    tables.dedup();
+    keys.extend(tables);
     let hash = HASH.load(Relaxed);
     let stamp = shared.clock.fetch_add(1, Relaxed) + 1;
     // SAFETY: entries used under the lock; HASH_ENTER_NULL returns NULL instead of raising.
@@ -304,7 +325,7 @@ fn bump(shared: &Shared, keys: &[Key]) {
         let mut missing = Vec::new();
         {
             let _lock = LwLockGuard::shared(shared.lock);
-            for key in keys {
+            for key in &keys {
                 match find(hash, key) {
                     Some(e) => {
                         e.stamp.fetch_max(stamp, Relaxed);

@@ -33,7 +33,8 @@ fn reads_on_a_streaming_standby() {
     admin
         .batch_execute(
             "SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true);
-             SELECT tenancy.create_app_role('tenancy_it_replica_app');",
+             SELECT tenancy.create_app_role('tenancy_it_replica_app');
+             SELECT tenancy.track_changes('\"Workspace\"', 'id');",
         )
         .unwrap();
     let parent = ws_id(&mut admin, "parent", 1);
@@ -107,6 +108,45 @@ fn reads_on_a_streaming_standby() {
         .query_one("SELECT tenancy.set_workspace(gen_random_uuid())", &[])
         .unwrap_err();
     assert_eq!(sqlstate(&err), "42704", "{err}");
+
+    // the registry is tracked on the primary, but replayed changes move no stamp: the standby
+    // reads the registry (no cache) and sees a workspace tombstoned on the primary
+    let root: String = ws_id(&mut admin, "root", 1);
+    for _ in 0..3 {
+        app.query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&root])
+            .unwrap();
+    }
+    admin
+        .execute(
+            "UPDATE \"Workspace\" SET status = 'Tombstoned' WHERE id = $1::text::uuid",
+            &[&root],
+        )
+        .unwrap();
+    // after the commit record (the insert position: the cluster may run with
+    // synchronous_commit off)
+    let lsn: String = admin
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let mut replayed = false;
+    for _ in 0..300 {
+        replayed = ro
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0);
+        if replayed {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(replayed, "the standby did not replay the update in 30 s");
+    let err = app
+        .query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&root])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42704", "tombstoned on the primary: {err}");
 
     // the statistics views, as the superuser, on the standby
     let n: i64 = ro

@@ -95,13 +95,38 @@ impl Registry {
     }
 
     /// `None`: no such workspace. `Some(status)`: it exists (status NULL or unchecked: `None`).
+    /// From this backend's cache while the workspace's registry stamp is unchanged
+    /// ([`super::cache`]), otherwise read from the registry.
     pub(crate) fn lookup_status(
         &self,
         workspace: pgrx::Uuid,
     ) -> TenancyResult<Option<Option<String>>> {
         let mut columns = vec![self.id_column.as_str()];
         columns.extend(self.status_column.as_deref());
-        let (_, table) = self.resolve(&columns)?;
+        let (relid, table) = self.resolve(&columns)?;
+        let shape = format!(
+            "{}\0{}\0{:?}\0{}",
+            self.table,
+            self.id_column,
+            self.status_column,
+            u32::from(relid)
+        );
+        super::cache::cached(
+            &STATUS,
+            &shape,
+            relid,
+            &self.id_column,
+            *workspace.as_bytes(),
+            true,
+            || self.read_status(&table, workspace),
+        )
+    }
+
+    fn read_status(
+        &self,
+        table: &str,
+        workspace: pgrx::Uuid,
+    ) -> TenancyResult<Option<Option<String>>> {
         let status_expr = match &self.status_column {
             Some(c) => format!("{}::text", quote_identifier(c)),
             None => "NULL::text".to_string(),
@@ -122,6 +147,9 @@ impl Registry {
         })
     }
 }
+
+/// `set_workspace()`'s lookups: per workspace, whether it exists and its status.
+static STATUS: super::cache::Cache<Option<Option<String>>> = super::cache::Cache::new(None);
 
 /// `schema.name` or `name` (schema `public`) as PostgreSQL splits a qualified name: double
 /// quotes keep case and dots, unquoted parts are folded to lower case. None when malformed.

@@ -18,6 +18,19 @@ fn note(key: Key) {
     });
 }
 
+/// Whether this transaction noted a change of `relid` (in this database).
+pub(super) fn wrote(relid: pg_sys::Oid) -> bool {
+    let first = Key::new(relid, None);
+    let low = Key { kind: 0, ..first };
+    let high = Key {
+        kind: u32::MAX,
+        _pad: u32::MAX,
+        ws: [0xff; 16],
+        ..first
+    };
+    PENDING.with(|p| p.borrow().range(low..=high).next().is_some())
+}
+
 /// Check hook of `tenancy.change_channel`: empty, or a name NOTIFY accepts (shorter than
 /// NAMEDATALEN), so that no commit can fail on it later.
 #[pg_guard]

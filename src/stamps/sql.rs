@@ -4,27 +4,9 @@
 
 use super::*;
 
-/// The trigger `track_changes()` names first: its presence marks a tracked table.
-const MARKER_TRIGGER: &CStr = c"tenancy_changes_insert";
-
 /// Whether `relid` carries the change triggers (read from the relcache, no catalog query).
 fn tracked(relid: pg_sys::Oid) -> bool {
-    // SAFETY: relcache lookup by oid, reference released before returning.
-    unsafe {
-        let rel = pg_sys::RelationIdGetRelation(relid);
-        if rel.is_null() {
-            return false;
-        }
-        let td = (*rel).trigdesc;
-        let found = !td.is_null()
-            && (0..(*td).numtriggers as usize).any(|i| {
-                let t = &*(*td).triggers.add(i);
-                // a partition's cloned trigger notes its partitioned table, not the partition
-                !t.tgisclone && CStr::from_ptr(t.tgname) == MARKER_TRIGGER
-            });
-        pg_sys::RelationClose(rel);
-        found
-    }
+    super::cache::tracking(relid, None).is_some()
 }
 
 /// `tenancy.change_stamp(tbl, workspace)`: the stamp of (tbl, workspace); workspace NULL: the
