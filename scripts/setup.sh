@@ -21,6 +21,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
+# Node.js and npm for the node-postgres reference client (examples/node/): Debian's (18) where the
+# machine has none; a Node.js from elsewhere (NodeSource's bundles npm) is kept.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing Node.js and npm"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+fi
 # Debian's postgresql package starts a "main" cluster on 5432 and pgbouncer on 6432; we use our
 # own clusters and ports and leave those alone.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test layers and print a summary per layer. Exit non-zero if any layer failed.
-#   scripts/test.sh all|unit|regress|isolation|live|package
+#   scripts/test.sh all|unit|regress|isolation|live|node|package
 # LIVE_TEST=name runs one file of tests/ only (e.g. LIVE_TEST=replica scripts/test.sh live).
 # Every server started here is stopped on exit, also on failure.
 set -uo pipefail
@@ -15,7 +15,7 @@ export TENANCY_RUN_DIR=$RUN_DIR
 # Fixed ports of this project (demo 25432, regress 25441, live 25442, live tests' own clusters and
 # pgbouncers 25443-25450, bench 25451-25453, replica 25454-25455, isolation 25456, upgrade
 # 25457-25458, index advice 25460-25462, its benchmark 25461,
-# admission crash 25464, pgbouncer admission 25465, bench admission 25466-25467, exporter 25468, Prometheus test exporter 25471 and Prometheus 25472, dropped-databases exporter 25475, make monitor 25469-25470, bench monitoring exporters 25473-25474, change stamps 25477-25479) lie below Linux's ephemeral range (32768-60999):
+# admission crash 25464, pgbouncer admission 25465, bench admission 25466-25467, exporter 25468, Prometheus test exporter 25471 and Prometheus 25472, dropped-databases exporter 25475, make monitor 25469-25470, bench monitoring exporters 25473-25474, change stamps 25477-25479, bench registry pgbouncer 25480) lie below Linux's ephemeral range (32768-60999):
 # inside it, a burst of outgoing connections (the fuzz and pgbouncer tests open hundreds) can
 # hold a port a cluster is about to listen on ("Address already in use", seen in a CI run).
 REGRESS_PORT=${TENANCY_REGRESS_PORT:-25441}
@@ -174,6 +174,27 @@ layer_live() {
         cargo test -p tenancy-it --release ${LIVE_TEST:+--test "$LIVE_TEST"} -- --test-threads=2 2>&1 | tee "$RUN_DIR/live.log"
     local rc=${PIPESTATUS[0]}
     record "live (tests/)" "$rc $(cargo_counts "$RUN_DIR/live.log")"
+    [ -z "${LIVE_TEST:-}" ] && node_example
+    scripts/cluster.sh stop live
+}
+
+# The node-postgres reference client (examples/node/) and its test, against the live cluster
+# (its fixture database as template). Its dependencies come from package-lock.json (npm ci).
+node_example() {
+    local label="node example (examples/node/)"
+    echo "=== node-postgres reference client (examples/node/), port $LIVE_PORT"
+    if ! (cd examples/node && npm ci --no-audit --no-fund) >"$RUN_DIR/node.log" 2>&1; then
+        tail -20 "$RUN_DIR/node.log"; record "$label" "1 npm ci failed"; return
+    fi
+    PGHOST=127.0.0.1 PGPORT=$LIVE_PORT TENANCY_TEST_TEMPLATE=tenancy_fixture \
+        node --test examples/node/test/ 2>&1 | tee -a "$RUN_DIR/node.log"
+    local rc=${PIPESTATUS[0]}
+    record "$label" "$rc $(awk '/^# pass / {p=$3} /^# fail / {f=$3} END {printf "%d passed, %d failed", p, f}' "$RUN_DIR/node.log")"
+}
+
+layer_node() {
+    prepare_cluster "node example (examples/node/)" live "$LIVE_PORT" tenancy_fixture || return
+    node_example
     scripts/cluster.sh stop live
 }
 
@@ -245,9 +266,10 @@ all) layer_unit; layer_regress; layer_isolation; layer_live; layer_package ;;
 unit) layer_unit ;;
 regress) layer_regress ;;
 live) layer_live ;;
+node) layer_node ;;
 package) layer_package ;;
 isolation) layer_isolation ;;
-*) echo "usage: test.sh all|unit|regress|isolation|live|package" >&2; exit 2 ;;
+*) echo "usage: test.sh all|unit|regress|isolation|live|node|package" >&2; exit 2 ;;
 esac
 layer_server_logs
 
