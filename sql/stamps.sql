@@ -65,9 +65,10 @@ COMMENT ON FUNCTION @extschema@.untrack_changes(regclass) IS
 
 CREATE FUNCTION @extschema@.change_stamp(tbl regclass, workspace uuid DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT @extschema@._change_stamp(tbl::oid, workspace) $fn$;
+-- the C function itself (regclass is an oid): no SQL wrapper, no search path to set (it runs no
+-- SQL); a cache asks it once per table per request
+LANGUAGE c VOLATILE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'change_stamp_wrapper';
 COMMENT ON FUNCTION @extschema@.change_stamp(regclass, uuid) IS
 'The change stamp of (table, workspace); workspace NULL: the current context. It moves when a transaction that changed rows of that workspace in that table commits, and only then; it never repeats or goes back, across restarts and crashes too. Read it in one statement, then the data in a later one (docs/caching.md).';
 

@@ -21,7 +21,7 @@ class WorkspaceCache {
   /**
    * @param {import('pg').Pool} pool  connections of the application role
    * @param {object} options
-   * @param {Object<string, {table: string, load: (client: import('pg').PoolClient) => Promise<any>}>} options.tables
+   * @param {Object<string, {table: string, load: (client: import('pg').PoolClient, workspace: string) => Promise<any>}>} options.tables
    *        per key: a tracked table (e.g. '"Segment"') and how to read the current workspace's
    *        data from it (the context is set; row-level security applies)
    * @param {'stamp'|'notify'} [options.mode]
@@ -38,6 +38,9 @@ class WorkspaceCache {
     this.pool = pool;
     this.tables = tables;
     this.keys = keys;
+    this.tableNames = keys.map((k) => tables[k].table);
+    // SELECT tenancy.change_stamp($1), tenancy.change_stamp($2), ...: one statement
+    this.stampsSql = `SELECT ${keys.map((_, i) => `tenancy.change_stamp($${i + 1}::regclass)`).join(', ')}`;
     this.mode = mode;
     this.channel = channel;
     this.listenConfig = listenConfig;
@@ -123,20 +126,19 @@ class WorkspaceCache {
       await client.query('BEGIN');
       await client.query('SELECT tenancy.set_workspace($1)', [workspace]);
       // 1. the stamps, in one statement...
-      const { rows } = await client.query(
-        'SELECT tenancy.change_stamp(t::regclass) AS stamp FROM unnest($1::text[]) WITH ORDINALITY u(t, i) ORDER BY i',
-        [this.keys.map((k) => this.tables[k].table)],
-      );
+      const [stamps] = (
+        await client.query({ text: this.stampsSql, values: this.tableNames, rowMode: 'array' })
+      ).rows;
       const result = {};
       const fresh = {};
       let loaded = false;
       for (const [i, k] of this.keys.entries()) {
-        const stamp = rows[i].stamp; // a bigint, as text
+        const stamp = stamps[i]; // a bigint, as text
         if (cached[k] && cached[k].stamp === stamp) {
           result[k] = cached[k].value;
         } else {
           // 2. ...the data in later ones: at least as new as the stamp
-          result[k] = await this.tables[k].load(client);
+          result[k] = await this.tables[k].load(client, workspace);
           fresh[k] = { stamp, value: result[k] };
           loaded = true;
         }
