@@ -76,6 +76,7 @@ pub(crate) fn install() {
         crate::stamps::define_settings();
     }
     crate::stats::define_settings(preloading);
+    crate::crypto::define_settings();
     // 2.
     if preloading {
         // SAFETY: installing hooks in the postmaster's _PG_init, chaining the previous ones.
@@ -94,6 +95,7 @@ pub(crate) fn install() {
     crate::stamps::register_xact_callbacks();
     crate::stamps::register_cache_callback();
     crate::stamps::define_channel_setting();
+    crate::crypto::register_cache_callback();
     if preloading {
         crate::stats::register_cache_callbacks();
         crate::stats::install_hooks();

@@ -14,6 +14,8 @@
 //! - [`uuid_text`]: PostgreSQL-compatible uuid parsing and the canonical text form.
 //! - [`context`]: the `tenancy.workspace_id` setting, `current_workspace_id()`,
 //!   `require_workspace_id()`, `set_workspace()` and the workspace registry settings.
+//! - [`crypto`]: per-workspace encryption: master keys outside the database, wrapped data keys
+//!   per workspace, rotation and crypto-shredding (SQL in `sql/crypto.sql`).
 //! - [`hierarchy`]: `readable_workspace_ids()`, a parent workspace's read scope over its
 //!   active children (the hierarchy option of the isolation policy).
 //! - [`quota`]: exact per-workspace row quotas (the trigger and its caches; counters in shared
@@ -33,6 +35,7 @@ pub mod admission;
 pub mod advice;
 pub mod compat;
 pub mod context;
+pub mod crypto;
 pub mod error;
 pub mod hierarchy;
 pub mod hooks;

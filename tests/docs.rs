@@ -58,6 +58,11 @@ const ERRCODE_NAMES: &[(&str, &str)] = &[
     ("UNDEFINED_TABLE", "42P01"),
     ("WARNING", "01000"),
     ("WRONG_OBJECT_TYPE", "42809"),
+    ("CONFIG_FILE_ERROR", "F0000"),
+    ("INVALID_BINARY_REPRESENTATION", "22P03"),
+    ("DATA_CORRUPTED", "XX001"),
+    ("CHARACTER_NOT_IN_REPERTOIRE", "22021"),
+    ("SYSTEM_ERROR", "58000"),
 ];
 
 /// SQLSTATEs of the Errors table that PostgreSQL raises itself, because of something tenancy

@@ -116,3 +116,17 @@ pub(crate) fn rel_owner(relid: pg_sys::Oid) -> Result<Option<pg_sys::Oid>, pgrx:
         )
     })
 }
+
+/// The owner of relation `relid` from the relcache (no SQL; None: no such relation).
+pub(crate) fn rel_owner_cached(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: relcache lookup by oid, reference released before returning.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return None;
+        }
+        let owner = (*(*rel).rd_rel).relowner;
+        pg_sys::RelationClose(rel);
+        Some(owner)
+    }
+}
