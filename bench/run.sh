@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark reports ratios against a baseline measured in the same run,
 # as medians of repeated, interleaved runs (the machines are shared and noisy).
-#   bench/run.sh [name...]     names: context quota stats stats-scale rls instructions advice admission monitoring stamps registry caching (default: all)
+#   bench/run.sh [name...]     names: context quota stats stats-scale rls instructions advice admission monitoring stamps registry caching encryption (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${TENANCY_RUN_DIR:-/tmp/tenancy-run}
@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 benches=("$@")
-[ ${#benches[@]} -eq 0 ] && benches=(context quota stats stats-scale rls instructions advice admission monitoring stamps registry caching)
+[ ${#benches[@]} -eq 0 ] && benches=(context quota stats stats-scale rls instructions advice admission monitoring stamps registry caching encryption)
 # instructions.sh counts with valgrind (callgrind): install it where missing
 if [[ " ${benches[*]} " == *" instructions "* ]] && ! command -v valgrind >/dev/null; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind

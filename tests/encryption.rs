@@ -460,6 +460,24 @@ fn encryption_end_to_end() {
     set_ws(&mut app, &b);
     assert_eq!(dec(&mut app, &secret_b).unwrap(), b"B's api key");
 
+    // the keyring from a command instead of the file (as ssl_passphrase_command): the same
+    // keys; a failing command and both settings at once: F0000
+    set_command(&mut admin, Some(&format!("cat '{}'", keyfile.display())));
+    set_keyfile(&mut admin, None);
+    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    set_ws(&mut app, &b);
+    assert_eq!(dec(&mut app, &secret_b).unwrap(), b"B's api key", "keys from the command");
+    set_command(&mut admin, Some("exit 3"));
+    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    set_ws(&mut app, &b);
+    assert_eq!(code(dec(&mut app, &secret_b)), "F0000", "failing command");
+    set_command(&mut admin, Some(&format!("cat '{}'", keyfile.display())));
+    set_keyfile(&mut admin, Some(&keyfile));
+    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    set_ws(&mut app, &b);
+    assert_eq!(code(dec(&mut app, &secret_b)), "F0000", "both set");
+    set_command(&mut admin, None);
+
     // without any master key: 55000
     set_keyfile(&mut admin, None);
     let mut app = cluster_connect_as(&cluster, "crypt", APP);
@@ -588,6 +606,22 @@ fn set_keyfile(admin: &mut Client, path: Option<&std::path::Path>) {
             .unwrap(),
         None => admin
             .batch_execute("ALTER SYSTEM RESET tenancy.master_key_file")
+            .unwrap(),
+    }
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+}
+
+fn set_command(admin: &mut Client, command: Option<&str>) {
+    match command {
+        Some(c) => admin
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET tenancy.master_key_command = '{}'",
+                c.replace('\'', "''")
+            ))
+            .unwrap(),
+        None => admin
+            .batch_execute("ALTER SYSTEM RESET tenancy.master_key_command")
             .unwrap(),
     }
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
