@@ -316,6 +316,17 @@ fn encryption_end_to_end() {
         .unwrap()
         .get(0);
     assert!(rewrapped >= 2, "A's two versions at least: {rewrapped}");
+    // a backend that read the keyring before the rotation creates a new workspace's first key:
+    // wrapped with the new first key, not its stale one (which is about to be destroyed)
+    let late = random_ws(&mut admin);
+    admin
+        .execute(
+            "INSERT INTO \"Workspace\" (id, name) VALUES ($1::text::uuid, $1)",
+            &[&late],
+        )
+        .unwrap();
+    set_ws(&mut app, &late);
+    let late_secret = enc(&mut app, b"created after the rotation");
     write_keyring(&keyfile, &[&k2]);
     let mut app = cluster_connect_as(&cluster, "crypt", APP);
     set_ws(&mut app, &a);
@@ -466,7 +477,11 @@ fn encryption_end_to_end() {
     set_keyfile(&mut admin, None);
     let mut app = cluster_connect_as(&cluster, "crypt", APP);
     set_ws(&mut app, &b);
-    assert_eq!(dec(&mut app, &secret_b).unwrap(), b"B's api key", "keys from the command");
+    assert_eq!(
+        dec(&mut app, &secret_b).unwrap(),
+        b"B's api key",
+        "keys from the command"
+    );
     set_command(&mut admin, Some("exit 3"));
     let mut app = cluster_connect_as(&cluster, "crypt", APP);
     set_ws(&mut app, &b);

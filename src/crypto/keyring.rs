@@ -7,9 +7,10 @@
 //! then delete the old line). A key is named by its id: the first 8 bytes of
 //! SHA-256("tenancy master key id v1" || key), in hex, stored beside each wrapped data key.
 //!
-//! Each backend reads the keyring when it first needs it and keeps it in its memory (zeroed when
-//! replaced or at exit); it reads it again when the settings change, when a wrapped key names a
-//! key it does not have, and for `rotate_master_key()`. Key material never enters an error
+//! Each backend reads the keyring when it first needs it (not at server start: a backend that
+//! never encrypts never holds a key) and keeps it in its memory (zeroed when replaced); it reads
+//! it again when the settings change, when a wrapped key names a key it does not have, and
+//! before wrapping (a workspace's first key, a rotation: never with a stale first key). Key material never enters an error
 //! message, a log line or a table.
 
 use std::ffi::CString;
@@ -201,10 +202,17 @@ fn ensure_loaded() -> TenancyResult<()> {
     }
 }
 
-/// `f` with the key that wraps (the first of the keyring).
-pub(crate) fn with_active<R>(f: impl FnOnce(&MasterKey) -> R) -> TenancyResult<R> {
-    ensure_loaded()?;
-    Ok(KEYRING.with(|k| f(&k.borrow().as_ref().expect("loaded above").keys[0])))
+/// The id and key that wrap (the first of the keyring), read from the source now: a backend
+/// that loaded the keyring before a rotation put a new key first must not wrap a new data key
+/// with the old one (deleted from the keyring after the rotation, it would take that key with
+/// it). Wrapping is rare (a workspace's first key, a rotation), so the read costs little.
+pub(crate) fn active() -> TenancyResult<(String, Zeroizing<[u8; 32]>)> {
+    reload()?;
+    Ok(KEYRING.with(|k| {
+        let k = k.borrow();
+        let first = &k.as_ref().expect("loaded above").keys[0];
+        (first.id.clone(), first.key.clone())
+    }))
 }
 
 /// `f` with the key named `id`, reading the keyring again once if this backend lacks it;

@@ -219,9 +219,8 @@ pub(crate) fn current(ws: [u8; 16]) -> TenancyResult<(u32, Zeroizing<[u8; 32]>)>
 /// Insert version `version` of `ws` (nothing when it exists: a concurrent creator won).
 fn create(table: &str, ws: [u8; 16], version: u32) -> TenancyResult<()> {
     let key = cipher::random::<32>()?;
-    let (wrapped, master) = keyring::with_active(|m| {
-        cipher::wrap(&m.key, ws, version, &key).map(|w| (w, m.id.clone()))
-    })??;
+    let (master, master_key) = keyring::active()?;
+    let wrapped = cipher::wrap(&master_key, ws, version, &key)?;
     rows(
         &format!(
             "INSERT INTO {table} (workspace_id, version, wrapped_key, master_key_id) VALUES ($1, $2, $3, $4)
@@ -315,8 +314,7 @@ pub(crate) fn shred(ws: [u8; 16]) -> TenancyResult<i32> {
 /// keyring is read again first (the new key was just put in front).
 pub(crate) fn rotate_master() -> TenancyResult<i32> {
     let (relid, table, owner) = table()?;
-    keyring::reload()?;
-    let active = keyring::with_active(|m| m.id.clone())?;
+    let (active, active_key) = keyring::active()?;
     let n = as_user(owner, || -> TenancyResult<i32> {
         let mut n = 0;
         let old = Spi::connect_mut(|client| -> Result<Vec<([u8; 16], Row)>, pgrx::spi::Error> {
@@ -343,7 +341,7 @@ pub(crate) fn rotate_master() -> TenancyResult<i32> {
         })?;
         for (ws, row) in old {
             let key = unwrap_row(ws, &row)?;
-            let wrapped = keyring::with_active(|m| cipher::wrap(&m.key, ws, row.version, &key))??;
+            let wrapped = cipher::wrap(&active_key, ws, row.version, &key)?;
             rows(
                 &format!(
                     "UPDATE {table} SET wrapped_key = $3, master_key_id = $4
