@@ -190,6 +190,20 @@ fn encryption_end_to_end() {
         .unwrap()
         .get(0);
     assert!(null.is_none());
+    // decryption writes nothing: no transaction id, and it works in a read-only transaction
+    // (a standby's case)
+    // (a backend of its own: the key is read from the table, not from a cache)
+    let ct = enc(&mut app, b"read only");
+    let mut ro = cluster_connect_as(&cluster, "crypt", APP);
+    set_ws(&mut ro, &a);
+    ro.batch_execute("BEGIN READ ONLY").unwrap();
+    assert_eq!(dec(&mut ro, &ct).unwrap(), b"read only");
+    let xid: Option<String> = ro
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(xid, None, "decrypt assigned a transaction id");
+    ro.batch_execute("COMMIT").unwrap();
     // two encryptions of one value differ (random nonces)
     assert_ne!(enc(&mut app, b"same"), enc(&mut app, b"same"));
 

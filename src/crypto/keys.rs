@@ -118,6 +118,25 @@ struct Row {
     master: Option<String>,
 }
 
+/// Read rows, read-only: no transaction id is assigned (decryption works on a standby, inside
+/// `BEGIN READ ONLY`, and costs a request no commit record; see `crate::pg::spi`).
+fn select(sql: &str, args: &[DatumWithOid<'_>]) -> TenancyResult<Vec<Row>> {
+    Ok(Spi::connect(
+        |client| -> Result<Vec<Row>, pgrx::spi::Error> {
+            let mut out = Vec::new();
+            for row in client.select(sql, None, args)? {
+                out.push(Row {
+                    version: row.get::<i32>(1)?.unwrap_or(0) as u32,
+                    wrapped: row.get::<Vec<u8>>(2)?,
+                    master: row.get::<String>(3)?,
+                });
+            }
+            Ok(out)
+        },
+    )?)
+}
+
+/// Write rows (and read what the statement returns).
 fn rows(sql: &str, args: &[DatumWithOid<'_>]) -> TenancyResult<Vec<Row>> {
     Ok(Spi::connect_mut(
         |client| -> Result<Vec<Row>, pgrx::spi::Error> {
@@ -189,24 +208,27 @@ pub(crate) fn current(ws: [u8; 16]) -> TenancyResult<(u32, Zeroizing<[u8; 32]>)>
     }
     let uuid = pgrx::Uuid::from_bytes(ws);
     let row = as_user(owner, || -> TenancyResult<Option<Row>> {
-        let select = format!(
+        let query = format!(
             "SELECT {COLUMNS} FROM {table} WHERE workspace_id = $1 AND retired_at IS NULL ORDER BY version DESC LIMIT 1"
         );
-        if let Some(row) = rows(&select, &[DatumWithOid::from(uuid)])?
+        if let Some(row) = select(&query, &[DatumWithOid::from(uuid)])?
             .into_iter()
             .next()
         {
             return Ok(Some(row));
         }
-        let any: Vec<Row> = rows(
+        let any: Vec<Row> = select(
             &format!("SELECT {COLUMNS} FROM {table} WHERE workspace_id = $1 LIMIT 1"),
             &[DatumWithOid::from(uuid)],
         )?;
         if !any.is_empty() {
             return Err(shredded(ws, None)); // every version retired and shredded
         }
-        create(&table, ws, 1)?;
-        Ok(rows(&select, &[DatumWithOid::from(uuid)])?
+        if let Some(row) = create(&table, ws, 1)? {
+            return Ok(Some(row));
+        }
+        // a concurrent first use created it (READ COMMITTED: this statement sees it now)
+        Ok(select(&query, &[DatumWithOid::from(uuid)])?
             .into_iter()
             .next())
     })?;
@@ -216,12 +238,12 @@ pub(crate) fn current(ws: [u8; 16]) -> TenancyResult<(u32, Zeroizing<[u8; 32]>)>
     Ok((row.version, key))
 }
 
-/// Insert version `version` of `ws` (nothing when it exists: a concurrent creator won).
-fn create(table: &str, ws: [u8; 16], version: u32) -> TenancyResult<()> {
+/// Insert version `version` of `ws`: its row, or None when it exists (a concurrent creator won).
+fn create(table: &str, ws: [u8; 16], version: u32) -> TenancyResult<Option<Row>> {
     let key = cipher::random::<32>()?;
     let (master, master_key) = keyring::active()?;
     let wrapped = cipher::wrap(&master_key, ws, version, &key)?;
-    rows(
+    Ok(rows(
         &format!(
             "INSERT INTO {table} (workspace_id, version, wrapped_key, master_key_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
@@ -232,8 +254,9 @@ fn create(table: &str, ws: [u8; 16], version: u32) -> TenancyResult<()> {
             DatumWithOid::from(wrapped.as_slice()),
             DatumWithOid::from(master.as_str()),
         ],
-    )?;
-    Ok(())
+    )?
+    .into_iter()
+    .next())
 }
 
 /// The key of (`ws`, `version`), for decryption: 42704 when there is none or it was shredded.
@@ -244,7 +267,7 @@ pub(crate) fn version(ws: [u8; 16], version: u32) -> TenancyResult<Zeroizing<[u8
         return Ok(k);
     }
     let found = as_user(owner, || {
-        rows(
+        select(
             &format!("SELECT {COLUMNS} FROM {table} WHERE workspace_id = $1 AND version = $2"),
             &[
                 DatumWithOid::from(pgrx::Uuid::from_bytes(ws)),
