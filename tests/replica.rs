@@ -43,8 +43,33 @@ fn reads_on_a_streaming_standby() {
         expected > 5,
         "the parent reads its children's rows too: {expected}"
     );
+    // a master key in the data directory (copied by pg_basebackup), and a value encrypted for
+    // the parent on the primary: the standby decrypts it (reads only, no transaction id)
+    let keyfile = primary.dir().join("data").join("tenancy-master.keys");
+    std::fs::write(&keyfile, format!("{}\n", "ab".repeat(32))).unwrap();
+    for args in [
+        vec!["chown", "postgres:postgres", keyfile.to_str().unwrap()],
+        vec!["chmod", "0600", keyfile.to_str().unwrap()],
+    ] {
+        // chown fails when not root, where the server runs as the test's own user anyway
+        let _ = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status();
+    }
+    admin
+        .batch_execute("ALTER SYSTEM SET tenancy.master_key_file = 'tenancy-master.keys'")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let secret: Vec<u8> = admin
+        .query_one(
+            "SELECT tenancy.encrypt('parent secret'::text, $1::text::uuid)",
+            &[&parent],
+        )
+        .unwrap()
+        .get(0);
     let lsn: String = admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .unwrap()
         .get(0);
 
@@ -92,6 +117,11 @@ fn reads_on_a_streaming_standby() {
         .unwrap()
         .get(0);
     assert_eq!(rows, expected);
+    let plain: String = app
+        .query_one("SELECT tenancy.decrypt_text($1)", &[&secret])
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, "parent secret", "decrypted on the standby");
     app.batch_execute("COMMIT").unwrap();
     // a session-level context, and a context refused for a workspace that does not exist
     app.query_one(
