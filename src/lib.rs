@@ -22,6 +22,8 @@
 //!   memory when preloaded, `quota::shared`, fed by `quota::transition`; who may put code in
 //!   `counted_when`, `quota::vet`; SQL in `sql/quota.sql`).
 //! - [`rls`]: row-level security helpers (SQL in `sql/rls.sql`).
+//! - [`shard`]: readiness for sharding with Citus, `shard_readiness()` and `shard_plan()` (SQL in
+//!   `sql/shard.sql`).
 //! - [`stats`]: per-workspace usage counters in shared memory and their hooks (SQL in
 //!   `sql/stats.sql`).
 //!
@@ -42,6 +44,7 @@ pub mod hooks;
 pub mod pg;
 pub mod quota;
 pub mod rls;
+pub mod shard;
 pub mod stamps;
 pub mod stats;
 pub mod uuid_text;
