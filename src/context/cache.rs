@@ -97,24 +97,30 @@ pub(crate) fn cached<V: Clone>(
 
 fn trusted_stamp(relid: pg_sys::Oid, column: &str, ws: Option<[u8; 16]>) -> Option<(u32, u64)> {
     let source = SOURCE.get()?;
-    // SAFETY: reading backend-global state; privilege and row-security checks of the current
-    // user on an existing relation (syscache lookups).
-    let usable = unsafe {
+    // cheapest first: backend state, then the registry's tracking (an untracked registry, the
+    // common case without the cache, stops here), then the caller's privileges
+    // SAFETY: reading backend-global state.
+    let plain = unsafe {
         !pg_sys::RecoveryInProgress()
             && !pg_sys::IsInParallelMode()
             && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32
-            && pg_sys::pg_class_aclcheck(
-                relid,
-                pg_sys::GetUserId(),
-                pg_sys::ACL_SELECT as pg_sys::AclMode,
-            ) == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if !plain {
+        return None;
+    }
+    let stamp = source(relid, column, ws)?;
+    // SAFETY: privilege and row-security checks of the current user on an existing relation
+    // (syscache lookups).
+    let readable = unsafe {
+        pg_sys::pg_class_aclcheck(
+            relid,
+            pg_sys::GetUserId(),
+            pg_sys::ACL_SELECT as pg_sys::AclMode,
+        ) == pg_sys::AclResult::ACLCHECK_OK
             && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
                 != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
     };
-    if !usable {
-        return None;
-    }
-    source(relid, column, ws)
+    readable.then_some(stamp)
 }
 
 /// Run `load` with a snapshot taken now (after the stamp was read): read-only SPI uses the
