@@ -459,6 +459,7 @@ DECLARE
     done oid[] := '{}';
     todo oid[];
     progress boolean;
+    readd text;
 BEGIN
     IF workspace_column IS NULL THEN
         RAISE EXCEPTION 'tenancy.shard_plan(): workspace_column must not be NULL' USING ERRCODE = '22004';
@@ -469,7 +470,24 @@ BEGIN
             USING ERRCODE = '55000',
                   HINT = pg_catalog.format('SELECT * FROM tenancy.shard_readiness(%L) WHERE blocker; apply the fixes in order (or decide those without one).', workspace_column);
     END IF;
-    plan := format(E'-- tenancy.shard_plan(%L): distribute this database''s tables with Citus, on the coordinator,\n-- after tenancy.shard_readiness() shows no blocker. Referenced tables come before the tables\n-- that reference them; each statement commits on its own (Citus copies a table''s rows to its\n-- shards as it distributes it).\n', workspace_column);
+    plan := format(E'-- tenancy.shard_plan(%L): distribute this database''s tables with Citus, on the coordinator,\n-- after tenancy.shard_readiness() shows no blocker. Every node: shared_preload_libraries =\n-- ''citus,tenancy'' (citus first) and max_prepared_transactions high enough for Citus'' two-phase\n-- commits (e.g. 200). Each statement commits on its own (Citus copies a table''s rows to its\n-- shards as it distributes it).\n', workspace_column);
+    -- the foreign keys from tenant tables to reference tables go first and come back last:
+    -- create_reference_table() would otherwise turn every table referencing it into a Citus
+    -- local table, which then cannot be distributed while another local table references it
+    -- (found on a real Citus 13.2 cluster)
+    FOR r IN SELECT c.conrelid::regclass AS tbl, c.conname, pg_get_constraintdef(c.oid) AS def
+               FROM pg_constraint c
+               JOIN @extschema@._shard_tables(workspace_column) ct ON ct.relid = c.conrelid AND ct.tenant
+               JOIN @extschema@._shard_tables(workspace_column) pt ON pt.relid = c.confrelid AND NOT pt.tenant
+              WHERE c.contype = 'f'
+              ORDER BY c.conrelid::regclass::text COLLATE "C", c.conname LOOP
+        IF readd IS NULL THEN
+            plan := plan || E'\n-- foreign keys to reference tables: dropped now, added again at the end\n';
+            readd := E'\n-- foreign keys to reference tables, back\n';
+        END IF;
+        plan := plan || format(E'ALTER TABLE %s DROP CONSTRAINT %I;\n', r.tbl, r.conname);
+        readd := readd || format(E'ALTER TABLE %s ADD CONSTRAINT %I %s;\n', r.tbl, r.conname, r.def);
+    END LOOP;
     -- tables in foreign-key order: a table once every table it references is placed
     FOR pass IN 1 .. 2 LOOP  -- 1: reference tables, 2: distributed tables
         plan := plan || CASE pass WHEN 1 THEN E'\n-- reference tables: a copy on every node\n'
@@ -505,8 +523,8 @@ BEGIN
                       HINT = 'Drop one foreign key of the cycle before distributing, and create it again afterwards.';
         END IF;
     END LOOP;
-    RETURN plan;
+    RETURN plan || coalesce(readd, '');
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.shard_plan(name) IS
-'The ordered, commented script (create_reference_table, create_distributed_table(..., colocate_with => ...)) that distributes every table of this database once tenancy.shard_readiness() shows no blocker (55000 otherwise, or when foreign keys form a cycle). Run it on the Citus coordinator.';
+'The ordered, commented script that distributes every table of this database with Citus once tenancy.shard_readiness() shows no blocker (55000 otherwise, or when foreign keys form a cycle): foreign keys from tenant tables to reference tables dropped, create_reference_table, create_distributed_table(..., colocate_with => ...) each table after those it references, the foreign keys added again. Run it on the Citus coordinator.';

@@ -78,15 +78,20 @@ fn sync_busy() {
 /// Tokens of utility statements (distinct from QueryDesc addresses: odd, and counting up).
 static NEXT_TOKEN: AtomicI64 = AtomicI64::new(1);
 
-/// The callbacks: slots given back at abort and at backend exit, the limit cache dropped when
-/// the limits change (preload only).
+/// The callbacks: slots given back at abort and at backend exit (preload only); the limit cache
+/// is dropped when the limits change by [`on_relcache`].
 pub(crate) fn register_callbacks() {
     // SAFETY: registering 'static callbacks in _PG_init.
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
+}
+
+/// The limit cache's part of tenancy's one relcache callback (`crate::hooks`; preload only).
+pub(crate) fn on_relcache(relid: pg_sys::Oid) {
+    // SAFETY: called from tenancy's relcache callback with PostgreSQL's arguments.
+    unsafe { relcache_callback(pg_sys::Datum::from(0), relid) }
 }
 
 #[pg_guard]

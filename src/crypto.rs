@@ -18,4 +18,4 @@ pub(crate) mod keys;
 mod sql;
 
 pub(crate) use keyring::define_settings;
-pub(crate) use keys::register_cache_callback;
+pub(crate) use keys::on_relcache;

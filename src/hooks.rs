@@ -16,8 +16,10 @@
 //!    previous ones, which ask for and attach the quota counters' table, then the statistics'
 //!    (each capability sizes and initialises its own); then the quota reservations'
 //!    transaction and subtransaction callbacks (they settle at commit and abort).
-//! 3. Quota caches: relcache (config tables, enforced tables) and syscache (functions, types)
-//!    invalidation callbacks.
+//! 3. Quota caches: syscache (functions, types) invalidation callbacks; then tenancy's one
+//!    relcache callback, which calls each capability's handler (quota caches, change stamps,
+//!    data keys, and when preloaded the statistics and admission limits): PostgreSQL keeps only
+//!    10 relcache callbacks per process for all extensions together.
 //! 4. Statistics: the statement state's transaction and subtransaction callbacks (nesting depth
 //!    and internal depth repaired after an abort; the utility hook restores the depth at the
 //!    call itself); then, preload only, the relcache callback of "is the extension installed
@@ -63,6 +65,26 @@ unsafe extern "C-unwind" fn shmem_startup() {
     }
 }
 
+/// Whether the library was preloaded (the statistics' and admission control's caches exist).
+static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tenancy's one relcache callback. PostgreSQL 15 has room for 10 relcache callbacks per process
+/// (`MAX_RELCACHE_CALLBACKS`) for every extension loaded together: Citus takes several, and
+/// with one per capability tenancy took five ("FATAL: out of relcache_callback_list slots" at
+/// connection start with both preloaded). Each capability's handler, in the order they were
+/// registered in before: the quota caches, the change stamps' attribute numbers, the data keys,
+/// "is the extension installed here" (statistics), the admission limits.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::quota::on_relcache(relid);
+    crate::stamps::on_relcache(relid);
+    crate::crypto::on_relcache(relid);
+    if PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::stats::on_relcache(relid);
+        crate::admission::on_relcache(relid);
+    }
+}
+
 /// Install everything (see the module documentation for the order).
 pub(crate) fn install() {
     // SAFETY: reading a PostgreSQL global flag in _PG_init.
@@ -90,14 +112,16 @@ pub(crate) fn install() {
     }
     // 3.
     crate::quota::register_cache_callbacks();
+    PRELOADED.store(preloading, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: registers a 'static callback, once per process (see RELCACHE below).
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+    };
     // 4.
     crate::stats::register_xact_callbacks();
     crate::stamps::register_xact_callbacks();
-    crate::stamps::register_cache_callback();
     crate::stamps::define_channel_setting();
-    crate::crypto::register_cache_callback();
     if preloading {
-        crate::stats::register_cache_callbacks();
         crate::stats::install_hooks();
     }
     // 5.

@@ -106,12 +106,17 @@ impl TableQuota {
 
 pub(crate) use shared::{define_settings, install_hooks, shmem_request, shmem_startup};
 
-/// The caches' invalidation callbacks (see `crate::hooks` for the order).
+/// The quota caches' part of tenancy's one relcache callback (`crate::hooks`).
+pub(crate) fn on_relcache(relid: pg_sys::Oid) {
+    // SAFETY: called from tenancy's relcache callback with PostgreSQL's arguments.
+    unsafe { relcache_callback(pg_sys::Datum::from(0), relid) }
+}
+
+/// The caches' syscache invalidation callbacks (see `crate::hooks` for the order).
 pub(crate) fn register_cache_callbacks() {
     // SAFETY: registers a callback with a 'static function; at most once per process (this
     // runs from _PG_init, which PostgreSQL calls once per process that loads the library).
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
         // a compiled counted_when has SQL functions inlined, and who owns the code it calls is
         // checked when it is compiled (quota::vet): any change of a function or a type (a
         // redefinition, a new owner) drops the compiled readers and plans

@@ -48,7 +48,7 @@ mod sql;
 
 pub(crate) use cache::cache_stamp;
 
-pub(crate) use pending::{register_cache_callback, register_xact_callbacks};
+pub(crate) use pending::{on_relcache, register_xact_callbacks};
 
 const TRANCHE: &CStr = c"tenancy stamps";
 /// The reserve file, in the data directory.

@@ -274,12 +274,11 @@ pub(crate) fn define_settings(preloading: bool) {
     );
 }
 
-/// The relcache callback of "is the extension installed here" (preload only).
-pub(crate) fn register_cache_callbacks() {
-    // SAFETY: registers a 'static callback, once per process.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
-    };
+/// "Is the extension installed here": its part of tenancy's one relcache callback
+/// (`crate::hooks`; preload only).
+pub(crate) fn on_relcache(relid: pg_sys::Oid) {
+    // SAFETY: called from tenancy's relcache callback with PostgreSQL's arguments.
+    unsafe { relcache_callback(pg_sys::Datum::from(0), relid) }
 }
 
 /// The planner, executor and utility hooks (preload only): C trampolines around the bodies in

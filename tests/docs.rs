@@ -395,3 +395,26 @@ fn parsers() {
     let doc = "## A\nx\n### B\ny\n## C\nz\n";
     assert_eq!(section(doc, "## A"), vec!["x", "### B", "y"]);
 }
+
+/// PostgreSQL 15 keeps 10 relcache callbacks per process for every extension loaded together
+/// (`MAX_RELCACHE_CALLBACKS`); with Citus preloaded too, tenancy's five (one per capability)
+/// made every connection fail ("FATAL: out of relcache_callback_list slots"). tenancy registers
+/// one, in src/hooks.rs, which calls each capability's handler: keep it that way.
+#[test]
+fn one_relcache_callback() {
+    let calls: Vec<String> = sources("src", "rs")
+        .into_iter()
+        .filter(|(_, text)| text.contains("CacheRegisterRelcacheCallback("))
+        .map(|(path, text)| {
+            format!(
+                "{path}: {}",
+                text.matches("CacheRegisterRelcacheCallback(").count()
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec!["src/hooks.rs: 1".to_string()],
+        "relcache callbacks registered"
+    );
+}

@@ -1,7 +1,10 @@
 //! `shard_readiness()` and `shard_plan()` (issue 19, item 3) on the Dittofeed-shaped fixture:
 //! the exact list of what Citus would refuse, every fix run in order, no blocker afterwards, the
 //! data and the rebuilt keys intact (a composite foreign key now also refuses a reference across
-//! workspaces), and the plan distributing every tenant table once, referenced tables first.
+//! workspaces), and the plan distributing every tenant table once, referenced tables first, the
+//! foreign keys to the reference table dropped before and added after. (The plan was run on a
+//! real Citus 13.2.2 cluster of a coordinator and two workers by hand in session 7: every table
+//! distributed; a test on such a cluster is issue 19's next step.)
 
 use tenancy_it::*;
 
@@ -165,6 +168,26 @@ fn dittofeed_fixture_readiness_fixes_and_plan() {
     assert!(position("public.\"Segment\"") < position("public.\"Broadcast\""));
     assert!(position("public.\"SubscriptionGroup\"") < position("public.\"Segment\""));
     assert!(position("public.\"Secret\"") < position("public.\"WriteKey\""));
+    // the foreign keys to the reference table: dropped before create_reference_table (which
+    // would turn the tables referencing it into Citus local tables), added again at the end
+    let all: Vec<&str> = plan
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.is_empty())
+        .collect();
+    let drops = all
+        .iter()
+        .filter(|l| l.contains(" DROP CONSTRAINT "))
+        .count();
+    let adds: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].contains(" ADD CONSTRAINT "))
+        .collect();
+    assert_eq!((drops, adds.len()), (11, 11), "{plan}");
+    let last_select = (0..all.len())
+        .filter(|&i| all[i].starts_with("SELECT"))
+        .max()
+        .unwrap();
+    assert!(adds.iter().all(|&i| i > last_select), "{plan}");
+    assert!(all[0].contains(" DROP CONSTRAINT "), "{plan}");
     let anchor = lines[1]
         .split('\'')
         .nth(1)

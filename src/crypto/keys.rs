@@ -57,12 +57,11 @@ fn table() -> TenancyResult<(pg_sys::Oid, String, pg_sys::Oid)> {
     Ok((relid, crate::pg::catalog::qualified_name(relid), owner))
 }
 
-/// Drop this backend's cache when the key table changes (see [`invalidate`]).
-pub(crate) fn register_cache_callback() {
-    // SAFETY: registers a 'static callback, once per process.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
-    };
+/// Drop this backend's cache when the key table changes (see [`invalidate`]): its part of
+/// tenancy's one relcache callback (`crate::hooks`).
+pub(crate) fn on_relcache(relid: pg_sys::Oid) {
+    // SAFETY: called from tenancy's relcache callback with PostgreSQL's arguments.
+    unsafe { relcache_callback(pg_sys::Datum::from(0), relid) }
 }
 
 #[pg_guard]

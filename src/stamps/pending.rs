@@ -153,11 +153,10 @@ unsafe extern "C-unwind" fn subxact_callback(
 /// Dropped on any relcache invalidation of the relation (a column dropped or added changes it).
 static ATTNUMS: BackendLocal<Vec<(u32, std::ffi::CString, i32)>> = BackendLocal::new(Vec::new());
 
-pub(crate) fn register_cache_callback() {
-    // SAFETY: registers a 'static callback, once per process.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
-    };
+/// Its part of tenancy's one relcache callback (`crate::hooks`).
+pub(crate) fn on_relcache(relid: pg_sys::Oid) {
+    // SAFETY: called from tenancy's relcache callback with PostgreSQL's arguments.
+    unsafe { relcache_callback(pg_sys::Datum::from(0), relid) }
 }
 
 #[pg_guard]
