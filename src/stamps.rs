@@ -309,15 +309,18 @@ unsafe fn find<'a>(hash: *mut pg_sys::HTAB, key: &Key) -> Option<&'a Entry> {
 
 /// At commit, after the transaction became visible: one tick of the clock for every key the
 /// transaction changed. Never raises (a full table raises the floor instead of adding entries).
-fn bump(shared: &Shared, keys: &[Key]) {
+fn bump(shared: &Shared, mut keys: Vec<Key>) {
     if keys.is_empty() {
         return;
     }
     // and the any-change key of every table changed (keys are sorted by database and table)
-    let mut keys = keys.to_vec();
-    let mut tables: Vec<Key> = keys.iter().map(|k| k.any()).collect();
-    tables.dedup();
-    keys.extend(tables);
+    let noted = keys.len();
+    for i in 0..noted {
+        let any = keys[i].any();
+        if keys.last() != Some(&any) {
+            keys.push(any);
+        }
+    }
     let hash = HASH.load(Relaxed);
     let stamp = shared.clock.fetch_add(1, Relaxed) + 1;
     // SAFETY: entries used under the lock; HASH_ENTER_NULL returns NULL instead of raising.

@@ -132,7 +132,7 @@ fn encryption_end_to_end() {
     let b = ws_id(&mut admin, "root", 2);
 
     // no master key configured: 55000
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &a);
     assert_eq!(
         code(app.query_one("SELECT tenancy.encrypt('x'::text)", &[])),
@@ -146,7 +146,7 @@ fn encryption_end_to_end() {
         .status()
         .unwrap();
     set_keyfile(&mut admin, Some(&keyfile));
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &a);
     assert_eq!(
         code(app.query_one("SELECT tenancy.encrypt('x'::text)", &[])),
@@ -194,7 +194,7 @@ fn encryption_end_to_end() {
     // (a standby's case)
     // (a backend of its own: the key is read from the table, not from a cache)
     let ct = enc(&mut app, b"read only");
-    let mut ro = cluster_connect_as(&cluster, "crypt", APP);
+    let mut ro = cluster.connect_as("crypt", APP);
     set_ws(&mut ro, &a);
     ro.batch_execute("BEGIN READ ONLY").unwrap();
     assert_eq!(dec(&mut ro, &ct).unwrap(), b"read only");
@@ -342,7 +342,7 @@ fn encryption_end_to_end() {
     set_ws(&mut app, &late);
     let late_secret = enc(&mut app, b"created after the rotation");
     write_keyring(&keyfile, &[&k2]);
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &a);
     assert_eq!(
         dec(&mut app, &secret).unwrap(),
@@ -401,7 +401,7 @@ fn encryption_end_to_end() {
     }
 
     // shredding A: unreadable at once, in every session, logged, also after a restart
-    let mut other = cluster_connect_as(&cluster, "crypt", APP);
+    let mut other = cluster.connect_as("crypt", APP);
     set_ws(&mut other, &a);
     assert_eq!(
         dec(&mut other, &secret).unwrap(),
@@ -431,7 +431,7 @@ fn encryption_end_to_end() {
     );
     drop((app, other));
     cluster.restart();
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &a);
     assert_eq!(code(dec(&mut app, &secret)), "42704", "after restart");
     set_ws(&mut app, &b);
@@ -481,7 +481,7 @@ fn encryption_end_to_end() {
         "old backup: its master key is gone"
     );
     // and in the live database B still reads (its key re-wrapped by K3)
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &b);
     assert_eq!(dec(&mut app, &secret_b).unwrap(), b"B's api key");
 
@@ -489,7 +489,7 @@ fn encryption_end_to_end() {
     // keys; a failing command and both settings at once: F0000
     set_command(&mut admin, Some(&format!("cat '{}'", keyfile.display())));
     set_keyfile(&mut admin, None);
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &b);
     assert_eq!(
         dec(&mut app, &secret_b).unwrap(),
@@ -497,19 +497,19 @@ fn encryption_end_to_end() {
         "keys from the command"
     );
     set_command(&mut admin, Some("exit 3"));
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &b);
     assert_eq!(code(dec(&mut app, &secret_b)), "F0000", "failing command");
     set_command(&mut admin, Some(&format!("cat '{}'", keyfile.display())));
     set_keyfile(&mut admin, Some(&keyfile));
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &b);
     assert_eq!(code(dec(&mut app, &secret_b)), "F0000", "both set");
     set_command(&mut admin, None);
 
     // without any master key: 55000
     set_keyfile(&mut admin, None);
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     set_ws(&mut app, &b);
     assert_eq!(code(dec(&mut app, &secret_b)), "55000");
     set_keyfile(&mut admin, Some(&keyfile));
@@ -593,7 +593,7 @@ fn encryption_end_to_end() {
             "../examples/dittofeed/0001_encrypt_secrets.sql"
         ))
         .unwrap();
-    let mut app = cluster_connect_as(&cluster, "crypt", APP);
+    let mut app = cluster.connect_as("crypt", APP);
     let mut read = 0;
     for w in &workspaces {
         set_ws(&mut app, w);
@@ -626,44 +626,27 @@ fn encryption_end_to_end() {
 
 /// ALTER SYSTEM (its own statement: not in a transaction block) and reload.
 fn set_keyfile(admin: &mut Client, path: Option<&std::path::Path>) {
-    match path {
-        Some(p) => admin
-            .batch_execute(&format!(
-                "ALTER SYSTEM SET tenancy.master_key_file = '{}'",
-                p.display()
-            ))
-            .unwrap(),
-        None => admin
-            .batch_execute("ALTER SYSTEM RESET tenancy.master_key_file")
-            .unwrap(),
-    }
-    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let path = path.map(|p| p.display().to_string());
+    alter_system(admin, "tenancy.master_key_file", path.as_deref());
 }
 
 fn set_command(admin: &mut Client, command: Option<&str>) {
-    match command {
-        Some(c) => admin
+    alter_system(admin, "tenancy.master_key_command", command);
+}
+
+/// ALTER SYSTEM SET (or RESET) `name`, then reload.
+fn alter_system(admin: &mut Client, name: &str, value: Option<&str>) {
+    match value {
+        Some(v) => admin
             .batch_execute(&format!(
-                "ALTER SYSTEM SET tenancy.master_key_command = '{}'",
-                c.replace('\'', "''")
+                "ALTER SYSTEM SET {name} = '{}'",
+                v.replace('\'', "''")
             ))
             .unwrap(),
         None => admin
-            .batch_execute("ALTER SYSTEM RESET tenancy.master_key_command")
+            .batch_execute(&format!("ALTER SYSTEM RESET {name}"))
             .unwrap(),
     }
     admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-}
-
-fn cluster_connect_as(cluster: &Cluster, db: &str, user: &str) -> Client {
-    Client::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={user} dbname={db}",
-            cluster.port
-        ),
-        NoTls,
-    )
-    .unwrap()
 }

@@ -121,10 +121,11 @@ impl Cluster {
     }
 
     pub fn connect(&self, db: &str) -> Client {
-        let conn = format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            self.port
-        );
+        self.connect_as(db, "postgres")
+    }
+
+    pub fn connect_as(&self, db: &str, user: &str) -> Client {
+        let conn = format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port);
         Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e}"))
     }
 

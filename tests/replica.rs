@@ -24,6 +24,24 @@ fn connect_port(port: u16, db: &str, user: &str) -> Client {
     Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e}"))
 }
 
+/// Whether the standby `ro` replays up to `lsn` within 30 s.
+fn wait_replayed(ro: &mut Client, lsn: &str) -> bool {
+    for _ in 0..300 {
+        let replayed: bool = ro
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0);
+        if replayed {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 /// The hierarchy policy, the application role, the context and the statistics views on a real
 /// streaming standby made by `pg_basebackup -R` from the test's own primary.
 #[test]
@@ -80,21 +98,10 @@ fn reads_on_a_streaming_standby() {
         .unwrap()
         .get(0);
     assert!(in_recovery, "the second cluster is a standby");
-    let mut replayed = false;
-    for _ in 0..300 {
-        replayed = ro
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .unwrap()
-            .get(0);
-        if replayed {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(replayed, "the standby did not replay the fixture in 30 s");
+    assert!(
+        wait_replayed(&mut ro, &lsn),
+        "the standby did not replay the fixture in 30 s"
+    );
 
     // the application's request transaction, on the replica
     let mut app = connect_port(25455, "replica", "tenancy_it_replica_app");
@@ -158,21 +165,10 @@ fn reads_on_a_streaming_standby() {
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .unwrap()
         .get(0);
-    let mut replayed = false;
-    for _ in 0..300 {
-        replayed = ro
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .unwrap()
-            .get(0);
-        if replayed {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(replayed, "the standby did not replay the update in 30 s");
+    assert!(
+        wait_replayed(&mut ro, &lsn),
+        "the standby did not replay the update in 30 s"
+    );
     let err = app
         .query_one("SELECT tenancy.set_workspace($1::text::uuid)", &[&root])
         .unwrap_err();

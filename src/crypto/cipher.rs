@@ -42,8 +42,8 @@ pub(crate) struct Parsed<'a> {
     pub(crate) version: u32,
     pub(crate) workspace: [u8; 16],
     header: &'a [u8],
-    nonce: &'a [u8],
-    body: &'a [u8],
+    /// nonce | ciphertext | tag
+    sealed: &'a [u8],
 }
 
 /// 22P03 unless `ct` has the shape of a tenancy ciphertext.
@@ -64,9 +64,43 @@ pub(crate) fn parse(ct: &[u8]) -> TenancyResult<Parsed<'_>> {
         version: u32::from_be_bytes(ct[1..5].try_into().expect("4 bytes")),
         workspace: ct[5..21].try_into().expect("16 bytes"),
         header: &ct[..HEADER],
-        nonce: &ct[HEADER..HEADER + NONCE],
-        body: &ct[HEADER + NONCE..],
+        sealed: &ct[HEADER..],
     })
+}
+
+/// Append `nonce | ciphertext | tag` of `msg` under `key` and `aad` to `out` (a fresh random
+/// nonce each time): values and wrapped data keys alike.
+fn seal_into(out: &mut Vec<u8>, key: &[u8; 32], aad: &[u8], msg: &[u8]) -> TenancyResult<()> {
+    let nonce = random::<NONCE>()?;
+    let body = XChaCha20Poly1305::new(key.into())
+        .encrypt(XNonce::from_slice(&nonce[..]), Payload { msg, aad })
+        .map_err(|_| {
+            TenancyError::new(
+                Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                "value too long to encrypt",
+            )
+        })?;
+    out.extend_from_slice(&nonce[..]);
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// The plaintext of `nonce | ciphertext | tag` under `key` and `aad`; `None` when
+/// authentication fails (a changed byte, another key, other associated data).
+fn open_sealed(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < NONCE + TAG {
+        return None;
+    }
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            XNonce::from_slice(&sealed[..NONCE]),
+            Payload {
+                msg: &sealed[NONCE..],
+                aad,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
 }
 
 /// Encrypt `plain` for (`workspace`, `version`) with `key`.
@@ -76,44 +110,19 @@ pub(crate) fn seal(
     version: u32,
     plain: &[u8],
 ) -> TenancyResult<Vec<u8>> {
-    let nonce = random::<NONCE>()?;
+    let mut header = [0u8; HEADER];
+    header[0] = FORMAT;
+    header[1..5].copy_from_slice(&version.to_be_bytes());
+    header[5..].copy_from_slice(&workspace);
     let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
-    out.push(FORMAT);
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(&workspace);
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let body = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce[..]),
-            Payload {
-                msg: plain,
-                aad: &out[..HEADER],
-            },
-        )
-        .map_err(|_| {
-            TenancyError::new(
-                Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                "value too long to encrypt",
-            )
-        })?;
-    out.extend_from_slice(&nonce[..]);
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&header);
+    seal_into(&mut out, key, &header, plain)?;
     Ok(out)
 }
 
 /// Decrypt; `None` when authentication fails (a changed byte, another key).
 pub(crate) fn open(key: &[u8; 32], parsed: &Parsed<'_>) -> Option<Zeroizing<Vec<u8>>> {
-    let cipher = XChaCha20Poly1305::new(key.into());
-    cipher
-        .decrypt(
-            XNonce::from_slice(parsed.nonce),
-            Payload {
-                msg: parsed.body,
-                aad: parsed.header,
-            },
-        )
-        .ok()
-        .map(Zeroizing::new)
+    open_sealed(key, parsed.header, parsed.sealed)
 }
 
 fn wrap_aad(workspace: [u8; 16], version: u32) -> Vec<u8> {
@@ -130,19 +139,8 @@ pub(crate) fn wrap(
     version: u32,
     key: &[u8; 32],
 ) -> TenancyResult<Vec<u8>> {
-    let nonce = random::<NONCE>()?;
-    let cipher = XChaCha20Poly1305::new(master.into());
-    let body = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce[..]),
-            Payload {
-                msg: key,
-                aad: &wrap_aad(workspace, version),
-            },
-        )
-        .expect("32 bytes always encrypt");
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&body);
+    let mut out = Vec::with_capacity(NONCE + 32 + TAG);
+    seal_into(&mut out, master, &wrap_aad(workspace, version), key)?;
     Ok(out)
 }
 
@@ -156,18 +154,7 @@ pub(crate) fn unwrap(
     if wrapped.len() != NONCE + 32 + TAG {
         return None;
     }
-    let cipher = XChaCha20Poly1305::new(master.into());
-    let plain = Zeroizing::new(
-        cipher
-            .decrypt(
-                XNonce::from_slice(&wrapped[..NONCE]),
-                Payload {
-                    msg: &wrapped[NONCE..],
-                    aad: &wrap_aad(workspace, version),
-                },
-            )
-            .ok()?,
-    );
+    let plain = open_sealed(master, &wrap_aad(workspace, version), wrapped)?;
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&plain);
     Some(key)

@@ -31,8 +31,22 @@ static CACHE: BackendLocal<Option<Cache>> = BackendLocal::new(None);
 /// Entries per backend before the cache starts over.
 const CAPACITY: usize = 4096;
 
-/// The key table: its oid, qualified name and owner. 55000 when the extension is not installed.
-fn table() -> TenancyResult<(pg_sys::Oid, String, pg_sys::Oid)> {
+/// The key table: its oid, qualified name and owner, looked up once per backend (every
+/// `encrypt` / `decrypt` needs it: `get_extension_oid` scans pg_extension) and forgotten with the
+/// cached keys when the table's relcache entry is invalidated (dropped, recreated, new owner).
+/// 55000 when the extension is not installed.
+struct KeyTable {
+    relid: pg_sys::Oid,
+    name: String,
+    owner: pg_sys::Oid,
+}
+
+static TABLE: BackendLocal<Option<std::rc::Rc<KeyTable>>> = BackendLocal::new(None);
+
+fn table() -> TenancyResult<std::rc::Rc<KeyTable>> {
+    if let Some(t) = TABLE.with(|t| t.borrow().clone()) {
+        return Ok(t);
+    }
     // SAFETY: catalog lookups by name and oid, no error raised for a missing object.
     let found = unsafe {
         // the extension is not relocatable: its schema is always `tenancy`
@@ -54,7 +68,14 @@ fn table() -> TenancyResult<(pg_sys::Oid, String, pg_sys::Oid)> {
     })?;
     let owner = crate::pg::catalog::rel_owner_cached(relid)
         .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
-    Ok((relid, crate::pg::catalog::qualified_name(relid), owner))
+    let t = std::rc::Rc::new(KeyTable {
+        relid,
+        name: crate::pg::catalog::qualified_name(relid),
+        owner,
+    });
+    KEYS_RELID.store(u32::from(relid), std::sync::atomic::Ordering::Relaxed);
+    TABLE.with(|c| *c.borrow_mut() = Some(t.clone()));
+    Ok(t)
 }
 
 /// Drop this backend's cache when the key table changes (see [`invalidate`]): its part of
@@ -70,6 +91,7 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     let ours = KEYS_RELID.load(std::sync::atomic::Ordering::Relaxed);
     if relid == 0 || relid == ours {
         CACHE.with(|c| *c.borrow_mut() = None);
+        TABLE.with(|t| *t.borrow_mut() = None);
     }
 }
 
@@ -104,52 +126,52 @@ fn remember(ws: [u8; 16], version: u32, key: &Zeroizing<[u8; 32]>, current: bool
     });
 }
 
-/// Pending invalidations (another backend's rotation or shredding) seen now.
-fn catch_up(relid: pg_sys::Oid) {
-    KEYS_RELID.store(u32::from(relid), std::sync::atomic::Ordering::Relaxed);
+/// The key table, after the pending invalidations (another backend's rotation or shredding)
+/// were seen.
+fn table_caught_up() -> TenancyResult<std::rc::Rc<KeyTable>> {
     // SAFETY: processes the invalidation queue, as any lock acquisition does.
     unsafe { pg_sys::AcceptInvalidationMessages() };
+    table()
 }
 
 struct Row {
     version: u32,
     wrapped: Option<Vec<u8>>,
     master: Option<String>,
+    workspace: Option<pgrx::Uuid>,
+}
+
+/// The columns every query below returns, in [`Row`]'s order.
+const COLUMNS: &str = "version, wrapped_key, master_key_id, workspace_id";
+
+fn to_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> Result<Row, pgrx::spi::Error> {
+    Ok(Row {
+        version: row.get::<i32>(1)?.unwrap_or(0) as u32,
+        wrapped: row.get::<Vec<u8>>(2)?,
+        master: row.get::<String>(3)?,
+        workspace: row.get::<pgrx::Uuid>(4)?,
+    })
 }
 
 /// Read rows, read-only: no transaction id is assigned (decryption works on a standby, inside
 /// `BEGIN READ ONLY`, and costs a request no commit record; see `crate::pg::spi`).
 fn select(sql: &str, args: &[DatumWithOid<'_>]) -> TenancyResult<Vec<Row>> {
-    Ok(Spi::connect(
-        |client| -> Result<Vec<Row>, pgrx::spi::Error> {
-            let mut out = Vec::new();
-            for row in client.select(sql, None, args)? {
-                out.push(Row {
-                    version: row.get::<i32>(1)?.unwrap_or(0) as u32,
-                    wrapped: row.get::<Vec<u8>>(2)?,
-                    master: row.get::<String>(3)?,
-                });
-            }
-            Ok(out)
-        },
-    )?)
+    Ok(Spi::connect(|client| {
+        client
+            .select(sql, None, args)?
+            .map(to_row)
+            .collect::<Result<Vec<Row>, _>>()
+    })?)
 }
 
 /// Write rows (and read what the statement returns).
 fn rows(sql: &str, args: &[DatumWithOid<'_>]) -> TenancyResult<Vec<Row>> {
-    Ok(Spi::connect_mut(
-        |client| -> Result<Vec<Row>, pgrx::spi::Error> {
-            let mut out = Vec::new();
-            for row in client.update(sql, None, args)? {
-                out.push(Row {
-                    version: row.get::<i32>(1)?.unwrap_or(0) as u32,
-                    wrapped: row.get::<Vec<u8>>(2)?,
-                    master: row.get::<String>(3)?,
-                });
-            }
-            Ok(out)
-        },
-    )?)
+    Ok(Spi::connect_mut(|client| {
+        client
+            .update(sql, None, args)?
+            .map(to_row)
+            .collect::<Result<Vec<Row>, _>>()
+    })?)
 }
 
 fn unwrap_row(ws: [u8; 16], row: &Row) -> TenancyResult<Zeroizing<[u8; 32]>> {
@@ -189,13 +211,10 @@ fn shredded(ws: [u8; 16], version: Option<u32>) -> TenancyError {
     .hint("tenancy.rotate_workspace_key(workspace) creates a new key for new values.")
 }
 
-const COLUMNS: &str = "version, wrapped_key, master_key_id";
-
 /// The version and key new values of `ws` are encrypted with; the first key of a workspace is
 /// created here (concurrent first uses agree on one: the primary key decides).
 pub(crate) fn current(ws: [u8; 16]) -> TenancyResult<(u32, Zeroizing<[u8; 32]>)> {
-    let (relid, table, owner) = table()?;
-    catch_up(relid);
+    let t = table_caught_up()?;
     if let Some(v) = CACHE.with(|c| {
         c.borrow()
             .as_ref()
@@ -205,6 +224,7 @@ pub(crate) fn current(ws: [u8; 16]) -> TenancyResult<(u32, Zeroizing<[u8; 32]>)>
             return Ok((v, k));
         }
     }
+    let (table, owner) = (t.name.as_str(), t.owner);
     let uuid = pgrx::Uuid::from_bytes(ws);
     let row = as_user(owner, || -> TenancyResult<Option<Row>> {
         let query = format!(
@@ -223,7 +243,7 @@ pub(crate) fn current(ws: [u8; 16]) -> TenancyResult<(u32, Zeroizing<[u8; 32]>)>
         if !any.is_empty() {
             return Err(shredded(ws, None)); // every version retired and shredded
         }
-        if let Some(row) = create(&table, ws, 1)? {
+        if let Some(row) = create(table, ws, 1)? {
             return Ok(Some(row));
         }
         // a concurrent first use created it (READ COMMITTED: this statement sees it now)
@@ -260,11 +280,11 @@ fn create(table: &str, ws: [u8; 16], version: u32) -> TenancyResult<Option<Row>>
 
 /// The key of (`ws`, `version`), for decryption: 42704 when there is none or it was shredded.
 pub(crate) fn version(ws: [u8; 16], version: u32) -> TenancyResult<Zeroizing<[u8; 32]>> {
-    let (relid, table, owner) = table()?;
-    catch_up(relid);
+    let t = table_caught_up()?;
     if let Some(k) = cached_key(ws, version) {
         return Ok(k);
     }
+    let (table, owner) = (t.name.as_str(), t.owner);
     let found = as_user(owner, || {
         select(
             &format!("SELECT {COLUMNS} FROM {table} WHERE workspace_id = $1 AND version = $2"),
@@ -289,7 +309,8 @@ pub(crate) fn version(ws: [u8; 16], version: u32) -> TenancyResult<Zeroizing<[u8
 
 /// Retire the current key of `ws` and create the next version: the new version.
 pub(crate) fn rotate_workspace(ws: [u8; 16]) -> TenancyResult<u32> {
-    let (relid, table, owner) = table()?;
+    let t = table()?;
+    let (relid, table, owner) = (t.relid, t.name.as_str(), t.owner);
     let uuid = pgrx::Uuid::from_bytes(ws);
     let next = as_user(owner, || -> TenancyResult<u32> {
         // one rotation at a time per workspace: the row lock of the current version
@@ -302,11 +323,11 @@ pub(crate) fn rotate_workspace(ws: [u8; 16]) -> TenancyResult<u32> {
             &[DatumWithOid::from(uuid)],
         )?;
         let max = rows(
-            &format!("SELECT coalesce(max(version), 0), NULL::bytea, NULL::text FROM {table} WHERE workspace_id = $1"),
+            &format!("SELECT coalesce(max(version), 0), NULL::bytea, NULL::text, NULL::uuid FROM {table} WHERE workspace_id = $1"),
             &[DatumWithOid::from(uuid)],
         )?;
         let next = max.first().map_or(0, |r| r.version) + 1;
-        create(&table, ws, next)?;
+        create(table, ws, next)?;
         Ok(next)
     })?;
     invalidate(relid);
@@ -316,7 +337,8 @@ pub(crate) fn rotate_workspace(ws: [u8; 16]) -> TenancyResult<u32> {
 /// Destroy every key of `ws` (the wrapped keys are overwritten with NULL): the number of
 /// versions shredded now.
 pub(crate) fn shred(ws: [u8; 16]) -> TenancyResult<i32> {
-    let (relid, table, owner) = table()?;
+    let t = table()?;
+    let (relid, table, owner) = (t.relid, t.name.as_str(), t.owner);
     let n = as_user(owner, || {
         rows(
             &format!(
@@ -335,33 +357,20 @@ pub(crate) fn shred(ws: [u8; 16]) -> TenancyResult<i32> {
 /// Re-wrap every data key not wrapped by the first master key: the number re-wrapped. The
 /// keyring is read again first (the new key was just put in front).
 pub(crate) fn rotate_master() -> TenancyResult<i32> {
-    let (relid, table, owner) = table()?;
+    let t = table()?;
+    let (relid, table, owner) = (t.relid, t.name.as_str(), t.owner);
     let (active, active_key) = keyring::active()?;
     let n = as_user(owner, || -> TenancyResult<i32> {
         let mut n = 0;
-        let old = Spi::connect_mut(|client| -> Result<Vec<([u8; 16], Row)>, pgrx::spi::Error> {
-            let mut out = Vec::new();
-            for row in client.update(
-                &format!(
-                    "SELECT workspace_id, {COLUMNS} FROM {table}
-                      WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 FOR UPDATE"
-                ),
-                None,
-                &[DatumWithOid::from(active.as_str())],
-            )? {
-                let ws = row.get::<pgrx::Uuid>(1)?.expect("NOT NULL");
-                out.push((
-                    *ws.as_bytes(),
-                    Row {
-                        version: row.get::<i32>(2)?.unwrap_or(0) as u32,
-                        wrapped: row.get::<Vec<u8>>(3)?,
-                        master: row.get::<String>(4)?,
-                    },
-                ));
-            }
-            Ok(out)
-        })?;
-        for (ws, row) in old {
+        let old = rows(
+            &format!(
+                "SELECT {COLUMNS} FROM {table}
+                  WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 FOR UPDATE"
+            ),
+            &[DatumWithOid::from(active.as_str())],
+        )?;
+        for row in old {
+            let ws = *row.workspace.expect("NOT NULL").as_bytes();
             let key = unwrap_row(ws, &row)?;
             let wrapped = cipher::wrap(&active_key, ws, row.version, &key)?;
             rows(

@@ -119,7 +119,7 @@ unsafe extern "C-unwind" fn xact_callback(
             let keys: Vec<Key> =
                 PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()).into_keys().collect());
             if let Some(shared) = shared() {
-                bump(shared, &keys);
+                bump(shared, keys);
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PREPARE => PENDING.with(|p| p.borrow_mut().clear()),
