@@ -349,6 +349,12 @@ fn encryption_end_to_end() {
         b"A's api key",
         "after master rotation"
     );
+    set_ws(&mut app, &late);
+    assert_eq!(
+        dec(&mut app, &late_secret).unwrap(),
+        b"created after the rotation",
+        "wrapped by the new first key"
+    );
     set_ws(&mut app, &b);
     let secret_b = enc(&mut app, b"B's api key");
 
