@@ -28,6 +28,15 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     as_root apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
 fi
+# Citus 13.2.2 for the Citus test (tests/citus.rs): not packaged in Debian, built in the
+# workplace's shared folder beside the checkout (or TENANCY_CITUS_DIR); its install.sh is
+# idempotent. Without it the Citus test fails (it never skips).
+CITUS_DIR=${TENANCY_CITUS_DIR:-$(cd "$(dirname "$0")/.." && pwd)/../shared/citus}
+if [ -f "$CITUS_DIR/install.sh" ]; then
+    as_root bash "$CITUS_DIR/install.sh" >/dev/null
+elif [ ! -f "$($PG_CONFIG --pkglibdir)/citus.so" ]; then
+    log "WARNING: Citus not found ($CITUS_DIR/install.sh): tests/citus.rs will fail"
+fi
 # Debian's postgresql package starts a "main" cluster on 5432 and pgbouncer on 6432; we use our
 # own clusters and ports and leave those alone.
 

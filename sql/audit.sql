@@ -117,10 +117,14 @@ AS $fn$
                                     quote_ident(workspace_column), quote_ident('@extschema@'))
         WHEN 'hierarchy' THEN format('(%s = ANY (( SELECT %s.readable_workspace_ids() AS readable_workspace_ids)::uuid[]))',
                                      quote_ident(workspace_column), quote_ident('@extschema@'))
+        WHEN 'standard inline' THEN format('(%s = %s.current_workspace_id())',
+                                           quote_ident(workspace_column), quote_ident('@extschema@'))
+        WHEN 'hierarchy inline' THEN format('(%s = ANY (%s.readable_workspace_ids()))',
+                                            quote_ident(workspace_column), quote_ident('@extschema@'))
     END
 $fn$;
 COMMENT ON FUNCTION @extschema@._policy_expr(name, text) IS
-'Internal: the deparsed text (pg_get_expr) of the USING expression tenancy emits, form ''standard'' or ''hierarchy''.';
+'Internal: the deparsed text (pg_get_expr) of the USING expression tenancy emits, form ''standard'' or ''hierarchy'' (sub-selects), ''standard inline'' or ''hierarchy inline'' (the form for Citus).';
 
 -- The state of a table's tenancy policies: 'standard', 'hierarchy' (complete), 'incomplete'
 -- (hierarchy form without both restrictive companions), 'altered' or 'missing'.
@@ -130,7 +134,8 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    std text := @extschema@._policy_expr(workspace_column, 'standard');
+    std text;
+    suffix text;
     p record;
     companions int;
 BEGIN
@@ -141,13 +146,35 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 'missing';
     END IF;
-    IF p.polcmd <> '*' OR NOT p.polpermissive OR p.polroles <> '{0}'::oid[] OR p.wcheck IS DISTINCT FROM std THEN
+    IF p.polcmd = 'r' THEN
+        -- the hierarchy form for Citus: permissive policies per command (sql/rls.sql)
+        std := @extschema@._policy_expr(workspace_column, 'standard inline');
+        IF NOT p.polpermissive OR p.polroles <> '{0}'::oid[] OR p.wcheck IS NOT NULL
+           OR p.qual IS DISTINCT FROM @extschema@._policy_expr(workspace_column, 'hierarchy inline') THEN
+            RETURN 'altered';
+        END IF;
+        SELECT count(*) INTO companions
+          FROM pg_policy pol
+         WHERE pol.polrelid = tbl AND pol.polpermissive AND pol.polroles = '{0}'::oid[]
+           AND ((pol.polname = 'tenancy_isolation_insert' AND pol.polcmd = 'a' AND pol.polqual IS NULL
+                 AND pg_get_expr(pol.polwithcheck, pol.polrelid) = std)
+             OR (pol.polname = 'tenancy_isolation_update' AND pol.polcmd = 'w'
+                 AND pg_get_expr(pol.polqual, pol.polrelid) = std AND pg_get_expr(pol.polwithcheck, pol.polrelid) = std)
+             OR (pol.polname = 'tenancy_isolation_delete' AND pol.polcmd = 'd'
+                 AND pg_get_expr(pol.polqual, pol.polrelid) = std));
+        RETURN CASE WHEN companions = 3 THEN 'hierarchy' ELSE 'incomplete' END;
+    END IF;
+    -- the form (sub-selects, or inline for Citus) is the one of the WITH CHECK expression
+    suffix := CASE p.wcheck WHEN @extschema@._policy_expr(workspace_column, 'standard') THEN ''
+                            WHEN @extschema@._policy_expr(workspace_column, 'standard inline') THEN ' inline' END;
+    IF p.polcmd <> '*' OR NOT p.polpermissive OR p.polroles <> '{0}'::oid[] OR suffix IS NULL THEN
         RETURN 'altered';
     END IF;
+    std := p.wcheck;
     IF p.qual = std THEN
         RETURN 'standard';
     END IF;
-    IF p.qual IS DISTINCT FROM @extschema@._policy_expr(workspace_column, 'hierarchy') THEN
+    IF p.qual IS DISTINCT FROM @extschema@._policy_expr(workspace_column, 'hierarchy' || suffix) THEN
         RETURN 'altered';
     END IF;
     SELECT count(*) INTO companions
@@ -161,7 +188,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._policy_state(oid, name) IS
-'Internal: ''standard'', ''hierarchy'', ''incomplete'' (hierarchy USING without the restrictive tenancy_isolation_update/_delete policies), ''altered'' or ''missing'': the table''s tenancy_isolation policy compared with the forms tenancy emits.';
+'Internal: ''standard'', ''hierarchy'', ''incomplete'' (hierarchy USING without the restrictive tenancy_isolation_update/_delete policies), ''altered'' or ''missing'': the table''s tenancy_isolation policy compared with the forms tenancy emits (with sub-selects, or inline, the form for Citus).';
 
 -- The context functions a policy expression calls where they are evaluated per row: outside any
 -- uncorrelated sub-select (SUBLINK). An uncorrelated sub-select is planned as an initplan (or a
@@ -482,6 +509,9 @@ AS $fn$
                 THEN @extschema@._enable_rls_sql(p.qualified, workspace_column) END,
            p.relid
       FROM p WHERE cardinality(p.calls) > 0
+       -- with Citus, tenancy's own policies call per row on purpose (Citus refuses sub-queries)
+       AND NOT (p.polname IN ('tenancy_isolation', 'tenancy_isolation_insert', 'tenancy_isolation_update', 'tenancy_isolation_delete')
+                AND @extschema@._citus_installed())
     UNION ALL
     -- permissive policies are OR-ed: any besides tenancy's widens access. Fix: recreate it RESTRICTIVE.
     SELECT 'warn', 'permissive_policy', p.label,
@@ -492,9 +522,21 @@ AS $fn$
                   ' USING (' || p.qual || ')', ' WITH CHECK (' || p.wcheck || ')'),
            p.relid
       FROM p WHERE p.polpermissive AND p.polname <> 'tenancy_isolation'
+       -- tenancy's own per-command policies of the hierarchy form for Citus
+       AND NOT (p.polname IN ('tenancy_isolation_insert', 'tenancy_isolation_update', 'tenancy_isolation_delete')
+                AND @extschema@._policy_state(p.relid, workspace_column) = 'hierarchy')
+    UNION ALL
+    -- Citus 13.2.2 (commands/policy.c) creates a table's policies on its shards without AS
+    -- RESTRICTIVE: there a restrictive policy is OR-ed with the others and widens access.
+    SELECT 'fail', 'restrictive_policy_citus', p.label,
+           'a RESTRICTIVE policy in a database with Citus: Citus creates the policies of a distributed table on its shards without AS RESTRICTIVE, where it becomes permissive and widens access (the hierarchy form of tenancy''s policy uses restrictive policies only without Citus)',
+           CASE WHEN p.polname IN ('tenancy_isolation_update', 'tenancy_isolation_delete')
+                THEN @extschema@._enable_rls_sql(p.qualified, workspace_column, true) END,
+           p.relid
+      FROM p WHERE NOT p.polpermissive AND @extschema@._citus_installed()
 $fn$;
 COMMENT ON FUNCTION @extschema@._audit_policies(name) IS
-'Internal: audit() checks on the policies of the tenant tables: policy_per_row, permissive_policy.';
+'Internal: audit() checks on the policies of the tenant tables: policy_per_row, permissive_policy, restrictive_policy_citus.';
 
 -- Audit checks on roles: superusers, BYPASSRLS, the application role.
 CREATE FUNCTION @extschema@._audit_roles(workspace_column name)
@@ -856,7 +898,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.audit(name) IS
-'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); restrictive_policy_citus (fail: a RESTRICTIVE policy where Citus is installed, which Citus makes permissive on the shards); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
 
 REVOKE ALL ON FUNCTION @extschema@._tenant_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._enable_rls_sql(text, name, boolean) FROM PUBLIC;

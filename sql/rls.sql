@@ -59,9 +59,20 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@._rls_target(regclass, name) IS 'Internal: validated, quoted name of a table for the isolation policy.';
 
-CREATE FUNCTION @extschema@.rls_policy_sql(tbl regclass, workspace_column name DEFAULT 'workspaceId',
-                                            hierarchy boolean DEFAULT false)
-RETURNS text
+-- Whether Citus is installed in this database: then the policy takes the form Citus accepts on
+-- distributed tables (no sub-query: commands/policy.c refuses any), also on tables not yet
+-- distributed (create_distributed_table refuses a table whose policy has one).
+CREATE FUNCTION @extschema@._citus_installed()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') $fn$;
+COMMENT ON FUNCTION @extschema@._citus_installed() IS 'Internal: whether the citus extension is installed in this database.';
+
+-- The isolation policy as separate statements (Citus forwards each utility statement on a
+-- distributed table to its shards as one prepared statement, which cannot hold several).
+CREATE FUNCTION @extschema@._rls_statements(tbl regclass, workspace_column name, hierarchy boolean, distributed boolean)
+RETURNS text[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -69,6 +80,7 @@ DECLARE
     target text := @extschema@._rls_target(tbl, workspace_column);
     col text := @extschema@._quote_always(workspace_column);
     ext text := @extschema@._quote_always('@extschema@');
+    inline boolean := coalesce(distributed, @extschema@._citus_installed());
     own text;
     readable text;
 BEGIN
@@ -76,58 +88,104 @@ BEGIN
         RAISE EXCEPTION 'hierarchy must not be NULL' USING ERRCODE = '22004',
             HINT = 'Pass false (the workspace reads its own rows) or true (a parent also reads its active children).';
     END IF;
-    own := format('%s = (SELECT %s.current_workspace_id())', col, ext);
-    IF NOT hierarchy THEN
-        RETURN format(E'ALTER TABLE %1$s ENABLE ROW LEVEL SECURITY;\n'
-                      'ALTER TABLE %1$s FORCE ROW LEVEL SECURITY;\n'
-                      'DROP POLICY IF EXISTS "tenancy_isolation_update" ON %1$s;\n'
-                      'DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %1$s;\n'
-                      'DROP POLICY IF EXISTS "tenancy_isolation" ON %1$s;\n'
-                      'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
-                      '    USING (%2$s)\n'
-                      '    WITH CHECK (%2$s);\n',
-                      target, own);
+    IF inline THEN
+        -- Citus' form: the call per row (a STABLE function: still an index condition)
+        own := format('%s = %s.current_workspace_id()', col, ext);
+        readable := format('%s = ANY (%s.readable_workspace_ids())', col, ext);
+    ELSE
+        own := format('%s = (SELECT %s.current_workspace_id())', col, ext);
+        readable := format('%s = ANY ((SELECT %s.readable_workspace_ids())::uuid[])', col, ext);
     END IF;
-    -- Hierarchy: reads cover the current workspace and its active children (an initplan array,
-    -- an index condition); inserts and the new row of updates are checked against the current
+    IF NOT hierarchy THEN
+        RETURN ARRAY[
+            format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
+            format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                    '    USING (%2$s)\n'
+                    '    WITH CHECK (%2$s);', target, own)];
+    END IF;
+    IF inline THEN
+        -- Citus (13.2.2, commands/policy.c) creates a distributed table's policies on its shards
+        -- without AS RESTRICTIVE: a restrictive policy would become permissive there and let a
+        -- parent update and delete its children's rows. So one permissive policy per command:
+        -- reads the readable workspaces, writes the current one (UPDATE and DELETE with a
+        -- WHERE clause also get the SELECT policy, AND-ed: still the current workspace).
+        RETURN ARRAY[
+            format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
+            format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR SELECT TO PUBLIC\n'
+                    '    USING (%2$s);', target, readable),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_insert" ON %1$s AS PERMISSIVE FOR INSERT TO PUBLIC\n'
+                    '    WITH CHECK (%2$s);', target, own),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_update" ON %1$s AS PERMISSIVE FOR UPDATE TO PUBLIC\n'
+                    '    USING (%2$s)\n'
+                    '    WITH CHECK (%2$s);', target, own),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS PERMISSIVE FOR DELETE TO PUBLIC\n'
+                    '    USING (%2$s);', target, own)];
+    END IF;
+    -- Hierarchy: reads cover the current workspace and its active children (an index
+    -- condition); inserts and the new row of updates are checked against the current
     -- workspace (WITH CHECK), and the restrictive policies keep UPDATE and DELETE from reaching
     -- a child's rows.
-    readable := format('%s = ANY ((SELECT %s.readable_workspace_ids())::uuid[])', col, ext);
-    RETURN format(E'ALTER TABLE %1$s ENABLE ROW LEVEL SECURITY;\n'
-                  'ALTER TABLE %1$s FORCE ROW LEVEL SECURITY;\n'
-                  'DROP POLICY IF EXISTS "tenancy_isolation" ON %1$s;\n'
-                  'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
-                  '    USING (%3$s)\n'
-                  '    WITH CHECK (%2$s);\n'
-                  'DROP POLICY IF EXISTS "tenancy_isolation_update" ON %1$s;\n'
-                  'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
-                  '    USING (%2$s)\n'
-                  '    WITH CHECK (%2$s);\n'
-                  'DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %1$s;\n'
-                  'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
-                  '    USING (%2$s);\n',
-                  target, own, readable);
+    RETURN ARRAY[
+        format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
+        format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
+        format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
+        format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
+        format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                '    USING (%3$s)\n'
+                '    WITH CHECK (%2$s);', target, own, readable),
+        format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
+        format(E'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
+                '    USING (%2$s)\n'
+                '    WITH CHECK (%2$s);', target, own),
+        format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
+        format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
+                '    USING (%2$s);', target, own)];
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.rls_policy_sql(regclass, name, boolean) IS
-'The DDL that isolates a tenant table: ENABLE and FORCE ROW LEVEL SECURITY and a policy "tenancy_isolation" for all commands, USING and WITH CHECK column = (SELECT tenancy.current_workspace_id()). With hierarchy => true, reads use column = ANY ((SELECT tenancy.readable_workspace_ids())::uuid[]) (a parent also reads its active children) while writes stay on the current workspace (WITH CHECK, and restrictive policies "tenancy_isolation_update" and "tenancy_isolation_delete"). Identifiers always quoted. For migrations that keep their SQL explicit.';
+COMMENT ON FUNCTION @extschema@._rls_statements(regclass, name, boolean, boolean) IS
+'Internal: the statements of tenancy.rls_policy_sql, one per array element.';
+
+CREATE FUNCTION @extschema@.rls_policy_sql(tbl regclass, workspace_column name DEFAULT 'workspaceId',
+                                            hierarchy boolean DEFAULT false, distributed boolean DEFAULT NULL)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT array_to_string(@extschema@._rls_statements(tbl, workspace_column, hierarchy, distributed), E'\n') || E'\n'
+$fn$;
+COMMENT ON FUNCTION @extschema@.rls_policy_sql(regclass, name, boolean, boolean) IS
+'The DDL that isolates a tenant table: ENABLE and FORCE ROW LEVEL SECURITY and a policy "tenancy_isolation" for all commands, USING and WITH CHECK column = (SELECT tenancy.current_workspace_id()). With hierarchy => true, reads use column = ANY ((SELECT tenancy.readable_workspace_ids())::uuid[]) (a parent also reads its active children) while writes stay on the current workspace (WITH CHECK, and restrictive policies "tenancy_isolation_update" and "tenancy_isolation_delete"). distributed => true emits the policies without sub-selects (column = tenancy.current_workspace_id(), column = ANY (tenancy.readable_workspace_ids())), the form Citus accepts, and the hierarchy option as permissive policies per command ("tenancy_isolation" FOR SELECT, "tenancy_isolation_insert", "_update", "_delete" on the current workspace), since Citus creates a table''s policies on its shards without AS RESTRICTIVE; NULL (the default) chooses it when the citus extension is installed in the database. Identifiers always quoted. For migrations that keep their SQL explicit.';
 
 CREATE FUNCTION @extschema@.enable_rls(tbl regclass, workspace_column name DEFAULT 'workspaceId',
-                                        hierarchy boolean DEFAULT false)
+                                        hierarchy boolean DEFAULT false, distributed boolean DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET client_min_messages = warning
 AS $fn$
+DECLARE
+    stmt text;
 BEGIN
-    EXECUTE @extschema@.rls_policy_sql(tbl, workspace_column, hierarchy);
+    FOREACH stmt IN ARRAY @extschema@._rls_statements(tbl, workspace_column, hierarchy, distributed) LOOP
+        EXECUTE stmt;
+    END LOOP;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.enable_rls(regclass, name, boolean) IS
-'Applies tenancy.rls_policy_sql(tbl, workspace_column, hierarchy). Idempotent (also to switch the hierarchy option on or off); transactional.';
+COMMENT ON FUNCTION @extschema@.enable_rls(regclass, name, boolean, boolean) IS
+'Applies tenancy.rls_policy_sql(tbl, workspace_column, hierarchy, distributed), one statement at a time (as Citus requires on distributed tables). Idempotent (also to switch the hierarchy option or the form); transactional.';
 
 CREATE FUNCTION @extschema@.enable_rls_all(schema_name name DEFAULT 'public', workspace_column name DEFAULT 'workspaceId',
-                                            hierarchy boolean DEFAULT false)
+                                            hierarchy boolean DEFAULT false, distributed boolean DEFAULT NULL)
 RETURNS SETOF regclass
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -147,13 +205,13 @@ BEGIN
            AND a.atttypid = 'uuid'::regtype
          ORDER BY c.relname
     LOOP
-        PERFORM @extschema@.enable_rls(t, workspace_column, hierarchy);
+        PERFORM @extschema@.enable_rls(t, workspace_column, hierarchy, distributed);
         RETURN NEXT t;
     END LOOP;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.enable_rls_all(name, name, boolean) IS
-'Applies the isolation policy (with the hierarchy option if asked) to every table of the schema that has the workspace column (uuid); returns those tables. Idempotent; transactional.';
+COMMENT ON FUNCTION @extschema@.enable_rls_all(name, name, boolean, boolean) IS
+'Applies the isolation policy (with the hierarchy option and the form if asked) to every table of the schema that has the workspace column (uuid); returns those tables. Idempotent; transactional.';
 
 CREATE FUNCTION @extschema@.disable_rls(tbl regclass)
 RETURNS void
@@ -169,6 +227,7 @@ BEGIN
     END IF;
     target := @extschema@._qualified_name(tbl);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s', target);
+    EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s', target);
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', target);
@@ -178,7 +237,7 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.disable_rls(regclass) IS
 'Removes the isolation policies and turns row-level security off (NO FORCE, DISABLE). Idempotent.';
 
-REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name, boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.disable_rls(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._qualified_name(oid) FROM PUBLIC;

@@ -292,6 +292,9 @@ fn set_workspace_impl(
         }
         Some(_) => {}
     }
+    if citus_installed() {
+        return set_on_citus(&canon, is_local).map(|()| workspace);
+    }
     // Set it as `SET [LOCAL]` would, without SQL: nothing here writes or needs a transaction id
     // (a read replica and a parallel query refuse to assign one).
     let value = CString::new(canon.as_str()).expect("canonical uuid text");
@@ -318,6 +321,44 @@ fn set_workspace_impl(
         );
     }
     Ok(workspace)
+}
+
+/// Whether Citus is loaded in this backend and installed in this database.
+fn citus_installed() -> bool {
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting;
+    // get_extension_oid with missing_ok returns InvalidOid when the extension is absent.
+    unsafe {
+        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
+            && pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid
+    }
+}
+
+/// With Citus the context must reach the workers that run the shard queries: Citus forwards a
+/// `SET LOCAL` statement (not a `set_config()` call) to the workers of the transaction, those
+/// already in it and those it reaches later, when `citus.propagate_set_commands` is `local`
+/// and the transaction is a block (`BEGIN`). So the context is set by SQL statements, which
+/// pass through Citus' utility hook; a session-wide context (`is_local => false`) is refused,
+/// as Citus forwards no session `SET`. Outside a transaction block nothing is forwarded: the
+/// shard queries run with no context and see nothing (fail closed).
+fn set_on_citus(canon: &str, is_local: bool) -> TenancyResult<()> {
+    if !is_local {
+        return Err(TenancyError::new(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "a session-wide workspace context is not supported with Citus",
+        )
+        .detail("Citus forwards only SET LOCAL to the workers that run the shard queries: a session-wide context would stay on this node.")
+        .hint("Call tenancy.set_workspace(id, true) at the start of each transaction (BEGIN ... COMMIT)."));
+    }
+    // canon is a canonical uuid (hex digits and dashes): nothing to quote
+    for q in [
+        "SET LOCAL citus.propagate_set_commands = 'local'".to_string(),
+        format!("SET LOCAL tenancy.workspace_id = '{canon}'"),
+    ] {
+        crate::pg::local::internal(|| Spi::run(&q)).map_err(|e| {
+            TenancyError::new(Code::ERRCODE_INTERNAL_ERROR, format!("{q} failed: {e}"))
+        })?;
+    }
+    Ok(())
 }
 
 pgrx::extension_sql_file!(

@@ -44,9 +44,71 @@ fn readable_workspace_ids() -> Result<Option<Vec<pgrx::Uuid>>, pgrx::pg_sys::pan
         return Ok(None);
     };
     let current = pgrx::Uuid::from_bytes(current);
-    crate::pg::local::internal(|| readable(current))
-        .map(Some)
-        .map_err(Into::into)
+    // Called once per row where the policy has no sub-select (the form for Citus): one lookup
+    // per statement, as STABLE allows (same transaction, same command, same workspace).
+    let stmt = statement_key(current);
+    if let Some(ids) = MEMO.with(|m| {
+        m.borrow()
+            .as_ref()
+            .filter(|(k, _)| *k == stmt)
+            .map(|(_, ids)| ids.clone())
+    }) {
+        return Ok(Some(ids));
+    }
+    let ids = crate::pg::local::internal(|| nested_allowed(|| readable(current)))?;
+    MEMO.with(|m| *m.borrow_mut() = Some((stmt, ids.clone())));
+    Ok(Some(ids))
+}
+
+/// (local transaction, command, statement start, workspace): what `readable_workspace_ids()`
+/// may answer alike. A new statement (e.g. after a `SET LOCAL` of a registry setting) reads
+/// again.
+type StatementKey = (u32, u32, i64, [u8; 16]);
+
+static MEMO: crate::pg::local::BackendLocal<Option<(StatementKey, Vec<pgrx::Uuid>)>> =
+    crate::pg::local::BackendLocal::new(None);
+
+fn statement_key(current: pgrx::Uuid) -> StatementKey {
+    // SAFETY: MyProc is set for every backend that runs SQL; reading lxid is what
+    // PostgreSQL's own code does; GetCurrentCommandId(false) only reads.
+    unsafe {
+        (
+            (*pg_sys::MyProc).lxid,
+            pg_sys::GetCurrentCommandId(false),
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            *current.as_bytes(),
+        )
+    }
+}
+
+/// On a Citus worker the policy runs inside a shard query, where Citus refuses any query on a
+/// distributed or reference table ("cannot execute a distributed query from a query on a
+/// shard"). The registry is a reference table, with a copy on every node that Citus reads
+/// locally: the lookup runs with `citus.allow_nested_distributed_execution` on, for itself only.
+fn nested_allowed<R>(f: impl FnOnce() -> R) -> R {
+    const NESTED: &std::ffi::CStr = c"citus.allow_nested_distributed_execution";
+    // SAFETY: GetConfigOption with missing_ok returns NULL when Citus is not loaded.
+    if unsafe { pg_sys::GetConfigOption(NESTED.as_ptr(), true, false) }.is_null() {
+        return f();
+    }
+    // SAFETY: as a function's SET clause does: a new GUC nest level, the setting saved in it,
+    // restored by AtEOXact_GUC; an error in between is undone by the (sub)transaction abort.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            NESTED.as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        r
+    }
 }
 
 fn readable(current: pgrx::Uuid) -> TenancyResult<Vec<pgrx::Uuid>> {

@@ -61,7 +61,32 @@ RESET ROLE;
 -- nothing of r2 changed
 SELECT count(*) AS r2_rows_touched FROM "Segment" WHERE "workspaceId" = :r2 AND definition ? 'touched';
 
--- 5. disable_rls turns it off again; idempotent.
+-- 5. The form for Citus (distributed => true; chosen by default where the citus extension is
+-- installed): no sub-selects; the hierarchy option as permissive policies per command, since
+-- Citus creates shard policies without AS RESTRICTIVE. audit() knows both forms.
+SELECT tenancy.rls_policy_sql('"Segment"', distributed => true);
+SELECT tenancy.rls_policy_sql('"Segment"', hierarchy => true, distributed => true);
+SELECT tenancy.enable_rls('"Segment"', hierarchy => true, distributed => true);
+SELECT polname, polcmd, polpermissive, pg_get_expr(polqual, polrelid) AS using, pg_get_expr(polwithcheck, polrelid) AS check
+  FROM pg_policy WHERE polrelid = '"Segment"'::regclass ORDER BY polname;
+SELECT tenancy._policy_state('"Segment"'::regclass, 'workspaceId');
+SELECT tenancy.enable_rls('"Segment"', distributed => true);
+SELECT tenancy._policy_state('"Segment"'::regclass, 'workspaceId');
+SELECT count(*) AS policies FROM pg_policy WHERE polrelid = '"Segment"'::regclass;
+-- without Citus the per-row calls are worth a warning
+SELECT "check", object FROM tenancy.audit() WHERE object LIKE '%"Segment"%' AND severity <> 'info';
+SET ROLE tenancy_regress_rls;
+BEGIN;
+SELECT tenancy.set_workspace(:r1) IS NOT NULL AS context_set;
+SELECT count(*) FILTER (WHERE "workspaceId" <> :r1) AS foreign_rows, count(*) > 0 AS some_rows FROM "Segment";
+INSERT INTO "Segment" ("workspaceId", name, definition) VALUES (:r2, 'theirs', '{}');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+RESET ROLE;
+SELECT tenancy.enable_rls('"Segment"');
+SELECT tenancy._policy_state('"Segment"'::regclass, 'workspaceId');
+
+-- 6. disable_rls turns it off again; idempotent.
 SELECT tenancy.disable_rls('"Segment"');
 SELECT tenancy.disable_rls('"Segment"');
 SELECT relrowsecurity, relforcerowsecurity, (SELECT count(*) FROM pg_policy WHERE polrelid = '"Segment"'::regclass) AS policies

@@ -1,0 +1,513 @@
+//! tenancy on a real Citus 13.2.2 cluster (issue 19, item 1): a coordinator and two workers on
+//! loopback ports (25483-25485), each with `shared_preload_libraries = 'citus,tenancy'`, the
+//! Dittofeed-shaped fixture distributed the way the docs say (`shard_readiness()` fixes, then
+//! `shard_plan()`), the README's migration applied unchanged on the distributed tables, then:
+//! the isolation matrix as a non-owner application role (multi-shard and router queries, writes
+//! into another workspace, no context) in both policy forms; the hierarchy form where Citus
+//! would turn restrictive policies permissive; concurrent clients while a worker restarts.
+//!
+//! Citus comes from `../shared/citus` (scripts/setup.sh runs its install.sh); the test fails,
+//! never skips, when it is not installed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tenancy_it::*;
+
+const DB: &str = "citus_it";
+const APP: &str = "citus_app";
+
+struct Citus {
+    coordinator: Cluster,
+    workers: Vec<Cluster>,
+}
+
+fn pkglibdir() -> String {
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config")
+        .arg("--pkglibdir")
+        .output()
+        .expect("pg_config");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn start_citus() -> Citus {
+    let lib = format!("{}/citus.so", pkglibdir());
+    assert!(
+        std::path::Path::new(&lib).exists(),
+        "Citus is not installed ({lib} is missing): scripts/setup.sh installs it from \
+         ../shared/citus beside the checkout (or the folder TENANCY_CITUS_DIR names)"
+    );
+    let conf = [
+        "--conf",
+        "shared_preload_libraries = 'citus,tenancy'",
+        // Citus commits multi-node DDL and writes with two-phase commit
+        "--conf",
+        "max_prepared_transactions = 200",
+    ];
+    let coordinator = Cluster::start("it-citus-coordinator", 25483, &conf);
+    let workers = vec![
+        Cluster::start("it-citus-worker-1", 25484, &conf),
+        Cluster::start("it-citus-worker-2", 25485, &conf),
+    ];
+    for node in std::iter::once(&coordinator).chain(&workers) {
+        node.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {DB}"))
+            .unwrap();
+        node.connect(DB)
+            .batch_execute("CREATE EXTENSION citus")
+            .unwrap();
+    }
+    let mut c = coordinator.connect(DB);
+    c.execute("SELECT citus_set_coordinator_host('127.0.0.1', 25483)", &[])
+        .unwrap();
+    for w in &workers {
+        c.execute("SELECT citus_add_node('127.0.0.1', $1)", &[&(w.port as i32)])
+            .unwrap();
+    }
+    // propagated by Citus to the workers
+    c.batch_execute("CREATE EXTENSION tenancy").unwrap();
+    for w in &workers {
+        let v: Option<String> = w
+            .connect(DB)
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'tenancy'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .ok();
+        assert!(v.is_some(), "tenancy not propagated to worker {}", w.port);
+    }
+    Citus {
+        coordinator,
+        workers,
+    }
+}
+
+/// The fixture, the readiness fixes in order, the plan statement by statement.
+fn distribute(c: &mut Client) {
+    c.batch_execute(include_str!("../fixture/dittofeed.sql"))
+        .unwrap();
+    c.batch_execute(include_str!("../fixture/generate.sql"))
+        .unwrap();
+    c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
+        .unwrap();
+    let fixes: Vec<String> = c
+        .query(
+            "SELECT fix FROM tenancy.shard_readiness() WHERE fix IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!fixes.is_empty());
+    for f in &fixes {
+        c.batch_execute(f).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let blockers: i64 = c
+        .query_one(
+            "SELECT count(*) FROM tenancy.shard_readiness() WHERE blocker",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(blockers, 0);
+    let plan: String = c
+        .query_one("SELECT tenancy.shard_plan()", &[])
+        .unwrap()
+        .get(0);
+    // one statement per line that is not a comment (create_distributed_table with a foreign key
+    // to a reference table must not run in a transaction block)
+    for stmt in plan
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.trim().is_empty())
+    {
+        c.batch_execute(stmt)
+            .unwrap_or_else(|e| panic!("{stmt}: {e}\n{plan}"));
+    }
+    let (hash, reference, tenant): (i64, i64, i64) = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'h'),
+                    (SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n'),
+                    (SELECT count(*) FROM tenancy._shard_tables('workspaceId') WHERE tenant)",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!((hash, reference), (tenant, 1), "every tenant table distributed");
+    assert_eq!(tenant, 11);
+}
+
+/// The tenant tables, quoted and qualified.
+fn tenant_tables(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT format('%I.%I', n.nspname, cl.relname) FROM pg_dist_partition p
+           JOIN pg_class cl ON cl.oid = p.logicalrelid JOIN pg_namespace n ON n.oid = cl.relnamespace
+          WHERE p.partmethod = 'h' ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Rows per (table, workspace) as the superuser sees them.
+fn owner_count(c: &mut Client, table: &str, ws: &str) -> i64 {
+    c.query_one(
+        &format!("SELECT count(*) FROM {table} WHERE \"workspaceId\" = $1::text::uuid"),
+        &[&ws],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn children(c: &mut Client, parent: &str) -> Vec<String> {
+    c.query(
+        "SELECT id::text FROM \"Workspace\" WHERE \"parentWorkspaceId\" = $1::text::uuid AND status = 'Active' ORDER BY 1",
+        &[&parent],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// The isolation matrix for the standard form: multi-shard and router reads, writes into
+/// another workspace, no context.
+fn standard_matrix(admin: &mut Client, app: &mut Client, tables: &[String], wss: &[String]) {
+    for (i, w) in wss.iter().enumerate() {
+        let other = &wss[(i + 1) % wss.len()];
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[w])
+            .unwrap();
+        for t in tables {
+            let expected = owner_count(admin, t, w);
+            // multi-shard: every shard, on both workers
+            let (n, foreign): (i64, i64) = tx
+                .query_one(
+                    &format!("SELECT count(*), count(*) FILTER (WHERE \"workspaceId\" <> $1::text::uuid) FROM {t}"),
+                    &[w],
+                )
+                .map(|r| (r.get(0), r.get(1)))
+                .unwrap();
+            assert_eq!((n, foreign), (expected, 0), "{t}, workspace {w}, multi-shard");
+            // router: the shard of the other workspace
+            let n: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM {t} WHERE \"workspaceId\" = $1::text::uuid"),
+                    &[other],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "{t}, workspace {w} reading {other}");
+            let n: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM {t} WHERE \"workspaceId\" = $1::text::uuid"),
+                    &[w],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, expected, "{t}, workspace {w}, router");
+            let n = tx
+                .execute(
+                    &format!("UPDATE {t} SET \"workspaceId\" = \"workspaceId\" WHERE \"workspaceId\" = $1::text::uuid"),
+                    &[other],
+                )
+                .unwrap();
+            assert_eq!(n, 0, "{t}: update of {other} from {w}");
+            let n = tx
+                .execute(
+                    &format!("DELETE FROM {t} WHERE \"workspaceId\" = $1::text::uuid"),
+                    &[other],
+                )
+                .unwrap();
+            assert_eq!(n, 0, "{t}: delete of {other} from {w}");
+        }
+        tx.commit().unwrap();
+        // writing into another workspace: 42501, router (VALUES) and through INSERT ... SELECT
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[w])
+            .unwrap();
+        let err = tx
+            .execute(
+                "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'intruder')",
+                &[other],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{err}");
+        tx.rollback().unwrap();
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[w])
+            .unwrap();
+        let err = tx
+            .execute(
+                "UPDATE \"Segment\" SET \"workspaceId\" = $1::text::uuid WHERE \"workspaceId\" = $2::text::uuid",
+                &[other, w],
+            )
+            .unwrap_err();
+        // moving a row to another shard is refused by Citus (the distribution column) or by
+        // the policy: either way nothing moves
+        assert!(["42501", "0A000"].contains(&sqlstate(&err).as_str()), "{err}");
+        tx.rollback().unwrap();
+    }
+    // no context: nothing visible, nothing written
+    let mut tx = app.transaction().unwrap();
+    for t in tables {
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{t} without context");
+    }
+    let err = tx
+        .execute(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'nobody')",
+            &[&wss[0]],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+    tx.rollback().unwrap();
+    // outside a transaction block the context ends with its statement, on every node
+    app.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[&wss[0]])
+        .unwrap();
+    let n: i64 = app
+        .query_one("SELECT count(*) FROM \"Segment\"", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a context set by an earlier statement outside BEGIN");
+    // within one statement it is that statement's context on the workers too
+    let n: i64 = app
+        .query_one(
+            "SELECT count(*) FROM (SELECT tenancy.set_workspace($1::text::uuid, true)) s, \"Segment\"",
+            &[&wss[0]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, owner_count(admin, "public.\"Segment\"", &wss[0]));
+    // a session-wide context would not reach the workers: refused
+    let err = app
+        .execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&wss[0]])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{err}");
+}
+
+/// The hierarchy form: a parent reads its active children's rows and writes only its own.
+fn hierarchy_matrix(admin: &mut Client, app: &mut Client, tables: &[String], parent: &str) {
+    let kids = children(admin, parent);
+    assert_eq!(kids.len(), 2);
+    let mut tx = app.transaction().unwrap();
+    tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[&parent])
+        .unwrap();
+    for t in tables {
+        let expected: i64 = std::iter::once(parent.to_string())
+            .chain(kids.iter().cloned())
+            .map(|w| owner_count(admin, t, &w))
+            .sum();
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, expected, "{t}: parent reads itself and its children");
+        for k in &kids {
+            // Citus creates shard policies without AS RESTRICTIVE: with restrictive companions
+            // this DELETE would remove the child's rows (it did, before the Citus form)
+            let mut sp = tx.transaction().unwrap();
+            let n = sp
+                .execute(
+                    &format!("DELETE FROM {t} WHERE \"workspaceId\" = $1::text::uuid"),
+                    &[k],
+                )
+                .unwrap();
+            assert_eq!(n, 0, "{t}: parent deleted child {k}'s rows");
+            let n = sp
+                .execute(
+                    &format!("UPDATE {t} SET \"workspaceId\" = \"workspaceId\" WHERE \"workspaceId\" = $1::text::uuid"),
+                    &[k],
+                )
+                .unwrap();
+            assert_eq!(n, 0, "{t}: parent updated child {k}'s rows");
+            sp.rollback().unwrap();
+        }
+    }
+    let mut sp = tx.transaction().unwrap();
+    let err = sp
+        .execute(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'into child')",
+            &[&kids[0]],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+    sp.rollback().unwrap();
+    tx.rollback().unwrap();
+}
+
+fn audit_fails(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT \"check\" || ' ' || object FROM tenancy.audit() WHERE severity = 'fail'",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn dittofeed_on_a_citus_cluster() {
+    let citus = start_citus();
+    let mut admin = citus.coordinator.connect(DB);
+    distribute(&mut admin);
+    let tables = tenant_tables(&mut admin);
+
+    // the README's migration, unchanged (docs/dittofeed.md), hierarchy form first
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.create_app_role('{APP}');
+             SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true);"
+        ))
+        .unwrap();
+    assert_eq!(audit_fails(&mut admin), Vec::<String>::new());
+    let policies: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_policy WHERE NOT polpermissive",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(policies, 0, "no restrictive policy where Citus is installed");
+    let mut app = citus.coordinator.connect_as(DB, APP);
+    let parent = ws_id(&mut admin, "parent", 1);
+    hierarchy_matrix(&mut admin, &mut app, &tables, &parent);
+
+    // a restrictive policy of one's own: audit() fails it (Citus makes it permissive on shards)
+    admin
+        .batch_execute(
+            "CREATE POLICY own_rule ON \"Segment\" AS RESTRICTIVE FOR DELETE TO PUBLIC USING (name <> '')",
+        )
+        .unwrap();
+    let fails = audit_fails(&mut admin);
+    assert_eq!(
+        fails,
+        vec!["restrictive_policy_citus policy \"own_rule\" on \"public\".\"Segment\"".to_string()]
+    );
+    admin
+        .batch_execute("DROP POLICY own_rule ON \"Segment\"")
+        .unwrap();
+
+    // the standard form
+    admin
+        .batch_execute("SELECT count(*) FROM tenancy.enable_rls_all()")
+        .unwrap();
+    assert_eq!(audit_fails(&mut admin), Vec::<String>::new());
+    let wss: Vec<String> = (1..=3)
+        .map(|n| ws_id(&mut admin, "root", n))
+        .chain([parent.clone()])
+        .collect();
+    standard_matrix(&mut admin, &mut app, &tables, &wss);
+
+    concurrent_clients_through_a_worker_restart(&citus, &mut admin, &wss);
+}
+
+/// 16 clients, 4 per workspace, each transaction inserting a row of its workspace and reading
+/// every workspace's rows back through the coordinator, while worker 2 restarts: a failed
+/// transaction is retried, but no read ever returns a row of another workspace, and every
+/// committed row is there afterwards.
+fn concurrent_clients_through_a_worker_restart(citus: &Citus, admin: &mut Client, wss: &[String]) {
+    let before: Vec<i64> = wss
+        .iter()
+        .map(|w| owner_count(admin, "public.\"Journey\"", w))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed: Arc<Vec<AtomicU64>> = Arc::new(wss.iter().map(|_| AtomicU64::new(0)).collect());
+    let uncertain: Arc<Vec<AtomicU64>> = Arc::new(wss.iter().map(|_| AtomicU64::new(0)).collect());
+    let failures = Arc::new(AtomicU64::new(0));
+    let port = citus.coordinator.port;
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let w = wss[i % wss.len()].clone();
+        let k = i % wss.len();
+        let (stop, committed, failures, uncertain) =
+            (stop.clone(), committed.clone(), failures.clone(), uncertain.clone());
+        handles.push(std::thread::spawn(move || {
+            let connect = || {
+                Client::connect(
+                    &format!("host=127.0.0.1 port={port} user={APP} dbname={DB}"),
+                    NoTls,
+                )
+            };
+            let mut c = connect().unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) || n < 20 {
+                let r = (|| -> Result<(), postgres::Error> {
+                    let mut tx = c.transaction()?;
+                    tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[&w])?;
+                    tx.execute(
+                        "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'concurrent ' || gen_random_uuid())",
+                        &[&w],
+                    )?;
+                    let foreign: i64 = tx
+                        .query_one(
+                            "SELECT count(*) FROM \"Journey\" WHERE \"workspaceId\" <> $1::text::uuid",
+                            &[&w],
+                        )?
+                        .get(0);
+                    assert_eq!(foreign, 0, "client {i} saw another workspace's rows");
+                    tx.commit().inspect_err(|_| {
+                        // the outcome of a failed COMMIT is unknown to the client
+                        uncertain[k].fetch_add(1, Ordering::Relaxed);
+                    })
+                })();
+                match r {
+                    Ok(()) => {
+                        committed[k].fetch_add(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        // the worker restarting: connection and remote errors, retried;
+                        // anything else is a failure of the test
+                        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                        let text = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                        assert!(
+                            code.is_empty() || code.starts_with("08") || code.starts_with("57P")
+                                || text.contains("connection") || text.contains("remote")
+                                || text.contains("could not commit transaction for shard"),
+                            "client {i}: {code} {text}"
+                        );
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(100));
+                        if c.is_closed() {
+                            if let Ok(fresh) = connect() {
+                                c = fresh;
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    citus.workers[1].restart();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("a client failed");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(120));
+    for (k, w) in wss.iter().enumerate() {
+        let added = owner_count(admin, "public.\"Journey\"", w) - before[k];
+        let ok = committed[k].load(Ordering::Relaxed) as i64;
+        let unknown = uncertain[k].load(Ordering::Relaxed) as i64;
+        assert!(
+            ok <= added && added <= ok + unknown,
+            "rows of {w}: {added} added, {ok} commits acknowledged, {unknown} of unknown outcome"
+        );
+    }
+    eprintln!(
+        "concurrent clients: {} commits, {} failed transactions retried around the restart",
+        committed.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>(),
+        failures.load(Ordering::Relaxed)
+    );
+}
