@@ -84,6 +84,118 @@ COMMENT ON FUNCTION @extschema@.quota_config_changed() IS
 COMMENT ON FUNCTION @extschema@._assert_expression(text) IS
 'Internal: raises 42601 unless the text is exactly one SQL expression (validates counted_when).';
 
+-- Citus (issue 19, src/quota/citus.rs): a table's distribution column, NULL when it is not a
+-- Citus table, '' when Citus has it but not hash-distributed (a reference or local table).
+CREATE FUNCTION @extschema@._citus_dist_column(tbl regclass)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    col text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT CASE WHEN p.partmethod = ''h'' THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) ELSE '''' END
+               FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1'
+       INTO col USING tbl;
+    RETURN col;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._citus_dist_column(regclass) IS
+'Internal: the Citus distribution column of a table; NULL: not a Citus table; empty: not hash-distributed.';
+
+-- The limits of distributed tables, on every node: a Citus reference table made at the first
+-- enforce_quota() on a distributed table (not a member of the extension: Citus must create it
+-- on the workers itself).
+CREATE FUNCTION @extschema@._citus_quota_limits()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF to_regclass('@extschema@.quota_limit_citus') IS NOT NULL THEN
+        RETURN;
+    END IF;
+    CREATE TABLE @extschema@.quota_limit_citus (
+        table_key bigint NOT NULL,
+        workspace_id uuid,
+        max_rows bigint
+    );
+    COMMENT ON TABLE @extschema@.quota_limit_citus IS
+        'The rows of tenancy.quota_limit of Citus distributed tables, on every node (a reference table): table_key is the table''s oid on the coordinator, the first argument of its quota triggers. Rewritten by set_quota / clear_quota; read by the quota trigger on the shards.';
+    REVOKE ALL ON @extschema@.quota_limit_citus FROM PUBLIC;
+    PERFORM pg_catalog.create_reference_table('@extschema@.quota_limit_citus');
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._citus_quota_limits() IS
+'Internal: creates the reference table tenancy.quota_limit_citus if missing.';
+REVOKE ALL ON FUNCTION @extschema@._citus_quota_limits() FROM PUBLIC;
+
+-- Copy a distributed table's limits to every node (in this transaction: Citus commits the
+-- reference table on all nodes with two-phase commit).
+CREATE FUNCTION @extschema@._citus_quota_sync(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF to_regclass('@extschema@.quota_limit_citus') IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM @extschema@.quota_limit_citus WHERE table_key = _citus_quota_sync.tbl::oid::bigint;
+    INSERT INTO @extschema@.quota_limit_citus (table_key, workspace_id, max_rows)
+    SELECT _citus_quota_sync.tbl::oid::bigint, l.workspace_id, l.max_rows
+      FROM @extschema@.quota_limit l WHERE l.tbl = _citus_quota_sync.tbl;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._citus_quota_sync(regclass) IS
+'Internal: rewrites a distributed table''s rows of tenancy.quota_limit_citus from tenancy.quota_limit.';
+REVOKE ALL ON FUNCTION @extschema@._citus_quota_sync(regclass) FROM PUBLIC;
+
+-- enforce_quota on a table hash-distributed by the workspace column: the triggers go on the
+-- distributed table with the Citus arguments (Citus copies them to every shard); nothing is
+-- counted here: each shard is counted where it is, at the first write of each workspace.
+CREATE FUNCTION @extschema@._enforce_quota_citus(tbl regclass, workspace_column name, counted_when text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    args text := format('%L, %L, %L', tbl::oid::text, workspace_column, coalesce(counted_when, ''));
+BEGIN
+    -- Citus refuses triggers on distributed tables unless this is on (commands/trigger.c); the
+    -- quota trigger only counts the rows of its own shard
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM @extschema@._citus_quota_limits();
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _enforce_quota_citus.tbl;
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _enforce_quota_citus.tbl;
+    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
+    VALUES (tbl, workspace_column, counted_when)
+    ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
+        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
+        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    PERFORM @extschema@._citus_quota_sync(tbl);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) IS
+'Internal: the part of enforce_quota for a table hash-distributed by the workspace column (src/quota/citus.rs).';
+REVOKE ALL ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) FROM PUBLIC;
+
 -- enforce_quota: install enforcement on a tenant table and (re)count its rows. Idempotent: a
 -- second call with other arguments updates the settings and recounts; a call with the same
 -- arguments recounts (a repair that can never hurt).
@@ -100,6 +212,7 @@ DECLARE
     col_type regtype;
     relkind "char";
     persistence "char";
+    dist text;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004',
@@ -145,6 +258,17 @@ BEGIN
     END IF;
     IF counted_when IS NOT NULL THEN
         PERFORM @extschema@._assert_expression(counted_when);
+    END IF;
+    dist := @extschema@._citus_dist_column(tbl);
+    IF dist IS NOT NULL THEN
+        IF dist IS DISTINCT FROM workspace_column THEN
+            RAISE EXCEPTION 'cannot enforce a quota on %: it is a Citus table not distributed by %', tbl, quote_ident(workspace_column)
+                USING ERRCODE = '0A000',
+                      DETAIL = 'On Citus a workspace''s rows are counted in the shard that holds them: the table must be hash-distributed by the workspace column.',
+                      HINT = format('SELECT create_distributed_table(%L, %L);', tbl::text, workspace_column);
+        END IF;
+        PERFORM @extschema@._enforce_quota_citus(tbl, workspace_column, counted_when);
+        RETURN;
     END IF;
 
     -- Block writers of the table while the triggers go in and the rows are counted, so the
@@ -232,6 +356,9 @@ BEGIN
         ON CONFLICT ON CONSTRAINT quota_limit_tbl_workspace_key
         DO UPDATE SET max_rows = excluded.max_rows, updated_at = now();
     END IF;
+    IF @extschema@._citus_dist_column(tbl) <> '' THEN
+        PERFORM @extschema@._citus_quota_sync(tbl);
+    END IF;
 END
 $fn$;
 REVOKE ALL ON FUNCTION @extschema@._set_quota(regclass, bigint, uuid) FROM PUBLIC;
@@ -253,10 +380,15 @@ COMMENT ON FUNCTION @extschema@.set_quota(regclass, bigint, uuid) IS
 -- clear_quota: drop a workspace's own limit so that the table's default applies again.
 CREATE FUNCTION @extschema@._clear_quota(tbl regclass, workspace uuid)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+BEGIN
     DELETE FROM @extschema@.quota_limit l WHERE l.tbl = _clear_quota.tbl AND l.workspace_id = _clear_quota.workspace;
+    IF @extschema@._citus_dist_column(tbl) <> '' THEN
+        PERFORM @extschema@._citus_quota_sync(tbl);
+    END IF;
+END
 $fn$;
 REVOKE ALL ON FUNCTION @extschema@._clear_quota(regclass, uuid) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._clear_quota(regclass, uuid) IS
@@ -287,6 +419,9 @@ BEGIN
     END IF;
     -- a table that is gone (a temporary table of an ended session) has no triggers left
     IF EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl) THEN
+        IF @extschema@._citus_dist_column(tbl) IS NOT NULL THEN
+            PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
         EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
         EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
         EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
@@ -296,6 +431,7 @@ BEGIN
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _release_quota.tbl;
     DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _release_quota.tbl;
     DELETE FROM @extschema@.quota_table q WHERE q.tbl = _release_quota.tbl; -- cascades to quota_limit
+    PERFORM @extschema@._citus_quota_sync(tbl);
 END
 $fn$;
 REVOKE ALL ON FUNCTION @extschema@._release_quota(regclass) FROM PUBLIC;

@@ -88,3 +88,52 @@ REVOKE ALL ON FUNCTION @extschema@.reset_stats(uuid) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._workspace_stats() IS 'Internal: rows of tenancy.workspace_stats.';
 COMMENT ON FUNCTION @extschema@._stats_info() IS 'Internal: row of tenancy.stats_info.';
 COMMENT ON FUNCTION @extschema@._workspace_stats_other() IS 'Internal: rows of tenancy.workspace_stats_other.';
+
+-- The usage statistics of every node of a Citus cluster, per node (issue 19): each node counts
+-- what runs on it in its own shared memory (the coordinator the client's statements, a worker
+-- the shard queries, attributed to the workspace the context forwarded with SET LOCAL). Read
+-- from the coordinator with Citus' run_command_on_all_nodes, as the caller (each node shows
+-- what it would show the caller); a node that does not answer is left out with a WARNING.
+-- Without Citus: this node's rows, node 'local'.
+CREATE FUNCTION @extschema@.cluster_workspace_stats()
+RETURNS TABLE (node text, workspace_id uuid, queries bigint, nested_queries bigint, "rows" bigint,
+               exec_time_ms numeric, plan_time_ms numeric, cpu_time_ms numeric,
+               quota_rows_added bigint, quota_rows_removed bigint, quota_rejections bigint,
+               last_activity timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
+    IF NOT @extschema@._citus_installed() THEN
+        RETURN QUERY
+            SELECT 'local'::text, s.workspace_id, s.queries, s.nested_queries, s.rows, s.exec_time_ms,
+                   s.plan_time_ms, s.cpu_time_ms, s.quota_rows_added, s.quota_rows_removed,
+                   s.quota_rejections, s.last_activity
+              FROM @extschema@.workspace_stats s WHERE s.database = current_database();
+        RETURN;
+    END IF;
+    FOR r IN EXECUTE
+        $q$SELECT n.nodename || ':' || n.nodeport AS node, a.success, a.result
+             FROM pg_catalog.run_command_on_all_nodes(
+                    'SELECT coalesce(json_agg(s), ''[]'') FROM @extschema@.workspace_stats s WHERE s.database = current_database()') a
+             JOIN pg_catalog.pg_dist_node n ON n.nodeid = a.nodeid
+            ORDER BY 1$q$
+    LOOP
+        IF NOT r.success THEN
+            RAISE WARNING 'usage statistics of node % could not be read: %', r.node, r.result;
+            CONTINUE;
+        END IF;
+        RETURN QUERY
+            SELECT r.node, (j->>'workspace_id')::uuid, (j->>'queries')::bigint, (j->>'nested_queries')::bigint,
+                   (j->>'rows')::bigint, (j->>'exec_time_ms')::numeric, (j->>'plan_time_ms')::numeric,
+                   (j->>'cpu_time_ms')::numeric, (j->>'quota_rows_added')::bigint,
+                   (j->>'quota_rows_removed')::bigint, (j->>'quota_rejections')::bigint,
+                   (j->>'last_activity')::timestamptz
+              FROM json_array_elements(r.result::json) j;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.cluster_workspace_stats() IS
+'Usage statistics of this database on every node of a Citus cluster, one row per (node, workspace): the coordinator counts the client''s statements, each worker the shard queries it ran for the workspace. Sum per workspace for the cluster''s total work (queries: statements on the coordinator plus shard queries on the workers). Without Citus: this node''s rows, node ''local''.';

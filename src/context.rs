@@ -292,7 +292,7 @@ fn set_workspace_impl(
         }
         Some(_) => {}
     }
-    if citus_installed() {
+    if crate::pg::citus::installed() {
         return set_on_citus(&canon, is_local).map(|()| workspace);
     }
     // Set it as `SET [LOCAL]` would, without SQL: nothing here writes or needs a transaction id
@@ -321,16 +321,6 @@ fn set_workspace_impl(
         );
     }
     Ok(workspace)
-}
-
-/// Whether Citus is loaded in this backend and installed in this database.
-fn citus_installed() -> bool {
-    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting;
-    // get_extension_oid with missing_ok returns InvalidOid when the extension is absent.
-    unsafe {
-        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
-            && pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid
-    }
 }
 
 /// With Citus the context must reach the workers that run the shard queries: Citus forwards a

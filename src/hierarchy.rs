@@ -55,7 +55,8 @@ fn readable_workspace_ids() -> Result<Option<Vec<pgrx::Uuid>>, pgrx::pg_sys::pan
     }) {
         return Ok(Some(ids));
     }
-    let ids = crate::pg::local::internal(|| nested_allowed(|| readable(current)))?;
+    let ids =
+        crate::pg::local::internal(|| crate::pg::citus::nested_allowed(|| readable(current)))?;
     MEMO.with(|m| *m.borrow_mut() = Some((stmt, ids.clone())));
     Ok(Some(ids))
 }
@@ -78,36 +79,6 @@ fn statement_key(current: pgrx::Uuid) -> StatementKey {
             pg_sys::GetCurrentStatementStartTimestamp(),
             *current.as_bytes(),
         )
-    }
-}
-
-/// On a Citus worker the policy runs inside a shard query, where Citus refuses any query on a
-/// distributed or reference table ("cannot execute a distributed query from a query on a
-/// shard"). The registry is a reference table, with a copy on every node that Citus reads
-/// locally: the lookup runs with `citus.allow_nested_distributed_execution` on, for itself only.
-fn nested_allowed<R>(f: impl FnOnce() -> R) -> R {
-    const NESTED: &std::ffi::CStr = c"citus.allow_nested_distributed_execution";
-    // SAFETY: GetConfigOption with missing_ok returns NULL when Citus is not loaded.
-    if unsafe { pg_sys::GetConfigOption(NESTED.as_ptr(), true, false) }.is_null() {
-        return f();
-    }
-    // SAFETY: as a function's SET clause does: a new GUC nest level, the setting saved in it,
-    // restored by AtEOXact_GUC; an error in between is undone by the (sub)transaction abort.
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            NESTED.as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, level);
-        r
     }
 }
 

@@ -62,8 +62,11 @@ fn start_citus() -> Citus {
     c.execute("SELECT citus_set_coordinator_host('127.0.0.1', 25483)", &[])
         .unwrap();
     for w in &workers {
-        c.execute("SELECT citus_add_node('127.0.0.1', $1)", &[&(w.port as i32)])
-            .unwrap();
+        c.execute(
+            "SELECT citus_add_node('127.0.0.1', $1)",
+            &[&(w.port as i32)],
+        )
+        .unwrap();
     }
     // propagated by Citus to the workers
     c.batch_execute("CREATE EXTENSION tenancy").unwrap();
@@ -135,7 +138,11 @@ fn distribute(c: &mut Client) {
         )
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .unwrap();
-    assert_eq!((hash, reference), (tenant, 1), "every tenant table distributed");
+    assert_eq!(
+        (hash, reference),
+        (tenant, 1),
+        "every tenant table distributed"
+    );
     assert_eq!(tenant, 11);
 }
 
@@ -192,7 +199,11 @@ fn standard_matrix(admin: &mut Client, app: &mut Client, tables: &[String], wss:
                 )
                 .map(|r| (r.get(0), r.get(1)))
                 .unwrap();
-            assert_eq!((n, foreign), (expected, 0), "{t}, workspace {w}, multi-shard");
+            assert_eq!(
+                (n, foreign),
+                (expected, 0),
+                "{t}, workspace {w}, multi-shard"
+            );
             // router: the shard of the other workspace
             let n: i64 = tx
                 .query_one(
@@ -249,7 +260,10 @@ fn standard_matrix(admin: &mut Client, app: &mut Client, tables: &[String], wss:
             .unwrap_err();
         // moving a row to another shard is refused by Citus (the distribution column) or by
         // the policy: either way nothing moves
-        assert!(["42501", "0A000"].contains(&sqlstate(&err).as_str()), "{err}");
+        assert!(
+            ["42501", "0A000"].contains(&sqlstate(&err).as_str()),
+            "{err}"
+        );
         tx.rollback().unwrap();
     }
     // no context: nothing visible, nothing written
@@ -270,8 +284,11 @@ fn standard_matrix(admin: &mut Client, app: &mut Client, tables: &[String], wss:
     assert_eq!(sqlstate(&err), "42501", "{err}");
     tx.rollback().unwrap();
     // outside a transaction block the context ends with its statement, on every node
-    app.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[&wss[0]])
-        .unwrap();
+    app.execute(
+        "SELECT tenancy.set_workspace($1::text::uuid, true)",
+        &[&wss[0]],
+    )
+    .unwrap();
     let n: i64 = app
         .query_one("SELECT count(*) FROM \"Segment\"", &[])
         .unwrap()
@@ -288,7 +305,10 @@ fn standard_matrix(admin: &mut Client, app: &mut Client, tables: &[String], wss:
     assert_eq!(n, owner_count(admin, "public.\"Segment\"", &wss[0]));
     // a session-wide context would not reach the workers: refused
     let err = app
-        .execute("SELECT tenancy.set_workspace($1::text::uuid, false)", &[&wss[0]])
+        .execute(
+            "SELECT tenancy.set_workspace($1::text::uuid, false)",
+            &[&wss[0]],
+        )
         .unwrap_err();
     assert_eq!(sqlstate(&err), "0A000", "{err}");
 }
@@ -298,8 +318,11 @@ fn hierarchy_matrix(admin: &mut Client, app: &mut Client, tables: &[String], par
     let kids = children(admin, parent);
     assert_eq!(kids.len(), 2);
     let mut tx = app.transaction().unwrap();
-    tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[&parent])
-        .unwrap();
+    tx.execute(
+        "SELECT tenancy.set_workspace($1::text::uuid, true)",
+        &[&parent],
+    )
+    .unwrap();
     for t in tables {
         let expected: i64 = std::iter::once(parent.to_string())
             .chain(kids.iter().cloned())
@@ -376,7 +399,10 @@ fn dittofeed_on_a_citus_cluster() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(policies, 0, "no restrictive policy where Citus is installed");
+    assert_eq!(
+        policies, 0,
+        "no restrictive policy where Citus is installed"
+    );
     let mut app = citus.coordinator.connect_as(DB, APP);
     let parent = ws_id(&mut admin, "parent", 1);
     hierarchy_matrix(&mut admin, &mut app, &tables, &parent);
@@ -408,6 +434,7 @@ fn dittofeed_on_a_citus_cluster() {
     standard_matrix(&mut admin, &mut app, &tables, &wss);
 
     concurrent_clients_through_a_worker_restart(&citus, &mut admin, &wss);
+    quotas(&citus, &mut admin, &wss[2]);
 }
 
 /// 16 clients, 4 per workspace, each transaction inserting a row of its workspace and reading
@@ -428,8 +455,12 @@ fn concurrent_clients_through_a_worker_restart(citus: &Citus, admin: &mut Client
     for i in 0..16 {
         let w = wss[i % wss.len()].clone();
         let k = i % wss.len();
-        let (stop, committed, failures, uncertain) =
-            (stop.clone(), committed.clone(), failures.clone(), uncertain.clone());
+        let (stop, committed, failures, uncertain) = (
+            stop.clone(),
+            committed.clone(),
+            failures.clone(),
+            uncertain.clone(),
+        );
         handles.push(std::thread::spawn(move || {
             let connect = || {
                 Client::connect(
@@ -507,7 +538,242 @@ fn concurrent_clients_through_a_worker_restart(citus: &Citus, admin: &mut Client
     }
     eprintln!(
         "concurrent clients: {} commits, {} failed transactions retried around the restart",
-        committed.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>(),
+        committed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>(),
         failures.load(Ordering::Relaxed)
     );
+}
+
+/// The port of the worker that holds the workspace's shard of the table, and the shard's name.
+fn shard_port(admin: &mut Client, table: &str, ws: &str) -> (u16, String) {
+    let (port, shard): (i32, String) = admin
+        .query_one(
+            "SELECT s.nodeport, s.shard_name::text FROM citus_shards s
+              WHERE s.shardid = get_shard_id_for_distribution_column($1::text::regclass, $2::text)",
+            &[&table, &ws],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    (port as u16, shard)
+}
+
+fn declarative_journeys(admin: &mut Client, ws: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM \"Journey\" WHERE \"workspaceId\" = $1::text::uuid AND \"resourceType\" = 'Declarative'",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn insert_journey(c: &mut Client, ws: &str) -> Result<(), postgres::Error> {
+    let mut tx = c.transaction()?;
+    tx.execute("SELECT tenancy.set_workspace($1::text::uuid, true)", &[&ws])?;
+    tx.execute(
+        "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'quota ' || gen_random_uuid())",
+        &[&ws],
+    )?;
+    tx.commit()
+}
+
+const QUOTA_MIGRATION: &str = r#"
+SELECT tenancy.enforce_quota('"Segment"', counted_when => '"resourceType" = ''Declarative''');
+SELECT tenancy.enforce_quota('"Journey"', counted_when => '"resourceType" = ''Declarative''');
+SELECT tenancy.enforce_quota('"MessageTemplate"', counted_when => '"resourceType" = ''Declarative''');
+SELECT tenancy.set_quota('"Segment"', 200);
+SELECT tenancy.set_quota('"Journey"', 100);
+SELECT tenancy.set_quota('"MessageTemplate"', 300);
+"#;
+
+/// The README's quotas on the distributed tables: counted on the worker that holds the
+/// workspace's shard; 16 clients of one workspace at its limit through the coordinator while
+/// that worker restarts (overshoot 0); limits reach the workers with set_quota's commit only;
+/// a client writing on the worker directly is held to the same count.
+fn quotas(citus: &Citus, admin: &mut Client, ws: &str) {
+    admin.batch_execute(QUOTA_MIGRATION).unwrap();
+    // a table distributed by another column, or a reference table: refused
+    let err = admin
+        .execute("SELECT tenancy.enforce_quota('\"Workspace\"', 'id')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{err}");
+
+    let start = declarative_journeys(admin, ws);
+    let limit = start + 600;
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)",
+            &[&limit, &ws],
+        )
+        .unwrap();
+    let (port, shard) = shard_port(admin, "\"Journey\"", ws);
+    let holder = citus
+        .workers
+        .iter()
+        .find(|w| w.port == port)
+        .expect("the shard is on a worker");
+
+    let restarted = Arc::new(AtomicBool::new(false));
+    let added = Arc::new(AtomicU64::new(0));
+    let unknown = Arc::new(AtomicU64::new(0));
+    let coordinator = citus.coordinator.port;
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let (restarted, added, unknown, ws) = (
+            restarted.clone(),
+            added.clone(),
+            unknown.clone(),
+            ws.to_string(),
+        );
+        handles.push(std::thread::spawn(move || {
+            let connect = || {
+                Client::connect(
+                    &format!("host=127.0.0.1 port={coordinator} user={APP} dbname={DB}"),
+                    NoTls,
+                )
+            };
+            let mut c = connect().unwrap();
+            let mut refused_after_restart = 0;
+            let mut attempts = 0;
+            while refused_after_restart < 3 {
+                attempts += 1;
+                assert!(attempts < 5000, "client {i} never reached the limit");
+                match insert_journey(&mut c, &ws) {
+                    Ok(()) => {
+                        added.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                        if code == "53400" {
+                            if restarted.load(Ordering::Relaxed) {
+                                refused_after_restart += 1;
+                            }
+                            continue;
+                        }
+                        let text = e
+                            .as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_else(|| e.to_string());
+                        assert!(
+                            code.is_empty()
+                                || code.starts_with("08")
+                                || code.starts_with("57P")
+                                || text.contains("connection")
+                                || text.contains("remote")
+                                || text.contains("could not commit transaction for shard"),
+                            "client {i}: {code} {text}"
+                        );
+                        if text.contains("commit") || code.is_empty() {
+                            unknown.fetch_add(1, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                        if c.is_closed() {
+                            if let Ok(fresh) = connect() {
+                                c = fresh;
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let before_restart = declarative_journeys(admin, ws);
+    holder.restart();
+    restarted.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("a client failed");
+    }
+    let end = declarative_journeys(admin, ws);
+    let ok = added.load(Ordering::Relaxed) as i64;
+    let unsure = unknown.load(Ordering::Relaxed) as i64;
+    eprintln!(
+        "quota on Citus: limit {limit}, {start} rows before, {before_restart} when worker {port} restarted, \
+         {end} after; {ok} inserts acknowledged, {unsure} of unknown outcome"
+    );
+    assert!(
+        before_restart < limit,
+        "the restart came after the limit was reached"
+    );
+    assert_eq!(end, limit, "exactly at the limit, overshoot 0");
+    assert!(ok <= end - start && end - start <= ok + unsure);
+
+    // the limit is the workers' business only once set_quota commits
+    let mut app = citus.coordinator.connect_as(DB, APP);
+    let mut tx = admin.transaction().unwrap();
+    tx.execute(
+        "SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)",
+        &[&(limit + 5), &ws],
+    )
+    .unwrap();
+    tx.rollback().unwrap();
+    let err = insert_journey(&mut app, ws).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    let msg = err.as_db_error().unwrap().message().to_string();
+    assert!(msg.contains("\"Journey\"") && msg.contains(ws), "{msg}");
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)",
+            &[&(limit + 1), &ws],
+        )
+        .unwrap();
+    insert_journey(&mut app, ws).unwrap();
+    let err = insert_journey(&mut app, ws).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+
+    // writing on the worker that holds the shard: through its copy of the table, and into the
+    // shard itself as a superuser: the same counter
+    let mut direct = holder.connect_as(DB, APP);
+    let err = insert_journey(&mut direct, ws).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    let mut su = holder.connect(DB);
+    let err = su
+        .execute(
+            &format!("INSERT INTO {shard} (\"workspaceId\", name) VALUES ($1::text::uuid, 'into the shard')"),
+            &[&ws],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    assert_eq!(declarative_journeys(admin, ws), limit + 1);
+    // a delete frees room, wherever it runs
+    let n = su
+        .execute(
+            &format!(
+                "DELETE FROM {shard} WHERE ctid = (SELECT min(ctid) FROM {shard}
+                   WHERE \"workspaceId\" = $1::text::uuid AND name LIKE 'quota %')"
+            ),
+            &[&ws],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    insert_journey(&mut app, ws).unwrap();
+
+    // cluster-wide usage: the coordinator's quota_usage counts the distributed table; the
+    // statistics of every node, with the rejections on the worker that refused them
+    let used: i64 = admin
+        .query_one(
+            "SELECT used FROM tenancy.quota_usage WHERE table_name = '\"Journey\"'::regclass AND workspace_id = $1::text::uuid",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(used, limit + 1);
+    let rows: Vec<(String, i64, i64)> = admin
+        .query(
+            "SELECT node, quota_rows_added, quota_rejections FROM tenancy.cluster_workspace_stats()
+              WHERE workspace_id = $1::text::uuid",
+            &[&ws],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let on_holder = rows
+        .iter()
+        .find(|r| r.0 == format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("no statistics of worker {port}: {rows:?}"));
+    assert!(on_holder.1 >= 1 && on_holder.2 >= 3, "{rows:?}");
+    assert!(rows.iter().any(|r| r.0 == "127.0.0.1:25483"), "{rows:?}");
 }

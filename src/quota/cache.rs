@@ -130,6 +130,7 @@ pub(super) fn ensure_loaded(
     caches: &mut Caches,
     client: &mut pgrx::spi::SpiClient<'_>,
     relid: pg_sys::Oid,
+    citus: Option<&citus::CitusQuota>,
 ) -> Result<(), TenancyError> {
     if caches.counter_owner.is_none() {
         let mut watched = Vec::new();
@@ -156,6 +157,14 @@ pub(super) fn ensure_loaded(
         caches.tables.clear();
         caches.plans.clear();
         caches.counts.clear();
+    }
+    if let Some(c) = citus {
+        // a shard of a Citus table: its limits are read again at every firing
+        let owner = caches.counter_owner.expect("set above");
+        caches
+            .tables
+            .insert(relid, Some(citus::table_quota(c, relid, owner)?));
+        return Ok(());
     }
     if caches.tables.contains_key(&relid) {
         return Ok(());
@@ -198,6 +207,7 @@ pub(super) fn ensure_loaded(
             default_limit: None,
             overrides: HashMap::new(),
             shared_counts,
+            display_name: None,
         };
         for row in crate::pg::spi::select_latest(
             "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",

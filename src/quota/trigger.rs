@@ -114,6 +114,10 @@ pub(super) fn apply_deltas(
     event: Event,
 ) -> Option<TenancyError> {
     let shared_path = shared::enabled();
+    let citus = citus::from_trigger(t);
+    if citus.is_some() && !shared_path {
+        return Some(citus::not_preloaded(relid));
+    }
     if shared_path && event == Event::Truncate {
         shared::forget_table(relid);
         return None;
@@ -131,7 +135,7 @@ pub(super) fn apply_deltas(
         };
         take_pending_clear(&mut caches);
         caches.touch(relid);
-        if let (true, Some(Some(reader))) = (shared_path, caches.readers.get(&relid)) {
+        if let (true, Some(Some(reader)), None) = (shared_path, caches.readers.get(&relid), &citus) {
             // the common case: no SPI at all unless a counter must be counted first
             let rel = t.trigger_data().tg_relation;
             let table_owner = relation_owner(rel);
@@ -147,7 +151,7 @@ pub(super) fn apply_deltas(
                 let td = t.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
                 pg_sys::SPI_register_trigger_data(td);
             }
-            ensure_loaded(&mut caches, client, relid)?;
+            ensure_loaded(&mut caches, client, relid, citus.as_ref())?;
             let owner = caches.counter_owner.expect("loaded with the table");
             // counted_when (and everything planned or evaluated with it) runs as the table's
             // owner, read from the relation at every firing (an ALTER TABLE ... OWNER TO takes
@@ -228,7 +232,7 @@ pub(super) fn apply_deltas(
                 }
                 if let Some(limit) = quota.limit_for(&ws) {
                     if used > limit {
-                        return Ok(Err((ws, over_quota(relid, &ws, limit, used, added))));
+                        return Ok(Err((ws, over_quota(relid, quota, &ws, limit, used, added))));
                     }
                 }
             }
@@ -300,7 +304,7 @@ pub(super) fn apply_shared(
             if let (true, Some(limit)) = (n > 0, limit) {
                 let used = Spi::connect(|_| as_user(owner, || counter.count(&ws, None)))?;
                 if used > limit {
-                    return Ok(Err((ws, over_quota(relid, &ws, limit, used, n))));
+                    return Ok(Err((ws, over_quota(relid, quota, &ws, limit, used, n))));
                 }
             }
             continue;
@@ -311,7 +315,14 @@ pub(super) fn apply_shared(
             let limit = limit.expect("only a limit rejects");
             return Ok(Err((
                 ws,
-                over_quota(relid, &ws, limit, over.would_be, over.would_be - over.used),
+                over_quota(
+                    relid,
+                    quota,
+                    &ws,
+                    limit,
+                    over.would_be,
+                    over.would_be - over.used,
+                ),
             )));
         }
     }
@@ -371,12 +382,16 @@ pub(super) fn stale_counters(relid: pg_sys::Oid, quota: &TableQuota) -> TenancyE
 
 pub(super) fn over_quota(
     relid: pg_sys::Oid,
+    quota: &TableQuota,
     ws: &[u8; 16],
     limit: i64,
     used: i64,
     added: i64,
 ) -> TenancyError {
-    let table = regclass_text(relid);
+    let table = quota
+        .display_name
+        .clone()
+        .unwrap_or_else(|| regclass_text(relid));
     let ws = uuid_text::canonical(ws);
     TenancyError::new(
         Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
