@@ -9,6 +9,12 @@
 --   are dropped (a function's argument list is part of its identity).
 -- - _citus_installed(), _rls_statements() (internal); audit(): both policy forms, check
 --   restrictive_policy_citus.
+-- - Quotas on tables hash-distributed by the workspace column (counted on the shards, limits in
+--   the reference table tenancy.quota_limit_citus made at the first such enforce_quota):
+--   _citus_dist_column(), _citus_quota_limits(), _citus_quota_sync(), _enforce_quota_citus();
+--   _enforce_quota(), _set_quota(), _clear_quota(), _release_quota() call them.
+-- - cluster_workspace_stats(): the usage statistics of every node of a Citus cluster.
+-- - (no SQL) PREPARE TRANSACTION of a transaction that changed counted rows is no longer refused.
 -- tests/upgrade.rs checks the result against a fresh install. Released with 0.8.0: never edit
 -- this file after that (docs/releasing.md).
 
@@ -332,3 +338,340 @@ COMMENT ON FUNCTION @extschema@._audit_policies(name) IS
 
 COMMENT ON FUNCTION @extschema@.audit(name) IS
 'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); restrictive_policy_citus (fail: a RESTRICTIVE policy where Citus is installed, which Citus makes permissive on the shards); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+
+CREATE FUNCTION @extschema@._citus_dist_column(tbl regclass)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    col text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT CASE WHEN p.partmethod = ''h'' THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) ELSE '''' END
+               FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1'
+       INTO col USING tbl;
+    RETURN col;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._citus_dist_column(regclass) IS
+'Internal: the Citus distribution column of a table; NULL: not a Citus table; empty: not hash-distributed.';
+
+CREATE FUNCTION @extschema@._citus_quota_limits()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF to_regclass('@extschema@.quota_limit_citus') IS NOT NULL THEN
+        RETURN;
+    END IF;
+    CREATE TABLE @extschema@.quota_limit_citus (
+        table_key bigint NOT NULL,
+        workspace_id uuid,
+        max_rows bigint
+    );
+    COMMENT ON TABLE @extschema@.quota_limit_citus IS
+        'The rows of tenancy.quota_limit of Citus distributed tables, on every node (a reference table): table_key is the table''s oid on the coordinator, the first argument of its quota triggers. Rewritten by set_quota / clear_quota; read by the quota trigger on the shards.';
+    REVOKE ALL ON @extschema@.quota_limit_citus FROM PUBLIC;
+    PERFORM pg_catalog.create_reference_table('@extschema@.quota_limit_citus');
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._citus_quota_limits() IS
+'Internal: creates the reference table tenancy.quota_limit_citus if missing.';
+
+REVOKE ALL ON FUNCTION @extschema@._citus_quota_limits() FROM PUBLIC;
+
+CREATE FUNCTION @extschema@._citus_quota_sync(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF to_regclass('@extschema@.quota_limit_citus') IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM @extschema@.quota_limit_citus WHERE table_key = _citus_quota_sync.tbl::oid::bigint;
+    INSERT INTO @extschema@.quota_limit_citus (table_key, workspace_id, max_rows)
+    SELECT _citus_quota_sync.tbl::oid::bigint, l.workspace_id, l.max_rows
+      FROM @extschema@.quota_limit l WHERE l.tbl = _citus_quota_sync.tbl;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._citus_quota_sync(regclass) IS
+'Internal: rewrites a distributed table''s rows of tenancy.quota_limit_citus from tenancy.quota_limit.';
+
+REVOKE ALL ON FUNCTION @extschema@._citus_quota_sync(regclass) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@._enforce_quota_citus(tbl regclass, workspace_column name, counted_when text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    args text := format('%L, %L, %L', tbl::oid::text, workspace_column, coalesce(counted_when, ''));
+BEGIN
+    -- Citus refuses triggers on distributed tables unless this is on (commands/trigger.c); the
+    -- quota trigger only counts the rows of its own shard
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM @extschema@._citus_quota_limits();
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _enforce_quota_citus.tbl;
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _enforce_quota_citus.tbl;
+    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
+    VALUES (tbl, workspace_column, counted_when)
+    ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
+        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
+        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    PERFORM @extschema@._citus_quota_sync(tbl);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) IS
+'Internal: the part of enforce_quota for a table hash-distributed by the workspace column (src/quota/citus.rs).';
+
+REVOKE ALL ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._enforce_quota(
+    tbl regclass,
+    workspace_column name,
+    counted_when text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    col_type regtype;
+    relkind "char";
+    persistence "char";
+    dist text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004',
+            HINT = 'Pass the table, e.g. tenancy.enforce_quota(''"Segment"'').';
+    END IF;
+    IF workspace_column IS NULL THEN
+        RAISE EXCEPTION 'workspace_column must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind, c.relpersistence INTO relkind, persistence FROM pg_class c WHERE c.oid = tbl;
+    -- Statement triggers fire only on the table a statement names: what is written through a
+    -- partitioned parent, into a partition, or through an inheritance parent or child would not
+    -- be counted exactly. Refused until partitioned tables are supported (and an ATTACH or
+    -- INHERIT of an enforced table later is refused by tenancy_quota_on_ddl).
+    IF relkind = 'p' OR EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl AND c.relispartition) THEN
+        RAISE EXCEPTION 'cannot enforce a quota on %: it is a partitioned table or a partition', tbl USING ERRCODE = '0A000',
+            DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the partitioned table, or into a partition directly, would not be counted.',
+            HINT = 'Quotas are not supported on partitioned tables yet: enforce them on a table that is not partitioned.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = tbl OR i.inhparent = tbl) THEN
+        RAISE EXCEPTION 'cannot enforce a quota on %: it is part of an inheritance tree', tbl USING ERRCODE = '0A000',
+            DETAIL = 'Statement triggers fire only on the table a statement names: rows written or deleted through an inheritance parent or child would not be counted.',
+            HINT = 'Enforce quotas on tables without inheritance parents or children (ALTER TABLE ... NO INHERIT).';
+    END IF;
+    IF persistence = 't' THEN
+        RAISE EXCEPTION 'cannot enforce a quota on temporary table %', (SELECT quote_ident(c.relname) FROM pg_class c WHERE c.oid = tbl) USING ERRCODE = '0A000',
+            DETAIL = 'A temporary table disappears with its session without an sql_drop event, which would leave its bookkeeping behind.';
+    END IF;
+    IF relkind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION 'cannot enforce a quota on % : it is not a table', tbl USING ERRCODE = '42809',
+            DETAIL = format('relkind is %L.', relkind);
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = workspace_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION 'column % of table % does not exist', quote_ident(workspace_column), tbl
+            USING ERRCODE = '42703',
+                  HINT = 'Pass the workspace column as the second argument (default "workspaceId").';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'workspace column % of table % has type %, not uuid', quote_ident(workspace_column), tbl, col_type
+            USING ERRCODE = '42804';
+    END IF;
+    IF counted_when IS NOT NULL THEN
+        PERFORM @extschema@._assert_expression(counted_when);
+    END IF;
+    dist := @extschema@._citus_dist_column(tbl);
+    IF dist IS NOT NULL THEN
+        IF dist IS DISTINCT FROM workspace_column THEN
+            RAISE EXCEPTION 'cannot enforce a quota on %: it is a Citus table not distributed by %', tbl, quote_ident(workspace_column)
+                USING ERRCODE = '0A000',
+                      DETAIL = 'On Citus a workspace''s rows are counted in the shard that holds them: the table must be hash-distributed by the workspace column.',
+                      HINT = format('SELECT create_distributed_table(%L, %L);', tbl::text, workspace_column);
+        END IF;
+        PERFORM @extschema@._enforce_quota_citus(tbl, workspace_column, counted_when);
+        RETURN;
+    END IF;
+
+    -- Block writers of the table while the triggers go in and the rows are counted, so the
+    -- backfilled counts are exact (CREATE TRIGGER takes this lock too).
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+    -- shared-memory counters of the table are recounted after this transaction
+    PERFORM @extschema@._quota_forget(tbl);
+
+    -- Count first (as the table's owner: _quota_count); this validates counted_when against
+    -- the table (names, types). Everything below is undone with the transaction on an error.
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _enforce_quota.tbl;
+    INSERT INTO @extschema@.quota_counter (tbl, workspace_id, used)
+    SELECT _enforce_quota.tbl, n.workspace_id, n.n
+      FROM @extschema@._quota_count(tbl, workspace_column, counted_when) n;
+
+    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
+    VALUES (tbl, workspace_column, counted_when)
+    ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
+        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
+        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
+    -- the counters below are fresh; with tenancy preloaded they go stale from now on
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _enforce_quota.tbl;
+    IF @extschema@._quota_shared() THEN
+        INSERT INTO @extschema@.quota_shared_mark (tbl) VALUES (tbl);
+    END IF;
+
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
+
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@._set_quota(tbl regclass, max_rows bigint, workspace uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'invalid quota % for table %: max_rows must be >= 0', max_rows, tbl
+            USING ERRCODE = '22023', HINT = 'Pass NULL to remove the limit, 0 to forbid new rows.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.quota_table q WHERE q.tbl = _set_quota.tbl) THEN
+        RAISE EXCEPTION 'table % has no quota enforcement', tbl USING ERRCODE = '55000',
+            HINT = format('Call tenancy.enforce_quota(%L) first.', tbl::text);
+    END IF;
+    IF workspace IS NULL AND max_rows IS NULL THEN
+        DELETE FROM @extschema@.quota_limit l WHERE l.tbl = _set_quota.tbl AND l.workspace_id IS NULL;
+    ELSE
+        INSERT INTO @extschema@.quota_limit AS l (tbl, workspace_id, max_rows)
+        VALUES (tbl, workspace, max_rows)
+        ON CONFLICT ON CONSTRAINT quota_limit_tbl_workspace_key
+        DO UPDATE SET max_rows = excluded.max_rows, updated_at = now();
+    END IF;
+    IF @extschema@._citus_dist_column(tbl) <> '' THEN
+        PERFORM @extschema@._citus_quota_sync(tbl);
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@._clear_quota(tbl regclass, workspace uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    DELETE FROM @extschema@.quota_limit l WHERE l.tbl = _clear_quota.tbl AND l.workspace_id = _clear_quota.workspace;
+    IF @extschema@._citus_dist_column(tbl) <> '' THEN
+        PERFORM @extschema@._citus_quota_sync(tbl);
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@._release_quota(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- a table that is gone (a temporary table of an ended session) has no triggers left
+    IF EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl) THEN
+        IF @extschema@._citus_dist_column(tbl) IS NOT NULL THEN
+            PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+    END IF;
+    PERFORM @extschema@._quota_forget(tbl);
+    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _release_quota.tbl;
+    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _release_quota.tbl;
+    DELETE FROM @extschema@.quota_table q WHERE q.tbl = _release_quota.tbl; -- cascades to quota_limit
+    PERFORM @extschema@._citus_quota_sync(tbl);
+END
+$fn$;
+
+CREATE FUNCTION @extschema@.cluster_workspace_stats()
+RETURNS TABLE (node text, workspace_id uuid, queries bigint, nested_queries bigint, "rows" bigint,
+               exec_time_ms numeric, plan_time_ms numeric, cpu_time_ms numeric,
+               quota_rows_added bigint, quota_rows_removed bigint, quota_rejections bigint,
+               last_activity timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
+    IF NOT @extschema@._citus_installed() THEN
+        RETURN QUERY
+            SELECT 'local'::text, s.workspace_id, s.queries, s.nested_queries, s.rows, s.exec_time_ms,
+                   s.plan_time_ms, s.cpu_time_ms, s.quota_rows_added, s.quota_rows_removed,
+                   s.quota_rejections, s.last_activity
+              FROM @extschema@.workspace_stats s WHERE s.database = current_database();
+        RETURN;
+    END IF;
+    FOR r IN EXECUTE
+        $q$SELECT n.nodename || ':' || n.nodeport AS node, a.success, a.result
+             FROM pg_catalog.run_command_on_all_nodes(
+                    'SELECT coalesce(json_agg(s), ''[]'') FROM @extschema@.workspace_stats s WHERE s.database = current_database()') a
+             JOIN pg_catalog.pg_dist_node n ON n.nodeid = a.nodeid
+            ORDER BY 1$q$
+    LOOP
+        IF NOT r.success THEN
+            RAISE WARNING 'usage statistics of node % could not be read: %', r.node, r.result;
+            CONTINUE;
+        END IF;
+        RETURN QUERY
+            SELECT r.node, (j->>'workspace_id')::uuid, (j->>'queries')::bigint, (j->>'nested_queries')::bigint,
+                   (j->>'rows')::bigint, (j->>'exec_time_ms')::numeric, (j->>'plan_time_ms')::numeric,
+                   (j->>'cpu_time_ms')::numeric, (j->>'quota_rows_added')::bigint,
+                   (j->>'quota_rows_removed')::bigint, (j->>'quota_rejections')::bigint,
+                   (j->>'last_activity')::timestamptz
+              FROM json_array_elements(r.result::json) j;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.cluster_workspace_stats() IS
+'Usage statistics of this database on every node of a Citus cluster, one row per (node, workspace): the coordinator counts the client''s statements, each worker the shard queries it ran for the workspace. Sum per workspace for the cluster''s total work (queries: statements on the coordinator plus shard queries on the workers). Without Citus: this node''s rows, node ''local''.';

@@ -107,7 +107,7 @@ impl TableQuota {
     }
 }
 
-pub(crate) use shared::{define_settings, install_hooks, shmem_request, shmem_startup};
+pub(crate) use shared::{define_settings, install_hooks, on_utility, shmem_request, shmem_startup};
 
 /// The quota caches' part of tenancy's one relcache callback (`crate::hooks`).
 pub(crate) fn on_relcache(relid: pg_sys::Oid) {

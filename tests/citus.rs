@@ -434,7 +434,7 @@ fn dittofeed_on_a_citus_cluster() {
     standard_matrix(&mut admin, &mut app, &tables, &wss);
 
     concurrent_clients_through_a_worker_restart(&citus, &mut admin, &wss);
-    quotas(&citus, &mut admin, &wss[2]);
+    quotas(&citus, &mut admin, &wss);
 }
 
 /// 16 clients, 4 per workspace, each transaction inserting a row of its workspace and reading
@@ -592,7 +592,8 @@ SELECT tenancy.set_quota('"MessageTemplate"', 300);
 /// workspace's shard; 16 clients of one workspace at its limit through the coordinator while
 /// that worker restarts (overshoot 0); limits reach the workers with set_quota's commit only;
 /// a client writing on the worker directly is held to the same count.
-fn quotas(citus: &Citus, admin: &mut Client, ws: &str) {
+fn quotas(citus: &Citus, admin: &mut Client, wss: &[String]) {
+    let ws = wss[2].as_str();
     admin.batch_execute(QUOTA_MIGRATION).unwrap();
     // a table distributed by another column, or a reference table: refused
     let err = admin
@@ -749,6 +750,36 @@ fn quotas(citus: &Citus, admin: &mut Client, ws: &str) {
         .unwrap();
     assert_eq!(n, 1);
     insert_journey(&mut app, ws).unwrap();
+
+    // a transaction writing two workspaces' shards commits with two-phase commit on the
+    // workers (PREPARE TRANSACTION, COMMIT PREPARED): the counters settle exactly
+    let mut tx = admin.transaction().unwrap();
+    for w in &wss[..2] {
+        tx.execute(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name) VALUES ($1::text::uuid, 'two-phase ' || gen_random_uuid())",
+            &[w],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    for w in &wss[..2] {
+        let actual = declarative_journeys(admin, w);
+        let mut counted = 0i64;
+        for node in &citus.workers {
+            let (used, in_flight): (i64, i64) = node
+                .connect(DB)
+                .query_one(
+                    "SELECT coalesce(sum(used), 0)::bigint, coalesce(sum(in_flight), 0)::bigint FROM tenancy.quota_counters()
+                      WHERE workspace_id = $1::text::uuid AND table_name::text LIKE '%Journey%'",
+                    &[w],
+                )
+                .map(|r| (r.get(0), r.get(1)))
+                .unwrap();
+            assert_eq!(in_flight, 0);
+            counted += used;
+        }
+        assert_eq!(counted, actual, "the counter of {w} after two-phase commit");
+    }
 
     // cluster-wide usage: the coordinator's quota_usage counts the distributed table; the
     // statistics of every node, with the rejections on the worker that refused them

@@ -25,8 +25,8 @@
 //! `Reserve` (added to `used` now; undone at abort), `Release` (subtracted at commit), `Offset`
 //! (an insert covered by the transaction's own pending releases). A savepoint rollback undoes the
 //! ops of its level and deeper; a savepoint release moves them one level up; commit subtracts
-//! releases minus offsets; abort undoes reserves. `PREPARE TRANSACTION` is refused for a
-//! transaction holding notes (the fate of a prepared transaction is settled by another backend).
+//! releases minus offsets; abort undoes reserves. `PREPARE TRANSACTION` settles them so that
+//! the counts can only be too high until `COMMIT PREPARED` or `ROLLBACK PREPARED` ([`prepared`]).
 //!
 //! # Lifetime of an entry, and its first count
 //! `in_flight` counts the transactions holding notes on an entry; only entries with
@@ -66,9 +66,11 @@ use crate::pg::local::BackendLocal;
 use crate::pg::shmem::{each_entry, LwLockGuard};
 
 mod membership;
+mod prepared;
 mod txn;
 
 use membership::*;
+pub(crate) use prepared::on_utility;
 pub(crate) use txn::forget_table;
 use txn::*;
 

@@ -225,6 +225,7 @@ pub unsafe extern "C-unwind" fn tenancy_utility_enter(
 ) -> i64 {
     // SAFETY: pstmt is the statement PostgreSQL is about to run.
     unsafe { refuse_context_default(pstmt) };
+    crate::quota::on_utility(pstmt);
     reset_if_top();
     let outer = NESTING.load(Relaxed);
     if outer == 0 {

@@ -136,3 +136,21 @@ pub(super) fn remove_table(relid: pg_sys::Oid) {
         }
     }
 }
+
+/// Remove every entry of this database that no transaction holds (recounted on next use).
+pub(super) fn remove_database_idle() {
+    let Some(shared) = shared() else { return };
+    let hash = HASH.load(Relaxed);
+    // SAFETY: membership changes under the EXCLUSIVE lock.
+    unsafe {
+        let _lock = LwLockGuard::exclusive(shared.lock);
+        let mut keys = Vec::new();
+        let db = pg_sys::MyDatabaseId;
+        each_entry(hash, |e: &Entry| {
+            if e.key.dbid == db && e.in_flight.load(Relaxed) == 0 {
+                keys.push(e.key);
+            }
+        });
+        crate::pg::shmem::remove_keys(hash, &keys);
+    }
+}

@@ -52,26 +52,18 @@ pub(super) unsafe extern "C-unwind" fn xact_callback(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_PREPARE => {
-            let holds = LOCAL.with(|l| {
-                let l = l.borrow();
-                !(l.ops.is_empty()
-                    && l.touched.is_empty()
-                    && l.exclusive.is_empty()
-                    && l.marks.is_empty())
-            });
-            if holds {
-                TenancyError::new(
-                    Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that changed rows of a quota-enforced table",
-                )
-                .detail("With tenancy in shared_preload_libraries, quota counts of transactions in progress are kept by the backend that runs them.")
-                .hint("Commit the transaction instead, or make the quota changes outside two-phase commit.")
-                .raise();
-            }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            settle(true);
+            prepared::finish_on_commit();
         }
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => settle(true),
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => settle(false),
+        XACT_EVENT_PREPARE => {
+            let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut()));
+            prepared::prepare(local);
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            settle(false);
+            prepared::forget_statement();
+        }
         _ => {}
     }
 }
