@@ -9,6 +9,8 @@
 #   seg_rls    tenancy.enable_rls: "workspaceId" = (SELECT tenancy.current_workspace_id())
 #   seg_cs     the common unwrapped policy: "workspaceId" = current_setting('app.workspace_id')::uuid
 #   seg_hier   tenancy.enable_rls(hierarchy => true)
+#   seg_inl, seg_hier_inl  the form for Citus (distributed => true): no sub-select, the context
+#              functions called per row (issue 19)
 #   *_n        the same without any index (a query the workspace index cannot serve: the policy
 #              is evaluated per row)
 # Every transaction sets both settings transaction-locally (as the application would), runs one
@@ -44,11 +46,11 @@ SELECT w.id, 'segment-' || i, jsonb_build_object('entryNode', jsonb_build_object
 DO \$\$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_rls', 'seg_cs', 'seg_hier', 'seg_adv_before', 'seg_adv_after', 'seg_adv_tailored'] LOOP
+    FOREACH t IN ARRAY ARRAY['seg_plain', 'seg_rls', 'seg_cs', 'seg_hier', 'seg_inl', 'seg_hier_inl', 'seg_adv_before', 'seg_adv_after', 'seg_adv_tailored'] LOOP
         EXECUTE format('CREATE TABLE %I (LIKE "Segment" INCLUDING ALL)', t);
         EXECUTE format('INSERT INTO %I SELECT * FROM "Segment"', t);
     END LOOP;
-    FOREACH t IN ARRAY ARRAY['seg_plain_n', 'seg_rls_n', 'seg_cs_n'] LOOP
+    FOREACH t IN ARRAY ARRAY['seg_plain_n', 'seg_rls_n', 'seg_cs_n', 'seg_inl_n', 'seg_hier_n', 'seg_hier_inl_n'] LOOP
         EXECUTE format('CREATE TABLE %I (LIKE "Segment" INCLUDING DEFAULTS)', t);
         EXECUTE format('INSERT INTO %I SELECT * FROM "Segment"', t);
     END LOOP;
@@ -60,6 +62,11 @@ END \$\$;
 SELECT tenancy.enable_rls('seg_rls');
 SELECT tenancy.enable_rls('seg_rls_n');
 SELECT tenancy.enable_rls('seg_hier', hierarchy => true);
+SELECT tenancy.enable_rls('seg_inl', distributed => true);
+SELECT tenancy.enable_rls('seg_inl_n', distributed => true);
+SELECT tenancy.enable_rls('seg_hier_inl', hierarchy => true, distributed => true);
+SELECT tenancy.enable_rls('seg_hier_n', hierarchy => true);
+SELECT tenancy.enable_rls('seg_hier_inl_n', hierarchy => true, distributed => true);
 ALTER TABLE seg_cs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY by_setting ON seg_cs USING ("workspaceId" = current_setting('app.workspace_id')::uuid);
 ALTER TABLE seg_cs_n ENABLE ROW LEVEL SECURITY;
@@ -101,16 +108,23 @@ script idx_where root "$(printf "$list" 'seg_plain WHERE "workspaceId" = @WS@')"
 script idx_tenancy root "$(printf "$list" seg_rls)"
 script idx_tenancy_where root "$(printf "$list" 'seg_rls WHERE "workspaceId" = @WS@')"
 script idx_setting root "$(printf "$list" seg_cs)"
+script idx_inline root "$(printf "$list" seg_inl)"
 count='SELECT count(*) FROM %s'
 script seq_where root "$(printf "$count" 'seg_plain_n WHERE "workspaceId" = @WS@')"
 script seq_tenancy root "$(printf "$count" seg_rls_n)"
 script seq_setting root "$(printf "$count" seg_cs_n)"
+script seq_inline root "$(printf "$count" seg_inl_n)"
+script hier_seq_in parent "$(printf "$count" 'seg_plain_n WHERE "workspaceId" IN (@FAMILY@)')"
+script hier_seq_tenancy parent "$(printf "$count" seg_hier_n)"
+script hier_seq_inline parent "$(printf "$count" seg_hier_inl_n)"
 lookup="SELECT id FROM %s WHERE name = 'segment-7'%s"
 script hier_in parent "$(printf "$lookup" seg_plain ' AND "workspaceId" IN (@FAMILY@)')"
 script hier_tenancy parent "$(printf "$lookup" seg_hier "")"
+script hier_inline parent "$(printf "$lookup" seg_hier_inl "")"
 recent='SELECT id, name FROM %s ORDER BY "definitionUpdatedAt" DESC LIMIT 50'
 script hier_recent_in parent "$(printf "$recent" 'seg_plain WHERE "workspaceId" IN (@FAMILY@)')"
 script hier_recent_tenancy parent "$(printf "$recent" seg_hier)"
+script hier_recent_inline parent "$(printf "$recent" seg_hier_inl)"
 running="SELECT id, name FROM %s WHERE \"workspaceId\" = @WS@ AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50"
 for t in before after tailored; do script "adv_$t" root "$(printf "$running" "seg_adv_$t")"; done
 
@@ -127,8 +141,9 @@ lat_of_group() { # variants...
                END {for (v in s) if (t[v] > 0) printf "%s %.6f\n", v, s[v] / t[v]}' | grep . || { cat "$work/err" >&2; return 1; }
 }
 
-groups=("idx_where idx_tenancy idx_tenancy_where idx_setting" "seq_where seq_tenancy seq_setting"
-        "hier_in hier_tenancy" "hier_recent_in hier_recent_tenancy" "adv_before adv_after adv_tailored")
+groups=("idx_where idx_tenancy idx_tenancy_where idx_setting idx_inline" "seq_where seq_tenancy seq_setting seq_inline"
+        "hier_in hier_tenancy hier_inline" "hier_recent_in hier_recent_tenancy hier_recent_inline"
+        "hier_seq_in hier_seq_tenancy hier_seq_inline" "adv_before adv_after adv_tailored")
 results="$work/results"
 : >"$results"
 for g in "${groups[@]}"; do SECONDS_PER_RUN=1 lat_of_group $g >/dev/null; done # warm-up
@@ -155,15 +170,23 @@ line "baseline: explicit WHERE, no RLS" idx_where idx_where ""
 line "tenancy policy, no WHERE" idx_tenancy idx_where "(goal >= 0.95)"
 line "tenancy policy + the application's own WHERE" idx_tenancy_where idx_where ""
 line "unwrapped current_setting('app.workspace_id')::uuid policy" idx_setting idx_where ""
+line "tenancy policy, form for Citus (no sub-select)" idx_inline idx_where ""
 echo "no index the workspace can use (count(*) of a workspace, sequential scan of 204k rows):"
 line "baseline: explicit WHERE, no RLS" seq_where seq_where ""
 line "tenancy policy (initplan: compared once per row as a constant)" seq_tenancy seq_where ""
 line "unwrapped current_setting policy (called per row)" seq_setting seq_where ""
+line "tenancy policy, form for Citus (current_workspace_id() per row)" seq_inline seq_where ""
 echo "parent reading its 9 active children (hierarchy option), against an explicit IN list of 10 ids:"
 line "point lookup by name, baseline: WHERE ... IN (...)" hier_in hier_in ""
 line "point lookup by name, tenancy hierarchy policy" hier_tenancy hier_in "(goal >= 0.9)"
+line "point lookup by name, hierarchy, form for Citus" hier_inline hier_in ""
 line "50 most recent of 2,040 rows, baseline: IN (...)" hier_recent_in hier_recent_in ""
 line "50 most recent of 2,040 rows, tenancy hierarchy policy" hier_recent_tenancy hier_recent_in "(goal >= 0.9)"
+line "50 most recent of 2,040 rows, hierarchy, form for Citus" hier_recent_inline hier_recent_in ""
+echo "parent counting its family's rows without an index (sequential scan of 204k rows):"
+line "baseline: WHERE ... IN (...), no RLS" hier_seq_in hier_seq_in ""
+line "tenancy hierarchy policy (initplan array)" hier_seq_tenancy hier_seq_in ""
+line "hierarchy, form for Citus (readable_workspace_ids() per row, one lookup per statement)" hier_seq_inline hier_seq_in ""
 echo "index advice: WHERE \"workspaceId\" = \$1 AND status = 'Running' ORDER BY \"definitionUpdatedAt\" DESC LIMIT 50:"
 line "Dittofeed's indexes (unique (workspaceId, name))" adv_before adv_before ""
 line "after applying tenancy.index_advice()" adv_after adv_before ""

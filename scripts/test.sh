@@ -15,7 +15,7 @@ export TENANCY_RUN_DIR=$RUN_DIR
 # Fixed ports of this project (demo 25432, regress 25441, live 25442, live tests' own clusters and
 # pgbouncers 25443-25450, bench 25451-25453, replica 25454-25455, isolation 25456, upgrade
 # 25457-25458, index advice 25460-25462, its benchmark 25461,
-# admission crash 25464, pgbouncer admission 25465, bench admission 25466-25467, exporter 25468, Prometheus test exporter 25471 and Prometheus 25472, dropped-databases exporter 25475, make monitor 25469-25470, bench monitoring exporters 25473-25474, change stamps 25477-25479, bench registry pgbouncer 25480, bench caching 25481, encryption 25482, Citus coordinator and workers 25483-25485) lie below Linux's ephemeral range (32768-60999):
+# admission crash 25464, pgbouncer admission 25465, bench admission 25466-25467, exporter 25468, Prometheus test exporter 25471 and Prometheus 25472, dropped-databases exporter 25475, make monitor 25469-25470, bench monitoring exporters 25473-25474, change stamps 25477-25479, bench registry pgbouncer 25480, bench caching 25481, encryption 25482, Citus coordinators and workers 25483-25488) lie below Linux's ephemeral range (32768-60999):
 # inside it, a burst of outgoing connections (the fuzz and pgbouncer tests open hundreds) can
 # hold a port a cluster is about to listen on ("Address already in use", seen in a CI run).
 REGRESS_PORT=${TENANCY_REGRESS_PORT:-25441}

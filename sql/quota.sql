@@ -154,6 +154,53 @@ COMMENT ON FUNCTION @extschema@._citus_quota_sync(regclass) IS
 'Internal: rewrites a distributed table''s rows of tenancy.quota_limit_citus from tenancy.quota_limit.';
 REVOKE ALL ON FUNCTION @extschema@._citus_quota_sync(regclass) FROM PUBLIC;
 
+-- On a worker: forget the shared counters of every shard whose quota triggers carry this key
+-- (the distributed table's oid on the coordinator): they are recounted at their next write.
+-- Called on every worker by enforce_quota() (a new counted_when) and release_quota() on a
+-- distributed table, while the coordinator's transaction holds the shards' trigger DDL locks
+-- (no writer is in flight on them then).
+CREATE FUNCTION @extschema@._quota_forget_key(table_key bigint)
+RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT count(*)::integer
+      FROM (SELECT DISTINCT tg.tgrelid AS relid
+              FROM pg_trigger tg
+             WHERE tg.tgfoid = '@extschema@.quota_trigger()'::regprocedure AND tg.tgnargs = 3
+               AND position('\x00'::bytea IN tg.tgargs) > 1
+               AND convert_from(substring(tg.tgargs FROM 1 FOR position('\x00'::bytea IN tg.tgargs) - 1), 'SQL_ASCII')
+                   = table_key::text) s,
+           LATERAL (SELECT @extschema@._quota_forget(s.relid)) f
+$fn$;
+COMMENT ON FUNCTION @extschema@._quota_forget_key(bigint) IS
+'Internal: on a Citus worker, drops the shared quota counters of the shards whose quota triggers carry this table key.';
+REVOKE ALL ON FUNCTION @extschema@._quota_forget_key(bigint) FROM PUBLIC;
+
+-- On the coordinator: _quota_forget_key on every worker (separate connections: Citus'
+-- run_command_on_workers).
+CREATE FUNCTION @extschema@._citus_quota_forget(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers(%L)',
+                            format('SELECT %s._quota_forget_key(%s)', @extschema@._quote_always('@extschema@'), tbl::oid::bigint)) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not drop the quota counters of % on worker %:%', tbl, r.nodename, r.nodeport
+                USING ERRCODE = '58000', DETAIL = r.result,
+                      HINT = 'Every worker must be up to change a distributed table''s quota enforcement.';
+        END IF;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._citus_quota_forget(regclass) IS
+'Internal: drops the shared quota counters of a distributed table''s shards on every worker (recounted at their next write).';
+REVOKE ALL ON FUNCTION @extschema@._citus_quota_forget(regclass) FROM PUBLIC;
+
 -- enforce_quota on a table hash-distributed by the workspace column: the triggers go on the
 -- distributed table with the Citus arguments (Citus copies them to every shard); nothing is
 -- counted here: each shard is counted where it is, at the first write of each workspace.
@@ -190,6 +237,8 @@ BEGIN
     EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
     PERFORM @extschema@._citus_quota_sync(tbl);
+    -- counters of an earlier enforcement (maybe another counted_when): recounted at next write
+    PERFORM @extschema@._citus_quota_forget(tbl);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) IS
@@ -426,6 +475,9 @@ BEGIN
         EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
         EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
         EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+        IF @extschema@._citus_dist_column(tbl) <> '' THEN
+            PERFORM @extschema@._citus_quota_forget(tbl);
+        END IF;
     END IF;
     PERFORM @extschema@._quota_forget(tbl);
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _release_quota.tbl;

@@ -20,6 +20,8 @@ AS $fn$
        AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast\_temp\_%'
        AND NOT EXISTS (SELECT FROM pg_depend d
                         WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+       -- tenancy's own (tenancy.quota_limit_citus is a reference table already)
+       AND n.nspname <> '@extschema@'
 $fn$;
 COMMENT ON FUNCTION @extschema@._shard_tables(name) IS
 'Internal: the tables shard_readiness() and shard_plan() consider, and whether each has the workspace column.';
@@ -179,8 +181,13 @@ BEGIN
         -- row-level security policies with a sub-query (commands/policy.c)
         SELECT 3 AS prio, 'policy_with_subquery'::text AS rule, true AS blocker,
                format('%s policy %I', p.polrelid::regclass, p.polname) AS object,
-               'Its expression has a sub-query, which Citus refuses in policies of distributed tables (tenancy''s hierarchy policy and the (SELECT tenancy.current_workspace_id()) form have one).'::text AS detail,
-               NULL::text AS fix
+               'Its expression has a sub-query, which Citus refuses in policies of distributed tables (tenancy''s policies have one unless made with distributed => true, the form for Citus).'::text AS detail,
+               CASE WHEN p.polname IN ('tenancy_isolation', 'tenancy_isolation_update', 'tenancy_isolation_delete')
+                    THEN format('SELECT %s.enable_rls(%L::regclass, %L, hierarchy => %s, distributed => true)',
+                                @extschema@._quote_always('@extschema@'), p.polrelid::regclass::text, workspace_column,
+                                CASE WHEN @extschema@._policy_state(p.polrelid, workspace_column) IN ('hierarchy', 'incomplete')
+                                     THEN 'true' ELSE 'false' END)
+               END AS fix
           FROM pg_policy p JOIN t ON t.relid = p.polrelid
          WHERE coalesce(p.polqual::text, '') LIKE '%{SUBLINK %' OR coalesce(p.polwithcheck::text, '') LIKE '%{SUBLINK %'
         UNION ALL
@@ -191,6 +198,16 @@ BEGIN
                NULL
           FROM pg_trigger tg JOIN t ON t.relid = tg.tgrelid
          WHERE NOT tg.tgisinternal AND tg.tgparentid = 0
+           AND NOT (tg.tgfoid = '@extschema@.quota_trigger()'::regprocedure AND t.tenant)
+        UNION ALL
+        -- tenancy's own quota triggers: shard_plan() drops them before distributing the table and
+        -- enforce_quota() makes them again after, in the form counted on the shards
+        SELECT 4, 'quota_triggers', false,
+               format('%s trigger %I', tg.tgrelid::regclass, tg.tgname),
+               'A quota trigger of tenancy.enforce_quota(): shard_plan() drops it before distributing the table and calls enforce_quota() again afterwards (the quota is then counted on the shards); its limits are kept.',
+               NULL
+          FROM pg_trigger tg JOIN t ON t.relid = tg.tgrelid
+         WHERE tg.tgfoid = '@extschema@.quota_trigger()'::regprocedure AND t.tenant
         UNION ALL
         -- table shapes create_distributed_table / create_reference_table refuse
         -- (create_distributed_table.c, EnsureRelationCanBeDistributed; citus_ruleutils.c)
@@ -270,6 +287,7 @@ DECLARE
     todo oid[];
     progress boolean;
     readd text;
+    requota text;
 BEGIN
     IF workspace_column IS NULL THEN
         RAISE EXCEPTION 'tenancy.shard_plan(): workspace_column must not be NULL' USING ERRCODE = '22004';
@@ -297,6 +315,21 @@ BEGIN
         END IF;
         plan := plan || format(E'ALTER TABLE %s DROP CONSTRAINT %I;\n', r.tbl, r.conname);
         readd := readd || format(E'ALTER TABLE %s ADD CONSTRAINT %I %s;\n', r.tbl, r.conname, r.def);
+    END LOOP;
+    -- tenancy's quota triggers: dropped before the tables are distributed (Citus refuses a table
+    -- with triggers), made again by enforce_quota() at the end, counted on the shards
+    FOR r IN SELECT q.tbl, q.workspace_column, q.counted_when
+               FROM @extschema@.quota_table q
+               JOIN @extschema@._shard_tables(shard_plan.workspace_column) s ON s.relid = q.tbl AND s.tenant
+              ORDER BY q.tbl::text COLLATE "C" LOOP
+        IF requota IS NULL THEN
+            plan := plan || E'\n-- quota triggers: dropped now, made again by enforce_quota() at the end (limits kept)\n';
+            requota := E'\n-- quotas, counted on the shards\n';
+        END IF;
+        plan := plan || format(E'DROP TRIGGER IF EXISTS tenancy_quota_insert ON %1$s;\nDROP TRIGGER IF EXISTS tenancy_quota_delete ON %1$s;\n'
+                               'DROP TRIGGER IF EXISTS tenancy_quota_update ON %1$s;\nDROP TRIGGER IF EXISTS tenancy_quota_truncate ON %1$s;\n', r.tbl);
+        requota := requota || format(E'SELECT %s.enforce_quota(%L, %L, %L);\n', @extschema@._quote_always('@extschema@'),
+                                     r.tbl::text, r.workspace_column, r.counted_when);
     END LOOP;
     -- tables in foreign-key order: a table once every table it references is placed
     FOR pass IN 1 .. 2 LOOP  -- 1: reference tables, 2: distributed tables
@@ -333,7 +366,7 @@ BEGIN
                       HINT = 'Drop one foreign key of the cycle before distributing, and create it again afterwards.';
         END IF;
     END LOOP;
-    RETURN plan || coalesce(readd, '');
+    RETURN plan || coalesce(readd, '') || coalesce(requota, '');
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.shard_plan(name) IS

@@ -7,5 +7,5 @@
 pgrx::extension_sql_file!(
     "../sql/shard.sql",
     name = "shard_sql",
-    requires = ["stats_sql"]
+    requires = ["stats_sql", "quota_sql", "audit_sql"]
 );

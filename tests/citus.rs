@@ -31,7 +31,7 @@ fn pkglibdir() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn start_citus() -> Citus {
+fn start_citus(name: &str, ports: [u16; 3]) -> Citus {
     let lib = format!("{}/citus.so", pkglibdir());
     assert!(
         std::path::Path::new(&lib).exists(),
@@ -45,10 +45,10 @@ fn start_citus() -> Citus {
         "--conf",
         "max_prepared_transactions = 200",
     ];
-    let coordinator = Cluster::start("it-citus-coordinator", 25483, &conf);
+    let coordinator = Cluster::start(&format!("it-citus-{name}-coordinator"), ports[0], &conf);
     let workers = vec![
-        Cluster::start("it-citus-worker-1", 25484, &conf),
-        Cluster::start("it-citus-worker-2", 25485, &conf),
+        Cluster::start(&format!("it-citus-{name}-worker-1"), ports[1], &conf),
+        Cluster::start(&format!("it-citus-{name}-worker-2"), ports[2], &conf),
     ];
     for node in std::iter::once(&coordinator).chain(&workers) {
         node.connect("postgres")
@@ -59,8 +59,11 @@ fn start_citus() -> Citus {
             .unwrap();
     }
     let mut c = coordinator.connect(DB);
-    c.execute("SELECT citus_set_coordinator_host('127.0.0.1', 25483)", &[])
-        .unwrap();
+    c.execute(
+        "SELECT citus_set_coordinator_host('127.0.0.1', $1)",
+        &[&(ports[0] as i32)],
+    )
+    .unwrap();
     for w in &workers {
         c.execute(
             "SELECT citus_add_node('127.0.0.1', $1)",
@@ -87,14 +90,17 @@ fn start_citus() -> Citus {
     }
 }
 
-/// The fixture, the readiness fixes in order, the plan statement by statement.
-fn distribute(c: &mut Client) {
+fn load_fixture(c: &mut Client) {
     c.batch_execute(include_str!("../fixture/dittofeed.sql"))
         .unwrap();
     c.batch_execute(include_str!("../fixture/generate.sql"))
         .unwrap();
     c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
         .unwrap();
+}
+
+/// The readiness fixes in order, the plan statement by statement.
+fn distribute(c: &mut Client) {
     let fixes: Vec<String> = c
         .query(
             "SELECT fix FROM tenancy.shard_readiness() WHERE fix IS NOT NULL",
@@ -132,7 +138,8 @@ fn distribute(c: &mut Client) {
     let (hash, reference, tenant): (i64, i64, i64) = c
         .query_one(
             "SELECT (SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'h'),
-                    (SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n'),
+                    (SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n'
+                        AND logicalrelid::regclass::text <> 'tenancy.quota_limit_citus'),
                     (SELECT count(*) FROM tenancy._shard_tables('workspaceId') WHERE tenant)",
             &[],
         )
@@ -379,8 +386,9 @@ fn audit_fails(c: &mut Client) -> Vec<String> {
 
 #[test]
 fn dittofeed_on_a_citus_cluster() {
-    let citus = start_citus();
+    let citus = start_citus("a", [25483, 25484, 25485]);
     let mut admin = citus.coordinator.connect(DB);
+    load_fixture(&mut admin);
     distribute(&mut admin);
     let tables = tenant_tables(&mut admin);
 
@@ -806,5 +814,122 @@ fn quotas(citus: &Citus, admin: &mut Client, wss: &[String]) {
         .find(|r| r.0 == format!("127.0.0.1:{port}"))
         .unwrap_or_else(|| panic!("no statistics of worker {port}: {rows:?}"));
     assert!(on_holder.1 >= 1 && on_holder.2 >= 3, "{rows:?}");
-    assert!(rows.iter().any(|r| r.0 == "127.0.0.1:25483"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.0 == format!("127.0.0.1:{}", citus.coordinator.port)),
+        "{rows:?}"
+    );
+
+    // a new counted_when (here: every row) reaches the shards' counters: recounted
+    admin
+        .execute(
+            "INSERT INTO \"Journey\" (\"workspaceId\", name, \"resourceType\") VALUES ($1::text::uuid, 'internal', 'Internal')",
+            &[&ws],
+        )
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.set_quota('\"Journey\"', NULL, '{ws}');
+             SELECT tenancy.enforce_quota('\"Journey\"');"
+        ))
+        .unwrap();
+    insert_journey(&mut app, ws).unwrap();
+    let all: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM \"Journey\" WHERE \"workspaceId\" = $1::text::uuid",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0);
+    let counted: i64 = holder
+        .connect(DB)
+        .query_one(
+            "SELECT used FROM tenancy.quota_counters() WHERE workspace_id = $1::text::uuid AND table_name::text LIKE '%Journey%'",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0);
+    assert!(all > declarative_journeys(admin, ws));
+    eprintln!("recount: counted {counted}, all rows {all}");
+    assert_eq!(
+        counted, all,
+        "the shard's counter after the new counted_when"
+    );
+}
+
+/// A database already isolated and under quotas on one server (the policies with sub-selects,
+/// quota triggers), then scaled out: shard_readiness() gives the policies' fix, shard_plan()
+/// takes the quota triggers off before distributing and enforce_quota() puts them back after,
+/// counted on the shards with the limits kept.
+#[test]
+fn an_existing_tenancy_database_scaled_out() {
+    let citus = start_citus("b", [25486, 25487, 25488]);
+    let mut admin = citus.coordinator.connect(DB);
+    load_fixture(&mut admin);
+    // the migration as it ran on one server (the form with sub-selects: distributed => false)
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.create_app_role('{APP}');
+             SELECT count(*) FROM tenancy.enable_rls_all(hierarchy => true, distributed => false);"
+        ))
+        .unwrap();
+    admin.batch_execute(QUOTA_MIGRATION).unwrap();
+    let ws = ws_id(&mut admin, "root", 1);
+    let declarative = declarative_journeys(&mut admin, &ws);
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('\"Journey\"', $1, $2::text::uuid)",
+            &[&(declarative + 2), &ws],
+        )
+        .unwrap();
+    let rules: Vec<(String, bool, bool)> = admin
+        .query(
+            "SELECT rule, blocker, fix IS NOT NULL FROM tenancy.shard_readiness()
+              WHERE rule IN ('policy_with_subquery', 'quota_triggers', 'trigger_on_table')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    // 11 tables x 3 policies with a sub-select; 3 enforced tables x 4 triggers, no blocker
+    assert_eq!(
+        rules
+            .iter()
+            .filter(|r| r.0 == "policy_with_subquery" && r.1 && r.2)
+            .count(),
+        33,
+        "{rules:?}"
+    );
+    assert_eq!(
+        rules
+            .iter()
+            .filter(|r| r.0 == "quota_triggers" && !r.1 && !r.2)
+            .count(),
+        12,
+        "{rules:?}"
+    );
+    assert!(
+        !rules.iter().any(|r| r.0 == "trigger_on_table"),
+        "{rules:?}"
+    );
+    distribute(&mut admin);
+    assert_eq!(audit_fails(&mut admin), Vec::<String>::new());
+    let tables = tenant_tables(&mut admin);
+    let mut app = citus.coordinator.connect_as(DB, APP);
+    let parent = ws_id(&mut admin, "parent", 1);
+    hierarchy_matrix(&mut admin, &mut app, &tables, &parent);
+    // the limits survived: two more, then 53400
+    insert_journey(&mut app, &ws).unwrap();
+    insert_journey(&mut app, &ws).unwrap();
+    let err = insert_journey(&mut app, &ws).unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    let args: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '\"Journey\"'::regclass AND tgnargs = 3",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(args, 4, "the quota triggers in their form for the shards");
 }

@@ -93,10 +93,22 @@ pub(super) fn prepare(local: Local) {
     for (relid, _) in &local.exclusive {
         remove_table(*relid);
     }
-    if !p.touched.is_empty() {
-        STATE.with(|s| s.borrow_mut().prepared.push(p));
-    }
+    // kept even without notes: its COMMIT PREPARED here must not be taken for one prepared
+    // elsewhere (Citus prepares every distributed DDL and multi-shard write on the workers)
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.prepared.push(p);
+        if s.prepared.len() > MAX_EMPTY_KEPT {
+            if let Some(i) = s.prepared.iter().position(|p| p.touched.is_empty()) {
+                s.prepared.remove(i);
+            }
+        }
+    });
 }
+
+/// GIDs of prepared transactions without notes one backend remembers (the oldest forgotten
+/// first; one finished here after that recounts the database's idle counters, which is safe).
+const MAX_EMPTY_KEPT: usize = 256;
 
 /// XACT_EVENT_COMMIT: the transaction that just committed may have finished a prepared one.
 pub(super) fn finish_on_commit() {
