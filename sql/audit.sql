@@ -489,6 +489,28 @@ $fn$;
 COMMENT ON FUNCTION @extschema@._audit_tables(name) IS
 'Internal: audit() checks on each tenant table: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete, owner_login, truncate_granted, missing_workspace_index, invalid_index.';
 
+-- A partition of a partitioned tenant table is a table of its own: queried directly, only its
+-- own row-level security applies, not its parent's.
+CREATE FUNCTION @extschema@._audit_partitions(workspace_column name)
+RETURNS TABLE (severity text, "check" text, object text, detail text, fix text, relid oid)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT 'fail', 'partition_unprotected', 'table ' || @extschema@._qualified_name(pt.relid),
+           format('a partition of %s without row-level security enabled and forced and the "tenancy_isolation" policy: queried directly, it shows and takes every workspace''s rows', t.qualified),
+           @extschema@._enable_rls_sql(t.qualified, workspace_column,
+                                       @extschema@._policy_state(t.relid, workspace_column) = 'hierarchy'),
+           t.relid
+      FROM @extschema@._tenant_tables(workspace_column) t
+      JOIN LATERAL pg_partition_tree(t.relid) pt ON pt.relid <> t.relid
+      JOIN pg_class c ON c.oid = pt.relid
+     WHERE t.relkind = 'p'
+       AND (NOT c.relrowsecurity OR NOT c.relforcerowsecurity
+            OR NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = pt.relid AND p.polname = 'tenancy_isolation'))
+$fn$;
+COMMENT ON FUNCTION @extschema@._audit_partitions(name) IS
+'Internal: audit() check partition_unprotected.';
+
 -- Audit checks on the policies of the tenant tables: per-row context calls, extra permissive policies.
 CREATE FUNCTION @extschema@._audit_policies(workspace_column name)
 RETURNS TABLE (severity text, "check" text, object text, detail text, fix text, relid oid)
@@ -835,7 +857,8 @@ BEGIN
         SELECT * FROM @extschema@._audit_tables(workspace_column)
         UNION ALL SELECT * FROM @extschema@._audit_policies(workspace_column)
         UNION ALL SELECT * FROM @extschema@._audit_roles(workspace_column)
-        UNION ALL SELECT * FROM @extschema@._audit_dependents(workspace_column)),
+        UNION ALL SELECT * FROM @extschema@._audit_dependents(workspace_column)
+        UNION ALL SELECT * FROM @extschema@._audit_partitions(workspace_column)),
     t AS MATERIALIZED (SELECT * FROM @extschema@._tenant_tables(workspace_column))
     SELECT x.sev, x.chk, x.obj, x.det, x.fx
       FROM (SELECT f.severity AS sev, f."check" AS chk, f.object AS obj, f.detail AS det, f.fix AS fx FROM f
@@ -898,7 +921,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.audit(name) IS
-'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); restrictive_policy_citus (fail: a RESTRICTIVE policy where Citus is installed, which Citus makes permissive on the shards); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); partition_unprotected (fail: a partition of a tenant table without the policy, ENABLE or FORCE); restrictive_policy_citus (fail: a RESTRICTIVE policy where Citus is installed, which Citus makes permissive on the shards); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
 
 REVOKE ALL ON FUNCTION @extschema@._tenant_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._enable_rls_sql(text, name, boolean) FROM PUBLIC;
@@ -915,6 +938,7 @@ REVOKE ALL ON FUNCTION @extschema@._audit_tables(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._audit_policies(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._audit_roles(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._audit_dependents(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._audit_partitions(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._mentions_name(text, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.index_advice(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.index_advice_usage(name) FROM PUBLIC;

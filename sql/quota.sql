@@ -245,6 +245,47 @@ COMMENT ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) IS
 'Internal: the part of enforce_quota for a table hash-distributed by the workspace column (src/quota/citus.rs).';
 REVOKE ALL ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) FROM PUBLIC;
 
+-- The quota triggers of an enforced table, on it and, for a partitioned table, on every
+-- partition (a statement names one table: rows written through the partitioned table fire its
+-- triggers, rows written into a partition directly that partition's; the trigger counts them for
+-- the partitioned table either way). args: the trigger arguments ('' for none).
+CREATE FUNCTION @extschema@._quota_set_triggers(tbl regclass, args text, install boolean, only_missing boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    m regclass;
+BEGIN
+    -- pg_partition_tree() lists nothing for a table that is not partitioned
+    FOR m IN SELECT tbl UNION ALL
+             (SELECT t.relid FROM pg_partition_tree(tbl) t WHERE t.relid <> tbl::oid ORDER BY t.level) LOOP
+        -- only_missing (a partition added later): the others are not touched, nor locked (a
+        -- writer of a partition counting its partitioned table would deadlock with us)
+        CONTINUE WHEN only_missing AND (SELECT count(*) FROM pg_trigger tg
+                                         WHERE tg.tgrelid = m AND tg.tgname IN ('tenancy_quota_insert', 'tenancy_quota_delete',
+                                                                                'tenancy_quota_update', 'tenancy_quota_truncate')) = 4;
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', m);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', m);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', m);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', m);
+        CONTINUE WHEN NOT install;
+        EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+        EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+        EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+        EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._quota_set_triggers(regclass, text, boolean, boolean) IS
+'Internal: drops and (install) creates the quota triggers on a table and every partition of it (only_missing: on those without all four).';
+REVOKE ALL ON FUNCTION @extschema@._quota_set_triggers(regclass, text, boolean, boolean) FROM PUBLIC;
+
 -- enforce_quota: install enforcement on a tenant table and (re)count its rows. Idempotent: a
 -- second call with other arguments updates the settings and recounts; a call with the same
 -- arguments recounts (a repair that can never hurt).
@@ -273,14 +314,15 @@ BEGIN
     SELECT c.relkind, c.relpersistence INTO relkind, persistence FROM pg_class c WHERE c.oid = tbl;
     -- Statement triggers fire only on the table a statement names: what is written through a
     -- partitioned parent, into a partition, or through an inheritance parent or child would not
-    -- be counted exactly. Refused until partitioned tables are supported (and an ATTACH or
-    -- INHERIT of an enforced table later is refused by tenancy_quota_on_ddl).
-    IF relkind = 'p' OR EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl AND c.relispartition) THEN
-        RAISE EXCEPTION 'cannot enforce a quota on %: it is a partitioned table or a partition', tbl USING ERRCODE = '0A000',
-            DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the partitioned table, or into a partition directly, would not be counted.',
-            HINT = 'Quotas are not supported on partitioned tables yet: enforce them on a table that is not partitioned.';
+    -- be counted exactly. A partitioned table gets the triggers on every partition too, and is
+    -- the unit of the quota; a partition alone is refused (and an ATTACH or INHERIT of an
+    -- enforced table into another tree later is refused by tenancy_quota_on_ddl).
+    IF EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl AND c.relispartition) THEN
+        RAISE EXCEPTION 'cannot enforce a quota on %: it is a partition', tbl USING ERRCODE = '0A000',
+            DETAIL = 'The quota of a partitioned table covers all its partitions.',
+            HINT = format('Enforce it on the partitioned table: SELECT tenancy.enforce_quota(%L);', pg_partition_root(tbl)::text);
     END IF;
-    IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = tbl OR i.inhparent = tbl) THEN
+    IF relkind = 'r' AND EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = tbl OR i.inhparent = tbl) THEN
         RAISE EXCEPTION 'cannot enforce a quota on %: it is part of an inheritance tree', tbl USING ERRCODE = '0A000',
             DETAIL = 'Statement triggers fire only on the table a statement names: rows written or deleted through an inheritance parent or child would not be counted.',
             HINT = 'Enforce quotas on tables without inheritance parents or children (ALTER TABLE ... NO INHERIT).';
@@ -289,7 +331,7 @@ BEGIN
         RAISE EXCEPTION 'cannot enforce a quota on temporary table %', (SELECT quote_ident(c.relname) FROM pg_class c WHERE c.oid = tbl) USING ERRCODE = '0A000',
             DETAIL = 'A temporary table disappears with its session without an sql_drop event, which would leave its bookkeeping behind.';
     END IF;
-    IF relkind IS DISTINCT FROM 'r' THEN
+    IF relkind IS NULL OR relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'cannot enforce a quota on % : it is not a table', tbl USING ERRCODE = '42809',
             DETAIL = format('relkind is %L.', relkind);
     END IF;
@@ -344,19 +386,7 @@ BEGIN
         INSERT INTO @extschema@.quota_shared_mark (tbl) VALUES (tbl);
     END IF;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-
+    PERFORM @extschema@._quota_set_triggers(tbl, '', true);
 END
 $fn$;
 REVOKE ALL ON FUNCTION @extschema@._enforce_quota(regclass, name, text) FROM PUBLIC;
@@ -471,10 +501,7 @@ BEGIN
         IF @extschema@._citus_dist_column(tbl) IS NOT NULL THEN
             PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
         END IF;
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+        PERFORM @extschema@._quota_set_triggers(tbl, '', false);
         IF @extschema@._citus_dist_column(tbl) <> '' THEN
             PERFORM @extschema@._citus_quota_forget(tbl);
         END IF;
@@ -550,26 +577,45 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     bad regclass;
+    root regclass;
 BEGIN
     IF to_regclass('@extschema@.quota_table') IS NULL THEN
         RETURN;
     END IF;
+    -- an enforced table put into another table's tree (ATTACH PARTITION, INHERIT, INHERITS),
+    -- or an enforced plain table given inheritance children
     SELECT q.tbl INTO bad
       FROM pg_event_trigger_ddl_commands() d
       JOIN pg_inherits i ON d.objid IN (i.inhrelid, i.inhparent)
       JOIN @extschema@.quota_table q ON q.tbl::oid IN (i.inhrelid, i.inhparent)
+      JOIN pg_class c ON c.oid = q.tbl
      WHERE d.classid = 'pg_class'::regclass
+       AND (c.relkind <> 'p' OR q.tbl::oid = i.inhrelid)
      LIMIT 1;
     IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'table % is under quota enforcement and cannot be part of a partition or inheritance tree', bad
+        RAISE EXCEPTION 'table % is under quota enforcement and cannot be part of another partition or inheritance tree', bad
             USING ERRCODE = '0A000',
                   DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the other tables of the tree would not be counted.',
                   HINT = format('Release the quota first: SELECT tenancy.release_quota(%L);', bad::text);
     END IF;
+    -- an enforced partitioned table that changed (a partition created, attached or detached):
+    -- every partition gets the triggers, and the counters are counted again after this
+    -- transaction (an attached table brings rows, a detached one takes them away)
+    FOR root IN
+        SELECT DISTINCT q.tbl
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = d.objid
+          JOIN @extschema@.quota_table q ON q.tbl::oid = CASE WHEN c.relispartition THEN pg_partition_root(c.oid) ELSE c.oid END
+          JOIN pg_class qc ON qc.oid = q.tbl AND qc.relkind = 'p'
+         WHERE d.classid = 'pg_class'::regclass
+    LOOP
+        PERFORM @extschema@._quota_set_triggers(root, '', true, true);
+        PERFORM @extschema@._quota_forget(root);
+    END LOOP;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._quota_on_ddl() IS
-'Internal: ddl_command_end event trigger function refusing (0A000) to put a quota-enforced table into a partition or inheritance tree.';
+'Internal: ddl_command_end event trigger function refusing (0A000) to put a quota-enforced table into another partition or inheritance tree, and giving the partitions of an enforced partitioned table their quota triggers.';
 REVOKE ALL ON FUNCTION @extschema@._quota_on_ddl() FROM PUBLIC;
 CREATE EVENT TRIGGER tenancy_quota_on_ddl ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')

@@ -83,6 +83,9 @@ DECLARE
     inline boolean := coalesce(distributed, @extschema@._citus_installed());
     own text;
     readable text;
+    stmts text[];
+    result text[];
+    member oid;
 BEGIN
     IF hierarchy IS NULL THEN
         RAISE EXCEPTION 'hierarchy must not be NULL' USING ERRCODE = '22004',
@@ -97,7 +100,7 @@ BEGIN
         readable := format('%s = ANY ((SELECT %s.readable_workspace_ids())::uuid[])', col, ext);
     END IF;
     IF NOT hierarchy THEN
-        RETURN ARRAY[
+        stmts := ARRAY[
             format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
             format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
             format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
@@ -107,14 +110,13 @@ BEGIN
             format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
                     '    USING (%2$s)\n'
                     '    WITH CHECK (%2$s);', target, own)];
-    END IF;
-    IF inline THEN
+    ELSIF inline THEN
         -- Citus (13.2.2, commands/policy.c) creates a distributed table's policies on its shards
         -- without AS RESTRICTIVE: a restrictive policy would become permissive there and let a
         -- parent update and delete its children's rows. So one permissive policy per command:
         -- reads the readable workspaces, writes the current one (UPDATE and DELETE with a
         -- WHERE clause also get the SELECT policy, AND-ed: still the current workspace).
-        RETURN ARRAY[
+        stmts := ARRAY[
             format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
             format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
             format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
@@ -130,26 +132,36 @@ BEGIN
             format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
             format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS PERMISSIVE FOR DELETE TO PUBLIC\n'
                     '    USING (%2$s);', target, own)];
+    ELSE
+        -- Hierarchy: reads cover the current workspace and its active children (an index
+        -- condition); inserts and the new row of updates are checked against the current
+        -- workspace (WITH CHECK), and the restrictive policies keep UPDATE and DELETE from reaching
+        -- a child's rows.
+        stmts := ARRAY[
+            format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
+            format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
+            format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                    '    USING (%3$s)\n'
+                    '    WITH CHECK (%2$s);', target, own, readable),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
+                    '    USING (%2$s)\n'
+                    '    WITH CHECK (%2$s);', target, own),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
+                    '    USING (%2$s);', target, own)];
     END IF;
-    -- Hierarchy: reads cover the current workspace and its active children (an index
-    -- condition); inserts and the new row of updates are checked against the current
-    -- workspace (WITH CHECK), and the restrictive policies keep UPDATE and DELETE from reaching
-    -- a child's rows.
-    RETURN ARRAY[
-        format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
-        format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
-        format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
-        format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
-        format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
-                '    USING (%3$s)\n'
-                '    WITH CHECK (%2$s);', target, own, readable),
-        format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
-        format(E'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
-                '    USING (%2$s)\n'
-                '    WITH CHECK (%2$s);', target, own),
-        format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
-        format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
-                '    USING (%2$s);', target, own)];
+    -- A partition queried directly is not covered by its parent's policies: every partition of
+    -- a partitioned table (at any depth) gets the same statements.
+    result := stmts;
+    FOR member IN SELECT t.relid FROM pg_partition_tree(tbl) t
+                   WHERE t.relid <> tbl::oid ORDER BY t.level, t.relid::regclass::text COLLATE "C" LOOP
+        result := result || ARRAY(SELECT replace(x, target, @extschema@._qualified_name(member))
+                                    FROM unnest(stmts) WITH ORDINALITY AS u(x, o) ORDER BY o);
+    END LOOP;
+    RETURN result;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@._rls_statements(regclass, name, boolean, boolean) IS
@@ -225,13 +237,17 @@ BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
     END IF;
-    target := @extschema@._qualified_name(tbl);
+    -- the table, then its partitions (pg_partition_tree() lists nothing for a plain table)
+    FOR target IN SELECT @extschema@._qualified_name(tbl) UNION ALL
+                  (SELECT @extschema@._qualified_name(t.relid) FROM pg_partition_tree(tbl) t
+                    WHERE t.relid <> tbl::oid ORDER BY t.level) LOOP
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s', target);
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', target);
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', target);
+    END LOOP;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.disable_rls(regclass) IS
@@ -241,3 +257,54 @@ REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name, boolean, boolean) 
 REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.disable_rls(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._qualified_name(oid) FROM PUBLIC;
+
+-- A partition created or attached later gets the policies of its partitioned table (a partition
+-- queried directly is not covered by its parent's): an event trigger at the end of CREATE TABLE
+-- and ALTER TABLE applies enable_rls() to every partition of a tree whose root carries
+-- "tenancy_isolation", in the root's form (column, hierarchy option, form for Citus or not),
+-- where the policy, ENABLE or FORCE is missing. Runs as the user of the DDL (who owns the new
+-- partition); its own DDL does not fire it again.
+CREATE FUNCTION @extschema@._rls_on_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+    m oid;
+    col name;
+BEGIN
+    IF current_setting('tenancy_internal.rls_on_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN
+        SELECT DISTINCT pg_partition_root(d.objid) AS root, p.polqual, p.polwithcheck
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = d.objid
+          JOIN pg_policy p ON p.polrelid = pg_partition_root(d.objid) AND p.polname = 'tenancy_isolation'
+         WHERE d.classid = 'pg_class'::regclass AND (c.relispartition OR c.relkind = 'p')
+    LOOP
+        SELECT a.attname INTO col FROM pg_attribute a
+         WHERE a.attrelid = r.root
+           AND a.attnum = (regexp_match(coalesce(r.polwithcheck, r.polqual)::text, ':varattno (\d+)'))[1]::smallint;
+        CONTINUE WHEN col IS NULL;
+        FOR m IN SELECT t.relid FROM pg_partition_tree(r.root) t JOIN pg_class c ON c.oid = t.relid
+                  WHERE t.relid <> r.root
+                    AND (NOT c.relrowsecurity OR NOT c.relforcerowsecurity
+                         OR NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = t.relid AND p.polname = 'tenancy_isolation'))
+                  ORDER BY t.level LOOP
+            PERFORM set_config('tenancy_internal.rls_on_ddl', 'on', true);
+            PERFORM @extschema@.enable_rls(m::regclass, col,
+                                           @extschema@._policy_state(r.root, col) = 'hierarchy',
+                                           r.polqual::text NOT LIKE '%{SUBLINK %');
+            PERFORM set_config('tenancy_internal.rls_on_ddl', '', true);
+        END LOOP;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@._rls_on_ddl() IS
+'Internal: event trigger function giving a new or attached partition the tenancy policies of its partitioned table.';
+CREATE EVENT TRIGGER tenancy_rls_on_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION @extschema@._rls_on_ddl();
+REVOKE ALL ON FUNCTION @extschema@._rls_on_ddl() FROM PUBLIC;

@@ -18,6 +18,12 @@
 -- - shard_readiness(): rule quota_triggers, a fix for tenancy's policies with sub-selects;
 --   shard_plan(): quota triggers dropped before distributing, enforce_quota() after;
 --   _shard_tables() leaves out the extension's schema.
+-- - Hash-partitioned tenant tables (issue 19, item 2): enable_rls()/disable_rls() cover every
+--   partition; event trigger tenancy_rls_on_ddl (_rls_on_ddl) gives a partition created or
+--   attached later its table's policies; audit() check partition_unprotected
+--   (_audit_partitions); quotas on a partitioned table (triggers on every partition through
+--   _quota_set_triggers, _quota_on_ddl installs them on new partitions and recounts after
+--   ATTACH/DETACH).
 -- - (no SQL) PREPARE TRANSACTION of a transaction that changed counted rows is no longer refused.
 -- tests/upgrade.rs checks the result against a fresh install. Released with 0.8.0: never edit
 -- this file after that (docs/releasing.md).
@@ -48,6 +54,9 @@ DECLARE
     inline boolean := coalesce(distributed, @extschema@._citus_installed());
     own text;
     readable text;
+    stmts text[];
+    result text[];
+    member oid;
 BEGIN
     IF hierarchy IS NULL THEN
         RAISE EXCEPTION 'hierarchy must not be NULL' USING ERRCODE = '22004',
@@ -62,7 +71,7 @@ BEGIN
         readable := format('%s = ANY ((SELECT %s.readable_workspace_ids())::uuid[])', col, ext);
     END IF;
     IF NOT hierarchy THEN
-        RETURN ARRAY[
+        stmts := ARRAY[
             format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
             format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
             format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
@@ -72,14 +81,13 @@ BEGIN
             format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
                     '    USING (%2$s)\n'
                     '    WITH CHECK (%2$s);', target, own)];
-    END IF;
-    IF inline THEN
+    ELSIF inline THEN
         -- Citus (13.2.2, commands/policy.c) creates a distributed table's policies on its shards
         -- without AS RESTRICTIVE: a restrictive policy would become permissive there and let a
         -- parent update and delete its children's rows. So one permissive policy per command:
         -- reads the readable workspaces, writes the current one (UPDATE and DELETE with a
         -- WHERE clause also get the SELECT policy, AND-ed: still the current workspace).
-        RETURN ARRAY[
+        stmts := ARRAY[
             format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
             format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
             format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
@@ -95,26 +103,36 @@ BEGIN
             format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
             format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS PERMISSIVE FOR DELETE TO PUBLIC\n'
                     '    USING (%2$s);', target, own)];
+    ELSE
+        -- Hierarchy: reads cover the current workspace and its active children (an index
+        -- condition); inserts and the new row of updates are checked against the current
+        -- workspace (WITH CHECK), and the restrictive policies keep UPDATE and DELETE from reaching
+        -- a child's rows.
+        stmts := ARRAY[
+            format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
+            format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
+            format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
+            format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
+                    '    USING (%3$s)\n'
+                    '    WITH CHECK (%2$s);', target, own, readable),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
+                    '    USING (%2$s)\n'
+                    '    WITH CHECK (%2$s);', target, own),
+            format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
+            format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
+                    '    USING (%2$s);', target, own)];
     END IF;
-    -- Hierarchy: reads cover the current workspace and its active children (an index
-    -- condition); inserts and the new row of updates are checked against the current
-    -- workspace (WITH CHECK), and the restrictive policies keep UPDATE and DELETE from reaching
-    -- a child's rows.
-    RETURN ARRAY[
-        format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s;', target),
-        format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', target),
-        format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', target),
-        format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s;', target),
-        format(E'CREATE POLICY "tenancy_isolation" ON %1$s AS PERMISSIVE FOR ALL TO PUBLIC\n'
-                '    USING (%3$s)\n'
-                '    WITH CHECK (%2$s);', target, own, readable),
-        format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s;', target),
-        format(E'CREATE POLICY "tenancy_isolation_update" ON %1$s AS RESTRICTIVE FOR UPDATE TO PUBLIC\n'
-                '    USING (%2$s)\n'
-                '    WITH CHECK (%2$s);', target, own),
-        format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s;', target),
-        format(E'CREATE POLICY "tenancy_isolation_delete" ON %1$s AS RESTRICTIVE FOR DELETE TO PUBLIC\n'
-                '    USING (%2$s);', target, own)];
+    -- A partition queried directly is not covered by its parent's policies: every partition of
+    -- a partitioned table (at any depth) gets the same statements.
+    result := stmts;
+    FOR member IN SELECT t.relid FROM pg_partition_tree(tbl) t
+                   WHERE t.relid <> tbl::oid ORDER BY t.level, t.relid::regclass::text COLLATE "C" LOOP
+        result := result || ARRAY(SELECT replace(x, target, @extschema@._qualified_name(member))
+                                    FROM unnest(stmts) WITH ORDINALITY AS u(x, o) ORDER BY o);
+    END LOOP;
+    RETURN result;
 END
 $fn$;
 
@@ -194,19 +212,71 @@ BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
     END IF;
-    target := @extschema@._qualified_name(tbl);
+    -- the table, then its partitions (pg_partition_tree() lists nothing for a plain table)
+    FOR target IN SELECT @extschema@._qualified_name(tbl) UNION ALL
+                  (SELECT @extschema@._qualified_name(t.relid) FROM pg_partition_tree(tbl) t
+                    WHERE t.relid <> tbl::oid ORDER BY t.level) LOOP
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_insert" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_update" ON %s', target);
     EXECUTE format('DROP POLICY IF EXISTS "tenancy_isolation_delete" ON %s', target);
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', target);
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', target);
+    END LOOP;
 END
 $fn$;
 
 REVOKE ALL ON FUNCTION @extschema@.enable_rls(regclass, name, boolean, boolean) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.enable_rls_all(name, name, boolean, boolean) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@._rls_on_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+    m oid;
+    col name;
+BEGIN
+    IF current_setting('tenancy_internal.rls_on_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN
+        SELECT DISTINCT pg_partition_root(d.objid) AS root, p.polqual, p.polwithcheck
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = d.objid
+          JOIN pg_policy p ON p.polrelid = pg_partition_root(d.objid) AND p.polname = 'tenancy_isolation'
+         WHERE d.classid = 'pg_class'::regclass AND (c.relispartition OR c.relkind = 'p')
+    LOOP
+        SELECT a.attname INTO col FROM pg_attribute a
+         WHERE a.attrelid = r.root
+           AND a.attnum = (regexp_match(coalesce(r.polwithcheck, r.polqual)::text, ':varattno (\d+)'))[1]::smallint;
+        CONTINUE WHEN col IS NULL;
+        FOR m IN SELECT t.relid FROM pg_partition_tree(r.root) t JOIN pg_class c ON c.oid = t.relid
+                  WHERE t.relid <> r.root
+                    AND (NOT c.relrowsecurity OR NOT c.relforcerowsecurity
+                         OR NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = t.relid AND p.polname = 'tenancy_isolation'))
+                  ORDER BY t.level LOOP
+            PERFORM set_config('tenancy_internal.rls_on_ddl', 'on', true);
+            PERFORM @extschema@.enable_rls(m::regclass, col,
+                                           @extschema@._policy_state(r.root, col) = 'hierarchy',
+                                           r.polqual::text NOT LIKE '%{SUBLINK %');
+            PERFORM set_config('tenancy_internal.rls_on_ddl', '', true);
+        END LOOP;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._rls_on_ddl() IS
+'Internal: event trigger function giving a new or attached partition the tenancy policies of its partitioned table.';
+
+CREATE EVENT TRIGGER tenancy_rls_on_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION @extschema@._rls_on_ddl();
+
+REVOKE ALL ON FUNCTION @extschema@._rls_on_ddl() FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION @extschema@._policy_expr(workspace_column name, form text)
 RETURNS text
@@ -291,6 +361,27 @@ $fn$;
 COMMENT ON FUNCTION @extschema@._policy_state(oid, name) IS
 'Internal: ''standard'', ''hierarchy'', ''incomplete'' (hierarchy USING without the restrictive tenancy_isolation_update/_delete policies), ''altered'' or ''missing'': the table''s tenancy_isolation policy compared with the forms tenancy emits (with sub-selects, or inline, the form for Citus).';
 
+CREATE FUNCTION @extschema@._audit_partitions(workspace_column name)
+RETURNS TABLE (severity text, "check" text, object text, detail text, fix text, relid oid)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT 'fail', 'partition_unprotected', 'table ' || @extschema@._qualified_name(pt.relid),
+           format('a partition of %s without row-level security enabled and forced and the "tenancy_isolation" policy: queried directly, it shows and takes every workspace''s rows', t.qualified),
+           @extschema@._enable_rls_sql(t.qualified, workspace_column,
+                                       @extschema@._policy_state(t.relid, workspace_column) = 'hierarchy'),
+           t.relid
+      FROM @extschema@._tenant_tables(workspace_column) t
+      JOIN LATERAL pg_partition_tree(t.relid) pt ON pt.relid <> t.relid
+      JOIN pg_class c ON c.oid = pt.relid
+     WHERE t.relkind = 'p'
+       AND (NOT c.relrowsecurity OR NOT c.relforcerowsecurity
+            OR NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = pt.relid AND p.polname = 'tenancy_isolation'))
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._audit_partitions(name) IS
+'Internal: audit() check partition_unprotected.';
+
 CREATE OR REPLACE FUNCTION @extschema@._audit_policies(workspace_column name)
 RETURNS TABLE (severity text, "check" text, object text, detail text, fix text, relid oid)
 LANGUAGE sql STABLE
@@ -340,8 +431,88 @@ $fn$;
 COMMENT ON FUNCTION @extschema@._audit_policies(name) IS
 'Internal: audit() checks on the policies of the tenant tables: policy_per_row, permissive_policy, restrictive_policy_citus.';
 
+CREATE OR REPLACE FUNCTION @extschema@.audit(workspace_column name DEFAULT 'workspaceId')
+RETURNS TABLE (severity text, "check" text, object text, detail text, fix text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF workspace_column IS NULL THEN
+        RAISE EXCEPTION 'workspace column must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    RETURN QUERY
+    WITH f AS MATERIALIZED (
+        SELECT * FROM @extschema@._audit_tables(workspace_column)
+        UNION ALL SELECT * FROM @extschema@._audit_policies(workspace_column)
+        UNION ALL SELECT * FROM @extschema@._audit_roles(workspace_column)
+        UNION ALL SELECT * FROM @extschema@._audit_dependents(workspace_column)
+        UNION ALL SELECT * FROM @extschema@._audit_partitions(workspace_column)),
+    t AS MATERIALIZED (SELECT * FROM @extschema@._tenant_tables(workspace_column))
+    SELECT x.sev, x.chk, x.obj, x.det, x.fx
+      FROM (SELECT f.severity AS sev, f."check" AS chk, f.object AS obj, f.detail AS det, f.fix AS fx FROM f
+            UNION ALL
+            SELECT 'info', 'isolated', 'table ' || t.qualified,
+                   format('row-level security enabled and forced, policy "tenancy_isolation" (%s form) on %s',
+                          @extschema@._policy_state(t.relid, workspace_column), @extschema@._quote_always(workspace_column)),
+                   NULL
+              FROM t
+             WHERE t.rls_enabled AND t.rls_forced
+               AND @extschema@._policy_state(t.relid, workspace_column) IN ('standard', 'hierarchy')
+               AND NOT EXISTS (SELECT 1 FROM f WHERE f.relid = t.relid AND f.severity = 'fail')
+            UNION ALL
+            SELECT 'info', 'shared_preload_libraries', 'setting shared_preload_libraries',
+                   CASE WHEN l.loaded
+                        THEN 'tenancy is in shared_preload_libraries: per-workspace statistics are collected'
+                        ELSE 'tenancy is not in shared_preload_libraries: the statistics views raise 55000 (add it in postgresql.conf and restart)'
+                   END,
+                   NULL
+              FROM (SELECT EXISTS (SELECT 1 FROM unnest(string_to_array(current_setting('shared_preload_libraries'), ',')) AS lib
+                                    WHERE btrim(lib, ' "') ~ '(^|/)tenancy$') AS loaded) AS l
+            UNION ALL
+            -- A login default of the context (pg_db_role_setting, for this database or all):
+            -- refused by ALTER ROLE / DATABASE ... SET and ignored at connection start, but one
+            -- stored before the extension was loaded or written into the catalog is reported.
+            -- RESET removes an entry only when spelled exactly as the setting's name (guc.c
+            -- compares the stored name case-sensitively); another spelling needs RESET ALL.
+            SELECT 'fail', 'context_default',
+                   CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'all roles'
+                        WHEN d.setrole = 0 THEN 'database ' || @extschema@._quote_always(current_database())
+                        WHEN d.setdatabase = 0 THEN 'role ' || COALESCE(@extschema@._quote_always(r.rolname), d.setrole::text)
+                        ELSE 'role ' || COALESCE(@extschema@._quote_always(r.rolname), d.setrole::text)
+                             || ' in database ' || @extschema@._quote_always(current_database()) END,
+                   format('%s = %L is a login default: PostgreSQL would start every new connection inside that '
+                          'workspace; tenancy ignores it at connection start (WARNING, no context)%s',
+                          d.name, d.value,
+                          CASE WHEN d.name <> 'tenancy.workspace_id'
+                               THEN '; RESET cannot remove this spelling: RESET ALL removes every setting of the entry '
+                                    || '(' || array_to_string(d.setconfig, ', ') || ')'
+                               ELSE '' END),
+                   CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN format('ALTER ROLE ALL RESET %s;', d.reset)
+                        WHEN d.setrole = 0 THEN format('ALTER DATABASE %s RESET %s;',
+                                                       @extschema@._quote_always(current_database()), d.reset)
+                        WHEN r.rolname IS NULL THEN NULL
+                        WHEN d.setdatabase = 0 THEN format('ALTER ROLE %s RESET %s;',
+                                                           @extschema@._quote_always(r.rolname), d.reset)
+                        ELSE format('ALTER ROLE %s IN DATABASE %s RESET %s;', @extschema@._quote_always(r.rolname),
+                                    @extschema@._quote_always(current_database()), d.reset) END
+              FROM (SELECT s.setdatabase, s.setrole, s.setconfig, split_part(c.setting, '=', 1) AS name,
+                           substr(c.setting, strpos(c.setting, '=') + 1) AS value,
+                           CASE WHEN split_part(c.setting, '=', 1) = 'tenancy.workspace_id'
+                                THEN 'tenancy.workspace_id' ELSE 'ALL' END AS reset
+                      FROM pg_db_role_setting s, unnest(s.setconfig) AS c(setting)
+                     WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                       AND lower(split_part(c.setting, '=', 1)) = 'tenancy.workspace_id') AS d
+              LEFT JOIN pg_roles r ON r.oid = d.setrole
+           ) AS x
+     WHERE EXISTS (SELECT 1 FROM t)
+     ORDER BY CASE x.sev WHEN 'fail' THEN 0 WHEN 'warn' THEN 1 ELSE 2 END, x.chk COLLATE "C", x.obj COLLATE "C", x.det COLLATE "C";
+END
+$fn$;
+
 COMMENT ON FUNCTION @extschema@.audit(name) IS
-'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); restrictive_policy_citus (fail: a RESTRICTIVE policy where Citus is installed, which Citus makes permissive on the shards); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+'Audits workspace isolation of the tenant tables (tables with the uuid workspace column). One row per finding: severity (fail, warn, info), check, object, detail, fix (executable SQL, NULL when none). Checks: rls_disabled, rls_not_forced, policy_missing, policy_altered, policy_incomplete (fail); partition_unprotected (fail: a partition of a tenant table without the policy, ENABLE or FORCE); restrictive_policy_citus (fail: a RESTRICTIVE policy where Citus is installed, which Citus makes permissive on the shards); policy_per_row, permissive_policy (warn); superuser_login (warn), bypassrls_login (fail), createrole_login (fail: a login role subject to row-level security with CREATEROLE, or a member of a role with it: in PostgreSQL 15 it can grant itself a BYPASSRLS role), superuser_member (fail: such a role can SET ROLE to a superuser role), bypassrls_grantable (fail: such a role holds, or can SET ROLE to a holder of, ADMIN OPTION on a BYPASSRLS role), replication_login (warn: REPLICATION reads every workspace through replication), bypassrls_role (info, with members), owner_login (fail without FORCE, else warn), no_application_role (fail), application_role (info: none of the fails above, no REPLICATION), truncate_granted (fail), registry_writable (warn: a login role can delete workspaces, whose cascade ignores row-level security, or re-parent them), view_not_security_invoker (fail), materialized_view (warn), security_definer_function (a SECURITY DEFINER function using a tenant table: found through pg_depend for SQL-standard bodies, by the table''s name as an identifier in other sources; fail when its owner bypasses row-level security, else warn), fk_without_workspace, missing_workspace_index, invalid_index (warn); context_default (fail: a role or database default of tenancy.workspace_id in pg_db_role_setting, for this database or all; fix: ALTER ROLE/DATABASE ... RESET tenancy.workspace_id); isolated, shared_preload_libraries (info). Ordered fail, warn, info, then check, object. No rows when no table has the column. Fixes using CONCURRENTLY must run outside a transaction block. Error 22004 on NULL.';
+
+REVOKE ALL ON FUNCTION @extschema@._audit_partitions(name) FROM PUBLIC;
 
 CREATE FUNCTION @extschema@._citus_dist_column(tbl regclass)
 RETURNS text
@@ -498,6 +669,45 @@ COMMENT ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) IS
 
 REVOKE ALL ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) FROM PUBLIC;
 
+CREATE FUNCTION @extschema@._quota_set_triggers(tbl regclass, args text, install boolean, only_missing boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $fn$
+DECLARE
+    m regclass;
+BEGIN
+    -- pg_partition_tree() lists nothing for a table that is not partitioned
+    FOR m IN SELECT tbl UNION ALL
+             (SELECT t.relid FROM pg_partition_tree(tbl) t WHERE t.relid <> tbl::oid ORDER BY t.level) LOOP
+        -- only_missing (a partition added later): the others are not touched, nor locked (a
+        -- writer of a partition counting its partitioned table would deadlock with us)
+        CONTINUE WHEN only_missing AND (SELECT count(*) FROM pg_trigger tg
+                                         WHERE tg.tgrelid = m AND tg.tgname IN ('tenancy_quota_insert', 'tenancy_quota_delete',
+                                                                                'tenancy_quota_update', 'tenancy_quota_truncate')) = 4;
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', m);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', m);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', m);
+        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', m);
+        CONTINUE WHEN NOT install;
+        EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+        EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+        EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+        EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', m, args);
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._quota_set_triggers(regclass, text, boolean, boolean) IS
+'Internal: drops and (install) creates the quota triggers on a table and every partition of it (only_missing: on those without all four).';
+
+REVOKE ALL ON FUNCTION @extschema@._quota_set_triggers(regclass, text, boolean, boolean) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION @extschema@._enforce_quota(
     tbl regclass,
     workspace_column name,
@@ -523,14 +733,15 @@ BEGIN
     SELECT c.relkind, c.relpersistence INTO relkind, persistence FROM pg_class c WHERE c.oid = tbl;
     -- Statement triggers fire only on the table a statement names: what is written through a
     -- partitioned parent, into a partition, or through an inheritance parent or child would not
-    -- be counted exactly. Refused until partitioned tables are supported (and an ATTACH or
-    -- INHERIT of an enforced table later is refused by tenancy_quota_on_ddl).
-    IF relkind = 'p' OR EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl AND c.relispartition) THEN
-        RAISE EXCEPTION 'cannot enforce a quota on %: it is a partitioned table or a partition', tbl USING ERRCODE = '0A000',
-            DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the partitioned table, or into a partition directly, would not be counted.',
-            HINT = 'Quotas are not supported on partitioned tables yet: enforce them on a table that is not partitioned.';
+    -- be counted exactly. A partitioned table gets the triggers on every partition too, and is
+    -- the unit of the quota; a partition alone is refused (and an ATTACH or INHERIT of an
+    -- enforced table into another tree later is refused by tenancy_quota_on_ddl).
+    IF EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl AND c.relispartition) THEN
+        RAISE EXCEPTION 'cannot enforce a quota on %: it is a partition', tbl USING ERRCODE = '0A000',
+            DETAIL = 'The quota of a partitioned table covers all its partitions.',
+            HINT = format('Enforce it on the partitioned table: SELECT tenancy.enforce_quota(%L);', pg_partition_root(tbl)::text);
     END IF;
-    IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = tbl OR i.inhparent = tbl) THEN
+    IF relkind = 'r' AND EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = tbl OR i.inhparent = tbl) THEN
         RAISE EXCEPTION 'cannot enforce a quota on %: it is part of an inheritance tree', tbl USING ERRCODE = '0A000',
             DETAIL = 'Statement triggers fire only on the table a statement names: rows written or deleted through an inheritance parent or child would not be counted.',
             HINT = 'Enforce quotas on tables without inheritance parents or children (ALTER TABLE ... NO INHERIT).';
@@ -539,7 +750,7 @@ BEGIN
         RAISE EXCEPTION 'cannot enforce a quota on temporary table %', (SELECT quote_ident(c.relname) FROM pg_class c WHERE c.oid = tbl) USING ERRCODE = '0A000',
             DETAIL = 'A temporary table disappears with its session without an sql_drop event, which would leave its bookkeeping behind.';
     END IF;
-    IF relkind IS DISTINCT FROM 'r' THEN
+    IF relkind IS NULL OR relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'cannot enforce a quota on % : it is not a table', tbl USING ERRCODE = '42809',
             DETAIL = format('relkind is %L.', relkind);
     END IF;
@@ -594,19 +805,7 @@ BEGIN
         INSERT INTO @extschema@.quota_shared_mark (tbl) VALUES (tbl);
     END IF;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger()', tbl);
-
+    PERFORM @extschema@._quota_set_triggers(tbl, '', true);
 END
 $fn$;
 
@@ -669,10 +868,7 @@ BEGIN
         IF @extschema@._citus_dist_column(tbl) IS NOT NULL THEN
             PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
         END IF;
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
-        EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
+        PERFORM @extschema@._quota_set_triggers(tbl, '', false);
         IF @extschema@._citus_dist_column(tbl) <> '' THEN
             PERFORM @extschema@._citus_quota_forget(tbl);
         END IF;
@@ -684,6 +880,55 @@ BEGIN
     PERFORM @extschema@._citus_quota_sync(tbl);
 END
 $fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@._quota_on_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    bad regclass;
+    root regclass;
+BEGIN
+    IF to_regclass('@extschema@.quota_table') IS NULL THEN
+        RETURN;
+    END IF;
+    -- an enforced table put into another table's tree (ATTACH PARTITION, INHERIT, INHERITS),
+    -- or an enforced plain table given inheritance children
+    SELECT q.tbl INTO bad
+      FROM pg_event_trigger_ddl_commands() d
+      JOIN pg_inherits i ON d.objid IN (i.inhrelid, i.inhparent)
+      JOIN @extschema@.quota_table q ON q.tbl::oid IN (i.inhrelid, i.inhparent)
+      JOIN pg_class c ON c.oid = q.tbl
+     WHERE d.classid = 'pg_class'::regclass
+       AND (c.relkind <> 'p' OR q.tbl::oid = i.inhrelid)
+     LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is under quota enforcement and cannot be part of another partition or inheritance tree', bad
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Statement triggers fire only on the table a statement names: rows written through the other tables of the tree would not be counted.',
+                  HINT = format('Release the quota first: SELECT tenancy.release_quota(%L);', bad::text);
+    END IF;
+    -- an enforced partitioned table that changed (a partition created, attached or detached):
+    -- every partition gets the triggers, and the counters are counted again after this
+    -- transaction (an attached table brings rows, a detached one takes them away)
+    FOR root IN
+        SELECT DISTINCT q.tbl
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = d.objid
+          JOIN @extschema@.quota_table q ON q.tbl::oid = CASE WHEN c.relispartition THEN pg_partition_root(c.oid) ELSE c.oid END
+          JOIN pg_class qc ON qc.oid = q.tbl AND qc.relkind = 'p'
+         WHERE d.classid = 'pg_class'::regclass
+    LOOP
+        PERFORM @extschema@._quota_set_triggers(root, '', true, true);
+        PERFORM @extschema@._quota_forget(root);
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@._quota_on_ddl() IS
+'Internal: ddl_command_end event trigger function refusing (0A000) to put a quota-enforced table into another partition or inheritance tree, and giving the partitions of an enforced partitioned table their quota triggers.';
 
 CREATE FUNCTION @extschema@.cluster_workspace_stats()
 RETURNS TABLE (node text, workspace_id uuid, queries bigint, nested_queries bigint, "rows" bigint,

@@ -787,3 +787,182 @@ fn per_connection_quota_caches_stay_bounded() {
     assert_eq!(sqlstate(&err), "53400", "{err}");
     assert!(drift(&mut admin).is_empty());
 }
+
+/// A hash-partitioned table (issue 19, item 2): 16 sessions of one workspace at its limit, half
+/// writing through the partitioned table and half into the workspace's partition directly, with
+/// a DETACH and ATTACH of another partition in the middle: the count stops exactly at the limit,
+/// and the counter equals count(*) afterwards.
+#[test]
+fn partitioned_table_at_the_limit_through_parent_and_partition() {
+    let db = Db::fresh("quota_partitioned");
+    let mut admin = db.connect();
+    admin
+        .batch_execute(
+            "CREATE TABLE events (\"workspaceId\" uuid NOT NULL, n int NOT NULL, kind text NOT NULL DEFAULT 'counted')
+                 PARTITION BY HASH (\"workspaceId\");
+             CREATE TABLE events_0 PARTITION OF events FOR VALUES WITH (MODULUS 4, REMAINDER 0);
+             CREATE TABLE events_1 PARTITION OF events FOR VALUES WITH (MODULUS 4, REMAINDER 1);
+             CREATE TABLE events_2 PARTITION OF events FOR VALUES WITH (MODULUS 4, REMAINDER 2);
+             CREATE TABLE events_3 PARTITION OF events FOR VALUES WITH (MODULUS 4, REMAINDER 3);
+             INSERT INTO events SELECT fixture.ws_id('root', w), g FROM generate_series(1, 3) w, generate_series(1, 10) g;
+             SELECT tenancy.enforce_quota('events', counted_when => 'kind = ''counted''');",
+        )
+        .unwrap();
+    let ws = ws_id(&mut admin, "root", 1);
+    let part: String = admin
+        .query_one(
+            "SELECT tableoid::regclass::text FROM events WHERE \"workspaceId\" = $1::text::uuid LIMIT 1",
+            &[&ws],
+        )
+        .unwrap()
+        .get(0);
+    let other: (String, i32) = admin
+        .query_one(
+            "SELECT c.relname::text, r FROM generate_series(0, 3) r, pg_class c
+              WHERE c.relname = 'events_' || r AND c.relname <> $1 ORDER BY r LIMIT 1",
+            &[&part],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    let limit = 10 + 60;
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('events', $1, $2::text::uuid)",
+            &[&(limit as i64), &ws],
+        )
+        .unwrap();
+    let sessions = 16;
+    let barrier = Arc::new(Barrier::new(sessions + 1));
+    let handles: Vec<_> = (0..sessions)
+        .map(|s| {
+            let (db, ws, barrier) = (db.clone(), ws.clone(), barrier.clone());
+            let target = if s % 2 == 0 {
+                "events".to_string()
+            } else {
+                part.clone()
+            };
+            std::thread::spawn(move || {
+                let mut c = db.connect();
+                barrier.wait();
+                let (mut ok, mut over) = (0, 0);
+                for i in 0..10 {
+                    match c.execute(
+                        &format!("INSERT INTO {target} VALUES ($1::text::uuid, $2)"),
+                        &[&ws, &(1000 + s as i32 * 100 + i)],
+                    ) {
+                        Ok(_) => ok += 1,
+                        Err(e) if sqlstate(&e) == "53400" => over += 1,
+                        Err(e) => panic!("session {s}: {:?}", e.as_db_error()),
+                    }
+                }
+                (ok, over)
+            })
+        })
+        .collect();
+    barrier.wait();
+    // another partition goes and comes back meanwhile: its workspaces' counts with it
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE events DETACH PARTITION {0};
+             ALTER TABLE events ATTACH PARTITION {0} FOR VALUES WITH (MODULUS 4, REMAINDER {1});",
+            other.0, other.1
+        ))
+        .unwrap();
+    let mut ok = 0;
+    for h in handles {
+        ok += h.join().unwrap().0;
+    }
+    let count = |c: &mut Client, w: &str| -> i64 {
+        c.query_one(
+            "SELECT count(*) FROM events WHERE \"workspaceId\" = $1::text::uuid",
+            &[&w],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(ok, 60, "inserts that fitted");
+    assert_eq!(count(&mut admin, &ws), limit as i64, "exactly at the limit");
+    let err = admin
+        .execute("INSERT INTO events VALUES ($1::text::uuid, 1)", &[&ws])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+    assert_eq!(
+        used(&mut admin, "events", &ws),
+        limit as i64,
+        "counter = count(*)"
+    );
+    assert!(drift(&mut admin).is_empty(), "{:?}", drift(&mut admin));
+
+    // a workspace's partition swapped for an empty table, then back: the counter follows
+    let ws2 = ws_id(&mut admin, "root", 2);
+    let p2: String = admin
+        .query_one(
+            "SELECT tableoid::regclass::text FROM events WHERE \"workspaceId\" = $1::text::uuid LIMIT 1",
+            &[&ws2],
+        )
+        .unwrap()
+        .get(0);
+    let rem: i32 = p2.trim_start_matches("events_").parse().unwrap();
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('events', 10, $1::text::uuid)",
+            &[&ws2],
+        )
+        .unwrap();
+    let insert2 =
+        |c: &mut Client| c.execute("INSERT INTO events VALUES ($1::text::uuid, 5000)", &[&ws2]);
+    assert_eq!(
+        sqlstate(&insert2(&mut admin).unwrap_err()),
+        "53400",
+        "10 rows at a limit of 10"
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE events DETACH PARTITION {p2};
+             CREATE TABLE events_new (LIKE events);
+             ALTER TABLE events ATTACH PARTITION events_new FOR VALUES WITH (MODULUS 4, REMAINDER {rem});"
+        ))
+        .unwrap();
+    for i in 0..5 {
+        admin
+            .execute(
+                "INSERT INTO events VALUES ($1::text::uuid, $2)",
+                &[&ws2, &(6000 + i)],
+            )
+            .unwrap_or_else(|e| panic!("insert {i} after the swap: {e}"));
+    }
+    assert_eq!(used(&mut admin, "events", &ws2), 5);
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE events DETACH PARTITION events_new;
+             ALTER TABLE events ATTACH PARTITION {p2} FOR VALUES WITH (MODULUS 4, REMAINDER {rem});"
+        ))
+        .unwrap();
+    assert_eq!(count(&mut admin, &ws2), 10);
+    assert_eq!(
+        sqlstate(&insert2(&mut admin).unwrap_err()),
+        "53400",
+        "the partition's 10 rows are back"
+    );
+    assert!(drift(&mut admin).is_empty(), "{:?}", drift(&mut admin));
+    // rows written into the partition directly count too
+    admin
+        .execute(
+            "SELECT tenancy.set_quota('events', 11, $1::text::uuid)",
+            &[&ws2],
+        )
+        .unwrap();
+    admin
+        .execute(
+            &format!("INSERT INTO {p2} VALUES ($1::text::uuid, 7000)"),
+            &[&ws2],
+        )
+        .unwrap();
+    let err = admin
+        .execute(
+            &format!("INSERT INTO {p2} VALUES ($1::text::uuid, 7001)"),
+            &[&ws2],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "53400", "{err}");
+}

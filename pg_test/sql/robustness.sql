@@ -17,9 +17,10 @@ SELECT tenancy.set_quota('"Segment"', 10);
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
 
--- 2. Only tables whose writes the statement triggers all see: partitions, partitioned tables,
---    inheritance parents and children, and temporary tables are refused (0A000), and so is
---    attaching or inheriting an enforced table later.
+-- 2. Only tables whose writes the statement triggers all see: a partition alone, inheritance
+--    parents and children, and temporary tables are refused (0A000), and so is attaching or
+--    inheriting an enforced table later. (A partitioned table is enforced as a whole, with the
+--    triggers on every partition: pg_test/sql/partitions.sql.)
 CREATE TABLE rb_parted ("workspaceId" uuid NOT NULL) PARTITION BY LIST ("workspaceId");
 CREATE TABLE rb_part1 PARTITION OF rb_parted FOR VALUES IN ('b094544e-e377-7a92-7abe-70ec1195aff9');
 SELECT tenancy.enforce_quota('rb_part1');

@@ -130,6 +130,7 @@ pub(super) fn ensure_loaded(
     caches: &mut Caches,
     client: &mut pgrx::spi::SpiClient<'_>,
     relid: pg_sys::Oid,
+    qrel: pg_sys::Oid,
     citus: Option<&citus::CitusQuota>,
 ) -> Result<(), TenancyError> {
     if caches.counter_owner.is_none() {
@@ -175,7 +176,8 @@ pub(super) fn ensure_loaded(
     // transaction's old snapshot.
     let owner = caches.counter_owner.expect("set above");
     let entry = as_user(owner, || -> Result<Option<TableQuota>, TenancyError> {
-        let arg = [(pg_sys::OIDOID, pg_sys::Datum::from(relid))];
+        // a partition's settings and limits are its partitioned table's (`qrel`)
+        let arg = [(pg_sys::OIDOID, pg_sys::Datum::from(qrel))];
         let cfg = crate::pg::spi::select_latest(
             "SELECT workspace_column::text, counted_when,
                     EXISTS (SELECT FROM tenancy.quota_shared_mark m WHERE m.tbl = t.tbl)
@@ -196,7 +198,7 @@ pub(super) fn ensure_loaded(
             client.update(
                 "INSERT INTO tenancy.quota_shared_mark (tbl) VALUES ($1)",
                 None,
-                &[DatumWithOid::from(relid)],
+                &[DatumWithOid::from(qrel)],
             )?;
             shared::mark_inserted();
             shared_counts = true;
@@ -207,6 +209,7 @@ pub(super) fn ensure_loaded(
             default_limit: None,
             overrides: HashMap::new(),
             shared_counts,
+            // errors name `qrel` (the partitioned table) themselves
             display_name: None,
         };
         for row in crate::pg::spi::select_latest(

@@ -118,9 +118,15 @@ pub(super) fn apply_deltas(
     if citus.is_some() && !shared_path {
         return Some(citus::not_preloaded(relid));
     }
+    // the relation the quota belongs to: a partition's partitioned table (its counters, its
+    // settings and limits), the table itself otherwise
+    let qrel = quota_relation(relid);
     if shared_path && event == Event::Truncate {
-        shared::forget_table(relid);
+        shared::forget_table(qrel);
         return None;
+    }
+    if !shared_path && event == Event::Truncate && qrel != relid {
+        return Some(truncate_partition_without_preload(relid, qrel));
     }
     let outcome = CACHES.with(|cell| {
         let Ok(mut caches) = cell.try_borrow_mut() else {
@@ -142,7 +148,7 @@ pub(super) fn apply_deltas(
             let rows = reader.deltas(t.trigger_data(), event, table_owner).into_iter().map(|(ws, n)| (ws, 0, n)).collect();
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded with the reader");
             let counter = caches.counts.get(&relid).expect("prepared with the reader");
-            return crate::pg::local::internal(|| apply_shared(rel, relid, quota, counter, table_owner, rows));
+            return crate::pg::local::internal(|| apply_shared(rel, qrel, quota, counter, table_owner, rows));
         }
         crate::pg::local::internal(|| Spi::connect_mut(|client| -> Result<Deltas, TenancyError> {
             // SAFETY: registers this firing's transition tables with the SPI connection just
@@ -151,7 +157,7 @@ pub(super) fn apply_deltas(
                 let td = t.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
                 pg_sys::SPI_register_trigger_data(td);
             }
-            ensure_loaded(&mut caches, client, relid, citus.as_ref())?;
+            ensure_loaded(&mut caches, client, relid, qrel, citus.as_ref())?;
             let owner = caches.counter_owner.expect("loaded with the table");
             // counted_when (and everything planned or evaluated with it) runs as the table's
             // owner, read from the relation at every firing (an ALTER TABLE ... OWNER TO takes
@@ -174,7 +180,7 @@ pub(super) fn apply_deltas(
                     as_user(table_owner, || vet::vet(&qualified, cond, table_owner))?;
                 }
                 let delta = delta_sql(relid, event, quota, shared_path);
-                let count = shared_path.then(|| count_sql(relid, quota));
+                let count = shared_path.then(|| count_sql(qrel, quota));
                 let compile = (shared_path && !caches.readers.contains_key(&relid))
                     .then(|| (quota.workspace_column.clone(), quota.counted_when.clone()));
                 // TRUNCATE's statement (table path) writes the counters: the bookkeeping owner's
@@ -208,14 +214,14 @@ pub(super) fn apply_deltas(
             }
             let quota = caches.tables.get(&relid).and_then(Option::as_ref).expect("loaded");
             if !shared_path && quota.shared_counts {
-                return Err(stale_counters(relid, quota));
+                return Err(stale_counters(qrel, quota));
             }
             let plan = caches.plans.get(&key).expect("just inserted");
             let runner = if event == Event::Truncate { owner } else { table_owner };
             let mut rows = as_user(runner, || delta_rows(client.select(plan, None, &[])?))?;
             if shared_path {
                 let counter = caches.counts.get(&relid).expect("prepared with the plans");
-                return apply_shared(t.trigger_data().tg_relation, relid, quota, counter, table_owner, rows);
+                return apply_shared(t.trigger_data().tg_relation, qrel, quota, counter, table_owner, rows);
             }
             if event != Event::Truncate && !rows.is_empty() {
                 // the counted deltas (computed as the table owner) go to the counter rows as the
@@ -223,7 +229,7 @@ pub(super) fn apply_deltas(
                 let apply = caches.apply.as_ref().expect("prepared with the plans");
                 let ids: Vec<pgrx::Uuid> = rows.iter().map(|r| pgrx::Uuid::from_bytes(r.0)).collect();
                 let deltas: Vec<i64> = rows.iter().map(|r| r.2).collect();
-                let args = [DatumWithOid::from(relid), DatumWithOid::from(ids), DatumWithOid::from(deltas)];
+                let args = [DatumWithOid::from(qrel), DatumWithOid::from(ids), DatumWithOid::from(deltas)];
                 rows = as_user(owner, || delta_rows(client.update(apply, None, &args)?))?;
             }
             for &(ws, used, added) in &rows {
@@ -232,7 +238,7 @@ pub(super) fn apply_deltas(
                 }
                 if let Some(limit) = quota.limit_for(&ws) {
                     if used > limit {
-                        return Ok(Err((ws, over_quota(relid, quota, &ws, limit, used, added))));
+                        return Ok(Err((ws, over_quota(qrel, quota, &ws, limit, used, added))));
                     }
                 }
             }
@@ -281,7 +287,8 @@ pub(super) fn delta_rows(
 }
 
 /// The shared-memory path (see [`shared`]): apply each workspace's delta to its counter in
-/// shared memory, counting the table for a counter not there yet.
+/// shared memory, counting the table for a counter not there yet. `rel` is the trigger's
+/// relation, `relid` the quota's ([`quota_relation`]: a partition's partitioned table).
 pub(super) fn apply_shared(
     rel: pg_sys::Relation,
     relid: pg_sys::Oid,
@@ -405,6 +412,40 @@ pub(super) fn over_quota(
         "Delete rows, or raise the limit with tenancy.set_quota('{}', <max_rows>, '{ws}').",
         table.replace('\'', "''")
     ))
+}
+
+/// The relation a quota belongs to: the partitioned table at the root of a partition's tree,
+/// the table itself otherwise.
+pub(super) fn quota_relation(relid: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: a catalog cache lookup, and pg_partition_root() of the trigger's open relation.
+    unsafe {
+        if !pg_sys::get_rel_relispartition(relid) {
+            return relid;
+        }
+        pgrx::direct_function_call::<pg_sys::Oid>(
+            pg_sys::pg_partition_root,
+            &[Some(pg_sys::Datum::from(relid))],
+        )
+        .unwrap_or(relid)
+    }
+}
+
+/// The counter-row path cannot take a partition's rows away from its partitioned table's
+/// counters at TRUNCATE (the statement trigger sees none of them).
+pub(super) fn truncate_partition_without_preload(
+    relid: pg_sys::Oid,
+    qrel: pg_sys::Oid,
+) -> TenancyError {
+    TenancyError::new(
+        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!(
+            "cannot TRUNCATE partition {} of quota-enforced table {} without tenancy in shared_preload_libraries",
+            regclass_text(relid),
+            regclass_text(qrel)
+        ),
+    )
+    .detail("Without the preload the quota counters are rows, and a TRUNCATE trigger does not see the rows it removes.")
+    .hint("DELETE the rows instead, TRUNCATE the partitioned table, or add tenancy to shared_preload_libraries.")
 }
 
 pub(super) fn regclass_text(relid: pg_sys::Oid) -> String {
