@@ -71,9 +71,11 @@ COMMENT ON FUNCTION @extschema@._citus_installed() IS 'Internal: whether the cit
 
 -- The isolation policy as separate statements (Citus forwards each utility statement on a
 -- distributed table to its shards as one prepared statement, which cannot hold several).
+-- SECURITY DEFINER: it only reads the catalog and returns text, and the partition event trigger
+-- (run as the user of the DDL, who may call neither enable_rls nor _qualified_name) needs it.
 CREATE FUNCTION @extschema@._rls_statements(tbl regclass, workspace_column name, hierarchy boolean, distributed boolean)
 RETURNS text[]
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
@@ -268,11 +270,13 @@ CREATE FUNCTION @extschema@._rls_on_ddl()
 RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
 AS $fn$
 DECLARE
     r record;
     m oid;
     col name;
+    stmt text;
 BEGIN
     IF current_setting('tenancy_internal.rls_on_ddl', true) = 'on' THEN
         RETURN;
@@ -293,10 +297,17 @@ BEGIN
                     AND (NOT c.relrowsecurity OR NOT c.relforcerowsecurity
                          OR NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = t.relid AND p.polname = 'tenancy_isolation'))
                   ORDER BY t.level LOOP
+            -- the statements of enable_rls() (revoked from PUBLIC: the owner of a new partition
+            -- need not be allowed to call it), run as that owner; the hierarchy form is the one
+            -- with the update and delete companions
             PERFORM set_config('tenancy_internal.rls_on_ddl', 'on', true);
-            PERFORM @extschema@.enable_rls(m::regclass, col,
-                                           @extschema@._policy_state(r.root, col) = 'hierarchy',
-                                           r.polqual::text NOT LIKE '%{SUBLINK %');
+            FOREACH stmt IN ARRAY @extschema@._rls_statements(
+                    m::regclass, col,
+                    EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = r.root
+                               AND p.polname IN ('tenancy_isolation_update', 'tenancy_isolation_delete')),
+                    r.polqual::text NOT LIKE '%{SUBLINK %') LOOP
+                EXECUTE stmt;
+            END LOOP;
             PERFORM set_config('tenancy_internal.rls_on_ddl', '', true);
         END LOOP;
     END LOOP;

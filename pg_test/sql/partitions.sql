@@ -34,6 +34,23 @@ SELECT tenancy._policy_state('part_events_2b'::regclass, 'workspaceId');
 DROP TABLE part_events_2;
 SELECT tenancy.enable_rls('part_events');
 
+-- a table owner who is not a superuser (and may not call enable_rls) creating a partition of its
+-- own table: the policies come all the same, made as that owner
+CREATE ROLE tenancy_regress_owner;
+GRANT CREATE ON SCHEMA public TO tenancy_regress_owner;
+SET ROLE tenancy_regress_owner;
+CREATE TABLE own_parted ("workspaceId" uuid NOT NULL) PARTITION BY HASH ("workspaceId");
+RESET ROLE;
+SELECT tenancy.enable_rls('own_parted');
+SET ROLE tenancy_regress_owner;
+CREATE TABLE own_parted_0 PARTITION OF own_parted FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+RESET ROLE;
+SELECT count(*) AS policies, bool_and(c.relforcerowsecurity) AS forced
+  FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid WHERE c.oid = 'own_parted_0'::regclass;
+DROP TABLE own_parted;
+REVOKE CREATE ON SCHEMA public FROM tenancy_regress_owner;
+DROP ROLE tenancy_regress_owner;
+
 -- 3. as an application role: each partition queried directly shows only the context's rows
 SELECT tableoid::regclass AS r2_part FROM part_events WHERE "workspaceId" = :r2 LIMIT 1 \gset
 CREATE ROLE tenancy_regress_part LOGIN;
@@ -85,6 +102,8 @@ SELECT tenancy.set_quota('part_q', 4);
 SELECT tgrelid::regclass AS rel, count(*) AS quota_triggers FROM pg_trigger
  WHERE tgname LIKE 'tenancy\_quota\_%' AND tgrelid IN (SELECT relid FROM pg_partition_tree('part_q')) GROUP BY 1 ORDER BY 1;
 SELECT tableoid::regclass AS r1_part FROM part_q WHERE "workspaceId" = :r1 LIMIT 1 \gset
+SELECT coalesce((SELECT quota_rows_added FROM tenancy.workspace_stats
+                  WHERE workspace_id = :r1 AND database = current_database()), 0) AS added_before \gset
 INSERT INTO :r1_part VALUES (:r1);
 INSERT INTO part_q VALUES (:r1);
 INSERT INTO :r1_part VALUES (:r1);
@@ -93,6 +112,11 @@ INSERT INTO part_q VALUES (:r1), (:r1);
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO part_q VALUES (:r1, 'not counted');
 SELECT used, max_rows FROM tenancy.quota_usage WHERE table_name = 'part_q'::regclass AND workspace_id = :r1;
+-- usage statistics: the counted rows of both paths, attributed to the rows' workspace
+SELECT quota_rows_added - :added_before AS quota_rows_added, quota_rejections > 0 AS rejections_counted
+  FROM tenancy.workspace_stats WHERE workspace_id = :r1 AND database = current_database();
+-- index advice: the index on the partitioned table (not CONCURRENTLY, which PostgreSQL refuses there)
+SELECT ddl FROM tenancy.index_advice() WHERE table_name = 'part_q'::regclass;
 -- a partition alone cannot have a quota of its own
 SELECT tenancy.enforce_quota(:'r1_part');
 \echo :LAST_ERROR_SQLSTATE
