@@ -224,18 +224,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
         SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
         WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_quota_truncate ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS tenancy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS tenancy_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.quota_trigger(%s)', tbl, args);
+    PERFORM @extschema@._quota_set_triggers(tbl, args, true);
     PERFORM @extschema@._citus_quota_sync(tbl);
     -- counters of an earlier enforcement (maybe another counted_when): recounted at next write
     PERFORM @extschema@._citus_quota_forget(tbl);

@@ -99,6 +99,22 @@ pub(super) struct TableQuota {
 }
 
 impl TableQuota {
+    /// Take the limits from rows of `(workspace_id uuid, max_rows bigint)`: NULL workspace is
+    /// the table's default, others override it (a NULL max_rows: unlimited).
+    pub(super) fn add_limits(&mut self, rows: Vec<Vec<Option<pg_sys::Datum>>>) {
+        for row in rows {
+            let max = row[1].map(|d| d.value() as i64);
+            match row[0] {
+                None => self.default_limit = max,
+                Some(d) => {
+                    // SAFETY: the datum of a uuid column of a row just read.
+                    let ws = unsafe { *d.cast_mut_ptr::<[u8; 16]>() };
+                    self.overrides.insert(ws, max);
+                }
+            }
+        }
+    }
+
     pub(super) fn limit_for(&self, ws: &[u8; 16]) -> Option<i64> {
         match self.overrides.get(ws) {
             Some(over) => *over,

@@ -90,15 +90,6 @@ fn start_citus(name: &str, ports: [u16; 3]) -> Citus {
     }
 }
 
-fn load_fixture(c: &mut Client) {
-    c.batch_execute(include_str!("../fixture/dittofeed.sql"))
-        .unwrap();
-    c.batch_execute(include_str!("../fixture/generate.sql"))
-        .unwrap();
-    c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
-        .unwrap();
-}
-
 /// The readiness fixes in order, the plan statement by statement.
 fn distribute(c: &mut Client) {
     let fixes: Vec<String> = c

@@ -138,12 +138,7 @@ impl Cluster {
             .unwrap();
         let mut c = self.connect(db);
         c.batch_execute("CREATE EXTENSION tenancy").unwrap();
-        c.batch_execute(include_str!("../fixture/dittofeed.sql"))
-            .unwrap();
-        c.batch_execute(include_str!("../fixture/generate.sql"))
-            .unwrap();
-        c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
-            .unwrap();
+        load_fixture(&mut c);
         c
     }
 }
@@ -155,6 +150,16 @@ impl Drop for Cluster {
             .args(["stop", &self.name])
             .status();
     }
+}
+
+/// The Dittofeed-shaped fixture (fixture/): 2 parents x 2 children, 3 roots, 5 rows per table.
+pub fn load_fixture(c: &mut Client) {
+    c.batch_execute(include_str!("../fixture/dittofeed.sql"))
+        .unwrap();
+    c.batch_execute(include_str!("../fixture/generate.sql"))
+        .unwrap();
+    c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
+        .unwrap();
 }
 
 /// A random uuid (from the server), for workspaces no other test uses.

@@ -212,20 +212,10 @@ pub(super) fn ensure_loaded(
             // errors name `qrel` (the partitioned table) themselves
             display_name: None,
         };
-        for row in crate::pg::spi::select_latest(
+        q.add_limits(crate::pg::spi::select_latest(
             "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",
             &arg,
-        )? {
-            // SAFETY: datums of a uuid and a bigint column of the row just read.
-            let max = row[1].map(|d| d.value() as i64);
-            match row[0] {
-                None => q.default_limit = max,
-                Some(d) => {
-                    let ws = unsafe { *d.cast_mut_ptr::<[u8; 16]>() };
-                    q.overrides.insert(ws, max);
-                }
-            }
-        }
+        )?);
         Ok(Some(q))
     })?;
     caches.tables.insert(relid, entry);

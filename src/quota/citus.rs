@@ -73,17 +73,7 @@ pub(super) fn table_quota(
         shared_counts: true,
         display_name: Some(logical_name(&regclass_text(relid))),
     };
-    for row in rows {
-        let max = row[1].map(|d| d.value() as i64);
-        match row[0] {
-            None => q.default_limit = max,
-            Some(d) => {
-                // SAFETY: the datum of a uuid column of the row just read.
-                let ws = unsafe { *d.cast_mut_ptr::<[u8; 16]>() };
-                q.overrides.insert(ws, max);
-            }
-        }
-    }
+    q.add_limits(rows);
     Ok(q)
 }
 

@@ -114,31 +114,16 @@ pub(super) unsafe fn evict(shared: &Shared, hash: *mut pg_sys::HTAB) {
 
 /// Remove every entry of (this database, `relid`) that no transaction holds.
 pub(super) fn remove_table(relid: pg_sys::Oid) {
-    let Some(shared) = shared() else { return };
-    let hash = HASH.load(Relaxed);
-    // SAFETY: membership changes under the EXCLUSIVE lock.
-    unsafe {
-        let _lock = LwLockGuard::exclusive(shared.lock);
-        let mut keys = Vec::new();
-        let db = pg_sys::MyDatabaseId;
-        each_entry(hash, |e: &Entry| {
-            if e.key.dbid == db && e.key.relid == relid && e.in_flight.load(Relaxed) == 0 {
-                keys.push(e.key);
-            }
-        });
-        for key in &keys {
-            pg_sys::hash_search(
-                hash,
-                (key as *const Key).cast(),
-                pg_sys::HASHACTION::HASH_REMOVE,
-                std::ptr::null_mut(),
-            );
-        }
-    }
+    remove_idle(|key| key.relid == relid);
 }
 
 /// Remove every entry of this database that no transaction holds (recounted on next use).
 pub(super) fn remove_database_idle() {
+    remove_idle(|_| true);
+}
+
+/// Remove the entries of this database that `which` selects and no transaction holds.
+fn remove_idle(which: impl Fn(&Key) -> bool) {
     let Some(shared) = shared() else { return };
     let hash = HASH.load(Relaxed);
     // SAFETY: membership changes under the EXCLUSIVE lock.
@@ -147,7 +132,7 @@ pub(super) fn remove_database_idle() {
         let mut keys = Vec::new();
         let db = pg_sys::MyDatabaseId;
         each_entry(hash, |e: &Entry| {
-            if e.key.dbid == db && e.in_flight.load(Relaxed) == 0 {
+            if e.key.dbid == db && which(&e.key) && e.in_flight.load(Relaxed) == 0 {
                 keys.push(e.key);
             }
         });
