@@ -11,8 +11,8 @@
 --   restrictive_policy_citus.
 -- - Quotas on tables hash-distributed by the workspace column (counted on the shards, limits in
 --   the reference table tenancy.quota_limit_citus made at the first such enforce_quota):
---   _citus_dist_column(), _citus_quota_limits(), _citus_quota_sync(), _enforce_quota_citus(),
---   _citus_quota_forget(), _quota_forget_key();
+--   _citus_dist_column(), _citus_quota_limits(), _citus_quota_sync(), _citus_quota_forget(),
+--   _quota_forget_key();
 --   _enforce_quota(), _set_quota(), _clear_quota(), _release_quota() call them.
 -- - cluster_workspace_stats(): the usage statistics of every node of a Citus cluster.
 -- - shard_readiness(): rule quota_triggers, a fix for tenancy's policies with sub-selects;
@@ -635,38 +635,6 @@ COMMENT ON FUNCTION @extschema@._citus_quota_forget(regclass) IS
 
 REVOKE ALL ON FUNCTION @extschema@._citus_quota_forget(regclass) FROM PUBLIC;
 
-CREATE FUNCTION @extschema@._enforce_quota_citus(tbl regclass, workspace_column name, counted_when text)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET client_min_messages = warning
-AS $fn$
-DECLARE
-    args text := format('%L, %L, %L', tbl::oid::text, workspace_column, coalesce(counted_when, ''));
-BEGIN
-    -- Citus refuses triggers on distributed tables unless this is on (commands/trigger.c); the
-    -- quota trigger only counts the rows of its own shard
-    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
-    PERFORM @extschema@._citus_quota_limits();
-    DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _enforce_quota_citus.tbl;
-    DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _enforce_quota_citus.tbl;
-    INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
-    VALUES (tbl, workspace_column, counted_when)
-    ON CONFLICT ON CONSTRAINT quota_table_pkey DO UPDATE
-        SET workspace_column = excluded.workspace_column, counted_when = excluded.counted_when
-        WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
-    PERFORM @extschema@._quota_set_triggers(tbl, args, true);
-    PERFORM @extschema@._citus_quota_sync(tbl);
-    -- counters of an earlier enforcement (maybe another counted_when): recounted at next write
-    PERFORM @extschema@._citus_quota_forget(tbl);
-END
-$fn$;
-
-COMMENT ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) IS
-'Internal: the part of enforce_quota for a table hash-distributed by the workspace column (src/quota/citus.rs).';
-
-REVOKE ALL ON FUNCTION @extschema@._enforce_quota_citus(regclass, name, text) FROM PUBLIC;
-
 CREATE FUNCTION @extschema@._quota_set_triggers(tbl regclass, args text, install boolean, only_missing boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql
@@ -775,22 +743,31 @@ BEGIN
                       DETAIL = 'On Citus a workspace''s rows are counted in the shard that holds them: the table must be hash-distributed by the workspace column.',
                       HINT = format('SELECT create_distributed_table(%L, %L);', tbl::text, workspace_column);
         END IF;
-        PERFORM @extschema@._enforce_quota_citus(tbl, workspace_column, counted_when);
-        RETURN;
     END IF;
 
-    -- Block writers of the table while the triggers go in and the rows are counted, so the
-    -- backfilled counts are exact (CREATE TRIGGER takes this lock too).
-    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
-    -- shared-memory counters of the table are recounted after this transaction
-    PERFORM @extschema@._quota_forget(tbl);
+    IF dist IS NULL THEN
+        -- Block writers of the table while the triggers go in and the rows are counted, so the
+        -- backfilled counts are exact (CREATE TRIGGER takes this lock too).
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+        -- shared-memory counters of the table are recounted after this transaction
+        PERFORM @extschema@._quota_forget(tbl);
+    ELSE
+        -- Citus (src/quota/citus.rs): nothing is counted here, each shard is counted where it
+        -- is, at the first write of each workspace; the triggers carry the Citus arguments
+        -- (Citus copies them to every shard) and need citus.enable_unsafe_triggers
+        -- (commands/trigger.c); the limits go to the reference table
+        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        PERFORM @extschema@._citus_quota_limits();
+    END IF;
 
     -- Count first (as the table's owner: _quota_count); this validates counted_when against
     -- the table (names, types). Everything below is undone with the transaction on an error.
     DELETE FROM @extschema@.quota_counter c WHERE c.tbl = _enforce_quota.tbl;
-    INSERT INTO @extschema@.quota_counter (tbl, workspace_id, used)
-    SELECT _enforce_quota.tbl, n.workspace_id, n.n
-      FROM @extschema@._quota_count(tbl, workspace_column, counted_when) n;
+    IF dist IS NULL THEN
+        INSERT INTO @extschema@.quota_counter (tbl, workspace_id, used)
+        SELECT _enforce_quota.tbl, n.workspace_id, n.n
+          FROM @extschema@._quota_count(tbl, workspace_column, counted_when) n;
+    END IF;
 
     INSERT INTO @extschema@.quota_table AS q (tbl, workspace_column, counted_when)
     VALUES (tbl, workspace_column, counted_when)
@@ -799,11 +776,19 @@ BEGIN
         WHERE (q.workspace_column, q.counted_when) IS DISTINCT FROM (excluded.workspace_column, excluded.counted_when);
     -- the counters below are fresh; with tenancy preloaded they go stale from now on
     DELETE FROM @extschema@.quota_shared_mark m WHERE m.tbl = _enforce_quota.tbl;
-    IF @extschema@._quota_shared() THEN
+    IF dist IS NULL AND @extschema@._quota_shared() THEN
         INSERT INTO @extschema@.quota_shared_mark (tbl) VALUES (tbl);
     END IF;
 
-    PERFORM @extschema@._quota_set_triggers(tbl, '', true);
+    IF dist IS NULL THEN
+        PERFORM @extschema@._quota_set_triggers(tbl, '', true);
+    ELSE
+        PERFORM @extschema@._quota_set_triggers(tbl,
+            format('%L, %L, %L', tbl::oid::text, workspace_column, coalesce(counted_when, '')), true);
+        PERFORM @extschema@._citus_quota_sync(tbl);
+        -- counters of an earlier enforcement (maybe another counted_when): recounted at next write
+        PERFORM @extschema@._citus_quota_forget(tbl);
+    END IF;
 END
 $fn$;
 

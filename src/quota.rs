@@ -94,8 +94,8 @@ pub(super) struct TableQuota {
     /// A tenancy.quota_shared_mark row exists: the counters in tenancy.quota_counter are stale
     /// because the table has been counted in shared memory since its last recount.
     shared_counts: bool,
-    /// The name errors give the table, when it is not the relation's own (a Citus shard's).
-    display_name: Option<String>,
+    /// The relation is a shard of a Citus distributed table: errors name the distributed table.
+    citus_shard: bool,
 }
 
 impl TableQuota {

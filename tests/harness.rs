@@ -162,6 +162,32 @@ pub fn load_fixture(c: &mut Client) {
         .unwrap();
 }
 
+/// Every fix `shard_readiness()` gives, in its order; asserts that no blocker is left after.
+/// Returns how many fixes ran.
+pub fn apply_shard_fixes(c: &mut Client) -> usize {
+    let fixes: Vec<String> = c
+        .query(
+            "SELECT fix FROM tenancy.shard_readiness() WHERE fix IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for f in &fixes {
+        c.batch_execute(f).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let blockers: i64 = c
+        .query_one(
+            "SELECT count(*) FROM tenancy.shard_readiness() WHERE blocker",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(blockers, 0, "no blocker after the fixes");
+    fixes.len()
+}
+
 /// A random uuid (from the server), for workspaces no other test uses.
 pub fn random_ws(client: &mut Client) -> String {
     client

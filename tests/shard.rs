@@ -84,30 +84,11 @@ fn dittofeed_fixture_readiness_fixes_and_plan() {
     assert_eq!(got, expected, "shard_readiness() on the fixture");
 
     // every fix, in order
-    let fixes: Vec<String> = c
-        .query(
-            "SELECT fix FROM tenancy.shard_readiness() WHERE fix IS NOT NULL",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let before: i64 = c
         .query_one("SELECT count(*) FROM \"Broadcast\"", &[])
         .unwrap()
         .get(0);
-    for f in &fixes {
-        c.batch_execute(f).unwrap_or_else(|e| panic!("{f}: {e}"));
-    }
-    let blockers: i64 = c
-        .query_one(
-            "SELECT count(*) FROM tenancy.shard_readiness() WHERE blocker",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(blockers, 0, "no blocker after the fixes");
+    apply_shard_fixes(&mut c);
     let after: i64 = c
         .query_one("SELECT count(*) FROM \"Broadcast\"", &[])
         .unwrap()

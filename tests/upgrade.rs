@@ -66,12 +66,7 @@ fn old_database(cluster: &Cluster, db: &str, version: &str) -> Client {
     let mut c = cluster.connect(db);
     c.batch_execute(&format!("CREATE EXTENSION tenancy VERSION '{version}'"))
         .unwrap();
-    c.batch_execute(include_str!("../fixture/dittofeed.sql"))
-        .unwrap();
-    c.batch_execute(include_str!("../fixture/generate.sql"))
-        .unwrap();
-    c.batch_execute("SELECT fixture.generate(2, 2, 3, 5)")
-        .unwrap();
+    load_fixture(&mut c);
     let a = ws_id(&mut c, "root", 1);
     c.batch_execute(&format!(
         "SELECT tenancy.enforce_quota('\"Segment\"', counted_when => '\"resourceType\" = ''Declarative''');

@@ -84,7 +84,7 @@ pub(super) fn quota_count(
         default_limit: None,
         overrides: HashMap::new(),
         shared_counts: false,
-        display_name: None,
+        citus_shard: false,
     };
     let sql = format!(
         "SELECT {col}, count(*) FROM {} WHERE {} GROUP BY 1",

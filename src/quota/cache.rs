@@ -164,7 +164,7 @@ pub(super) fn ensure_loaded(
         let owner = caches.counter_owner.expect("set above");
         caches
             .tables
-            .insert(relid, Some(citus::table_quota(c, relid, owner)?));
+            .insert(relid, Some(citus::table_quota(c, owner)?));
         return Ok(());
     }
     if caches.tables.contains_key(&relid) {
@@ -209,8 +209,7 @@ pub(super) fn ensure_loaded(
             default_limit: None,
             overrides: HashMap::new(),
             shared_counts,
-            // errors name `qrel` (the partitioned table) themselves
-            display_name: None,
+            citus_shard: false,
         };
         q.add_limits(crate::pg::spi::select_latest(
             "SELECT workspace_id, max_rows FROM tenancy.quota_limit WHERE tbl = $1",

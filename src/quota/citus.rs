@@ -51,11 +51,7 @@ pub(super) fn from_trigger(t: &PgTrigger<'_>) -> Option<CitusQuota> {
 
 /// The table's settings (from the arguments) and its limits, read from this node's copy of
 /// `tenancy.quota_limit_citus` with a fresh snapshot, as the bookkeeping owner. SPI connected.
-pub(super) fn table_quota(
-    c: &CitusQuota,
-    relid: pg_sys::Oid,
-    owner: pg_sys::Oid,
-) -> Result<TableQuota, TenancyError> {
+pub(super) fn table_quota(c: &CitusQuota, owner: pg_sys::Oid) -> Result<TableQuota, TenancyError> {
     let rows = crate::pg::citus::nested_allowed(|| {
         as_user(owner, || {
             crate::pg::spi::select_latest(
@@ -71,14 +67,14 @@ pub(super) fn table_quota(
         overrides: HashMap::new(),
         // counted in shared memory only: nothing reads tenancy.quota_counter for a shard
         shared_counts: true,
-        display_name: Some(logical_name(&regclass_text(relid))),
+        citus_shard: true,
     };
     q.add_limits(rows);
     Ok(q)
 }
 
 /// The distributed table's name from its shard's: Citus names a shard `<table>_<shard id>`.
-fn logical_name(shard: &str) -> String {
+pub(super) fn logical_name(shard: &str) -> String {
     let (body, quoted) = match shard.strip_suffix('"') {
         Some(b) => (b, true),
         None => (shard, false),

@@ -395,10 +395,12 @@ pub(super) fn over_quota(
     used: i64,
     added: i64,
 ) -> TenancyError {
-    let table = quota
-        .display_name
-        .clone()
-        .unwrap_or_else(|| regclass_text(relid));
+    // (a shard's name only when the error is raised: not on every firing)
+    let table = if quota.citus_shard {
+        citus::logical_name(&regclass_text(relid))
+    } else {
+        regclass_text(relid)
+    };
     let ws = uuid_text::canonical(ws);
     TenancyError::new(
         Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
